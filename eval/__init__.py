@@ -1,0 +1,1 @@
+"""Sparsity metrics, perplexity, lm-eval tasks and the leaderboard."""

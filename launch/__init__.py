@@ -1,0 +1,1 @@
+"""How jobs start: the `actsparse` command, local torchrun launches, SLURM submission."""

@@ -1,0 +1,78 @@
+"""The converted gated FFN: same projections, new activation, `x1` exposed to the L1 term and counters.
+
+The module reuses the original `gate_proj` / `up_proj` / `down_proj` submodules (so state-dict keys,
+tensor-parallel or ZeRO-3 partitioned parameters and hooks on them stay as they were) and replaces only
+the activation. Nothing extra is kept alive for the L1 term: `vector_norm(x1, 1)` saves `x1`, which
+`down_proj` already saves for its own backward, so autograd holds the same storage once.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+L1_NORMALIZATIONS = ("mean", "token_mean", "sum")
+
+
+def _in_backward() -> bool:
+    """True while autograd runs a backward pass, e.g. when activation checkpointing recomputes a layer."""
+    task_id = getattr(torch._C, "_current_graph_task_id", None)
+    return task_id is not None and task_id() != -1
+
+
+def l1_of(x1: torch.Tensor, normalization: str) -> torch.Tensor:
+    """L1 norm of `x1`, normalized as configured, accumulated in fp32.
+
+    - `mean` (default): sum |x1| / number of elements (tokens * d_ff).
+    - `token_mean`: sum |x1| / number of tokens (sum over d_ff, mean over tokens).
+    - `sum`: sum |x1| (scales with batch and sequence length; only for matching other code).
+    ProSparse does not state its normalization (PAPERS.md (c)); lambda up to 0.2 suggests a mean.
+    """
+    norm = torch.linalg.vector_norm(x1, 1, dtype=torch.float32)
+    if normalization == "mean":
+        return norm / x1.numel()
+    if normalization == "token_mean":
+        return norm / (x1.numel() // x1.shape[-1])
+    if normalization == "sum":
+        return norm
+    raise ValueError(f"unknown L1 normalization {normalization!r}; supported: {', '.join(L1_NORMALIZATIONS)}")
+
+
+class SparseGatedMLP(nn.Module):
+    """`down_proj(act(gate_proj(x)) * up_proj(x))` with a sparse activation (`relu(up)` for dReLU).
+
+    Attributes set by the collectors in `l1.py` / `sparsity_stats.py`:
+    - `l1_normalization`: when not None, each forward stores `self.l1_term` (a graph-connected scalar).
+    - `zero_counter`: when not None, each forward (but not a checkpoint recompute) adds the number of
+      exact zeros in `x1` and the number of tokens to it, on the device, without synchronizing.
+    """
+
+    def __init__(self, gate_proj: nn.Module, up_proj: nn.Module, down_proj: nn.Module, act_fn: nn.Module,
+                 activation: str, threshold: float = 0.0, layer_index: int = 0):
+        super().__init__()
+        self.gate_proj = gate_proj
+        self.up_proj = up_proj
+        self.down_proj = down_proj
+        self.act_fn = act_fn
+        self.activation = activation
+        self.threshold = float(threshold)
+        self.layer_index = layer_index
+        self.relu_on_up = activation == "drelu"
+        self.l1_normalization: str | None = None
+        self.l1_term: torch.Tensor | None = None
+        self.zero_counter = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        up = self.up_proj(x)
+        if self.relu_on_up:
+            up = F.relu(up)
+        x1 = self.act_fn(self.gate_proj(x)) * up
+        if self.l1_normalization is not None:
+            self.l1_term = l1_of(x1, self.l1_normalization)
+        if self.zero_counter is not None and not _in_backward():
+            self.zero_counter.add(self.layer_index, x1)
+        return self.down_proj(x1)
+
+    def extra_repr(self) -> str:
+        thr = f", threshold={self.threshold}" if self.activation == "fatrelu" else ""
+        return f"activation={self.activation}{thr}, layer_index={self.layer_index}"

@@ -1,0 +1,1 @@
+"""Continue-pretraining recipes (DeepSpeed ZeRO-3) and their YAML configs."""
