@@ -44,7 +44,7 @@ setup(
         "numpy",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout"],
+        "dev": ["pytest>=8", "pytest-timeout", "lm-eval>=0.4.5", "triton>=3.0"],  # tests cover lm-eval and Triton (interpreter)
         "eval": ["lm-eval>=0.4.5"],
         "kernels": ["triton>=3.0"],
         "flash": ["flash-attn>=2.5"],
