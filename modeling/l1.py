@@ -53,6 +53,6 @@ def l1_penalty(model: nn.Module) -> torch.Tensor:
         if any(p.requires_grad for p in model.parameters()):
             raise RuntimeError(
                 "the L1 penalty has no gradient: reentrant activation checkpointing hides it; use "
-                "model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})"
+                "model.activation_checkpointing_enable({'use_reentrant': False})"
             )
     return total

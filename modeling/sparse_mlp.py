@@ -28,7 +28,9 @@ def l1_of(x1: torch.Tensor, normalization: str) -> torch.Tensor:
     - `sum`: sum |x1| (scales with batch and sequence length; only for matching other code).
     ProSparse does not state its normalization (PAPERS.md (c)); lambda up to 0.2 suggests a mean.
     """
-    norm = torch.linalg.vector_norm(x1, 1, dtype=torch.float32)
+    # Accumulate half precision in fp32 (without materializing an fp32 copy of x1); keep fp64 as is.
+    acc_dtype = torch.float64 if x1.dtype == torch.float64 else torch.float32
+    norm = torch.linalg.vector_norm(x1, 1, dtype=acc_dtype)
     if normalization == "mean":
         return norm / x1.numel()
     if normalization == "token_mean":
