@@ -13,3 +13,8 @@ __all__ = [
     "ProgressiveL1Schedule", "ConstantL1Schedule", "LinearL1Schedule",
     "SparsityStats",
 ]
+
+from .export import export_hf
+from .load import load_pretrained
+
+__all__ += ["export_hf", "load_pretrained"]
