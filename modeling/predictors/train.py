@@ -100,16 +100,16 @@ def train_layer(x: torch.Tensor, y: torch.Tensor, settings: TrainSettings, layer
     for epoch in tqdm(range(1, settings.max_epochs + 1), desc=f"layer {layer:02d}", disable=not progress):
         predictor.train()
         order = train_idx[torch.randperm(train_idx.numel(), generator=shuffle)]
-        loss_sum, batches = 0.0, 0
+        loss_sum, batches = torch.zeros((), device=settings.device), 0   # summed on the device: no sync per step
         for start in range(0, order.numel(), settings.batch_size):
             idx = order[start:start + settings.batch_size]
             loss = weighted_bce(predictor(x[idx].to(settings.device, torch.float32)), y[idx].to(settings.device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum, batches = loss_sum + float(loss), batches + 1
+            loss_sum, batches = loss_sum + loss.detach(), batches + 1
         val_loss, counts = validate(predictor, x_val, y_val, settings.batch_size, settings.device)
-        record = _record(epoch, loss_sum / batches, val_loss, counts)
+        record = _record(epoch, float(loss_sum) / batches, val_loss, counts)
         history.append(record)
         if record.recall > best.recall:
             best, best_state, stale = record, copy.deepcopy(predictor.state_dict()), 0
