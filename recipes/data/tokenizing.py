@@ -1,0 +1,59 @@
+"""Documents -> token ids with the model's tokenizer, cached by `datasets` between runs.
+
+The cache file of the batched `map` is named by a fingerprint of (the loaded files' dataset fingerprint,
+the tokenizer's content, the text column, TOKENIZE_VERSION): a second run over the same files with the
+same tokenizer loads `cache-<fingerprint>.arrow` and calls the tokenizer not once. seq_len is not part of
+the key on purpose: packing is a cheap reshape done on every build, so a new seq_len reuses the tokens.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import datasets
+
+TOKENIZE_VERSION = "1"  # bump when the stored columns change meaning
+TOKENIZED_FEATURES = datasets.Features({"input_ids": datasets.List(datasets.Value("int32")),
+                                        "doc_key": datasets.Value("int64")})
+
+
+def doc_key(text: str) -> int:
+    """A document's identity, from its text alone: picks the held-out split independently of file order."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1   # 63 bits: an int64 column holds it
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of what the tokenizer does (vocab, merges, normalizer, EOS), not of its runtime state."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)   # set by callers' truncation/padding: not part of the mapping
+        state.pop("padding", None)
+    else:
+        state = sorted(tokenizer.get_vocab().items())
+    content = json.dumps([type(tokenizer).__name__, tokenizer.eos_token_id, state], sort_keys=True)
+    return hashlib.sha256(content.encode("utf-8")).hexdigest()[:16]
+
+
+def eos_id_of(tokenizer) -> int:
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError(f"tokenizer {type(tokenizer).__name__} has no eos_token: packing separates documents with it")
+    return int(eos)
+
+
+def _tokenize_batch(batch: dict, tokenizer, text_field: str) -> dict:
+    texts = [text if text is not None else "" for text in batch[text_field]]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return {"input_ids": ids, "doc_key": [doc_key(text) for text in texts]}
+
+
+def tokenize_documents(documents: datasets.Dataset, tokenizer, text_field: str, label: str) -> datasets.Dataset:
+    """`documents` as rows of `input_ids` (no EOS; packing adds it) and `doc_key`, from the cache if present."""
+    key = "|".join([documents._fingerprint, tokenizer_fingerprint(tokenizer), text_field, TOKENIZE_VERSION])
+    return documents.map(
+        _tokenize_batch, batched=True, batch_size=1000, remove_columns=documents.column_names,
+        fn_kwargs={"tokenizer": tokenizer, "text_field": text_field}, features=TOKENIZED_FEATURES,
+        new_fingerprint=hashlib.sha256(key.encode()).hexdigest()[:16], desc=f"tokenize {label}",
+    )
