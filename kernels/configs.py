@@ -1,0 +1,76 @@
+"""Block sizes for every kernel, chosen in ONE place: autotuned on a GPU, fixed under the interpreter.
+
+`@triton.autotune` cannot run under `TRITON_INTERPRET=1` (it times configs with CUDA events), so there
+each kernel gets one fixed config through `triton.heuristics`, with big blocks to keep grids tiny (the
+interpreter costs ~1.2 ms per program instance). On a GPU the configs below are timed per shape key;
+none of them has been measured yet (no GPU in the session that wrote them), so the lists are broad.
+"""
+from __future__ import annotations
+
+import os
+
+import triton
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+# Persistent grids (programs that loop over active-neuron blocks): programs per SM on a GPU.
+PROGRAMS_PER_SM = 4
+# Under the interpreter: two programs, so the grid-stride loops and the cross-program reductions are
+# exercised without paying for many program instances.
+INTERPRET_PROGRAMS = 2
+
+
+def _cfg(num_warps: int, num_stages: int = 3, **blocks) -> triton.Config:
+    return triton.Config(blocks, num_warps=num_warps, num_stages=num_stages)
+
+
+# Dense gate GEMV/GEMM + activation + compaction: BLOCK_N neurons per program, BLOCK_K of d per step.
+GATE_CONFIGS = [
+    _cfg(w, s, BLOCK_N=n, BLOCK_K=k)
+    for n, k, w, s in [(8, 512, 4, 3), (16, 256, 4, 3), (16, 512, 4, 3), (32, 256, 4, 3), (32, 128, 4, 4),
+                       (64, 128, 4, 4), (16, 1024, 8, 2), (32, 512, 8, 3), (64, 256, 8, 3)]
+]
+GATE_FIXED = dict(BLOCK_N=128, BLOCK_K=64)
+
+# Sparse up (optionally fused with the gate): BLOCK_J active neurons per step, BLOCK_K of d per step.
+UP_CONFIGS = [
+    _cfg(w, s, BLOCK_J=j, BLOCK_K=k)
+    for j, k, w, s in [(4, 512, 4, 3), (8, 256, 4, 3), (8, 512, 4, 3), (16, 256, 4, 3), (16, 512, 8, 3),
+                       (32, 128, 4, 4), (32, 256, 8, 3)]
+]
+UP_FIXED = dict(BLOCK_J=32, BLOCK_K=64)
+
+# Sparse down on W_down^T rows: BLOCK_D output columns per program, SPLITS programs share the neurons
+# of one column block (partial sums folded by the last one to finish), BLOCK_J neurons per step.
+DOWN_CONFIGS = [
+    _cfg(w, s, BLOCK_D=dd, BLOCK_J=j, SPLITS=sp)
+    for dd, j, sp, w, s in [(128, 16, 4, 4, 3), (128, 32, 4, 4, 3), (128, 16, 8, 4, 3), (256, 16, 4, 4, 3),
+                            (256, 32, 8, 8, 3), (64, 32, 8, 4, 3), (128, 64, 8, 4, 3), (256, 16, 16, 8, 3)]
+]
+DOWN_FIXED = dict(BLOCK_D=64, BLOCK_J=32, SPLITS=2)
+MAX_SPLITS = max(c.kwargs["SPLITS"] for c in DOWN_CONFIGS)
+
+# Mask -> index-list compaction (predicted active sets).
+COMPACT_CONFIGS = [_cfg(4, 1, BLOCK_N=n) for n in (256, 1024)]
+COMPACT_FIXED = dict(BLOCK_N=128)
+
+
+def tuned(configs: list[triton.Config], fixed: dict, key: list[str], reset_to_zero: list[str] | None = None):
+    """Decorator: `triton.autotune(configs, key)` on a GPU; the `fixed` block sizes under the interpreter.
+
+    `reset_to_zero` names the atomic counters a timing run would otherwise leave incremented.
+    """
+    if INTERPRET:
+        return triton.heuristics({name: (lambda value: lambda _args: value)(v) for name, v in fixed.items()})
+    return triton.autotune(configs=configs, key=key, reset_to_zero=reset_to_zero,
+                           prune_configs_by={"early_config_prune": _prune_for_tokens})
+
+
+def _prune_for_tokens(configs, named_args, **kwargs):
+    """`tl.dot` (used when BLOCK_T > 1) needs every dot dimension >= 16: drop smaller neuron blocks there."""
+    block_t = kwargs.get("BLOCK_T", named_args.get("BLOCK_T", 1))
+    if block_t == 1:
+        return configs
+    kept = [c for c in configs if c.kwargs.get("BLOCK_J", 16) >= 16 and c.kwargs.get("BLOCK_N", 16) >= 16]
+    return kept or configs
+

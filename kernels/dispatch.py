@@ -1,0 +1,89 @@
+"""Which path one SparseFFN call takes: dense cuBLAS, sparse over the union of active neurons, or sparse
+with one neuron list per token.
+
+The decision uses only the batch size and a per-neuron activation probability measured beforehand
+(`SparseFFN.calibrate`), never the current call's active count: reading that count would synchronize
+the host with the GPU and rule out CUDA graphs. The cost model counts weight bytes relative to dense:
+- no predictor: the gate is dense, up and down rows are read for the listed neurons, (1 + 2 f) / 3;
+- with a predicted set: gate, up and down rows only for the listed neurons, f.
+f is the expected fraction of neurons read: union mode `mean_j(1 - (1 - p_j)^T)` (tokens of different
+sequences taken as independent), per-token mode `T * mean_j(p_j)` (rows shared by tokens are read again,
+perhaps from L2, which the model ignores).
+The defaults below are NOT measured: they are placeholders until `actsparse bench-kernels` has run on
+an H100 (docs/RESULTS.md); set them from its crossover points.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger(__name__)
+
+BATCH_MODES = ("union", "per_token", "auto")
+
+
+@dataclass
+class DispatchConfig:
+    # "union": one neuron list shared by all tokens; "per_token": one list per token; "auto": per-token
+    # up to `per_token_max_batch` tokens, union above. Default union: unmeasured, see module docstring.
+    batch_mode: str = "union"
+    per_token_max_batch: int = 4
+    # Dense cuBLAS when the expected sparse bytes exceed this fraction of the dense bytes (unmeasured: a
+    # sparse kernel reaching ~80% of cuBLAS's bandwidth breaks even there).
+    max_byte_ratio: float = 0.8
+    # Above this many tokens (prefill) the FFN runs dense.
+    max_sparse_tokens: int = 64
+
+    def __post_init__(self):
+        if self.batch_mode not in BATCH_MODES:
+            raise ValueError(f"DispatchConfig.batch_mode={self.batch_mode!r}; supported: {', '.join(BATCH_MODES)}")
+        if not 0.0 <= self.max_byte_ratio <= 1.0:
+            raise ValueError(f"DispatchConfig.max_byte_ratio={self.max_byte_ratio} must lie in [0, 1]")
+        if not 1 <= self.max_sparse_tokens <= 64:
+            raise ValueError(f"DispatchConfig.max_sparse_tokens={self.max_sparse_tokens} must lie in [1, 64]")
+
+
+def expected_fraction(neuron_prob: torch.Tensor, n_tokens: int, per_token: bool) -> float:
+    """Expected fraction of the d_ff neurons whose rows are read for a batch of `n_tokens`."""
+    if per_token:
+        return float(n_tokens * neuron_prob.mean())
+    return float((1.0 - (1.0 - neuron_prob.double()) ** n_tokens).mean())
+
+
+def byte_ratio(fraction: float, predicted: bool) -> float:
+    """Sparse weight bytes over dense weight bytes for the given fraction of neurons read."""
+    return fraction if predicted else (1.0 + 2.0 * fraction) / 3.0
+
+
+@dataclass
+class Plan:
+    path: str  # "dense" or "sparse"
+    per_token: bool = False
+
+
+def choose_plan(config: DispatchConfig, n_tokens: int, neuron_prob: torch.Tensor | None, predicted: bool,
+                mask_rows: int) -> Plan:
+    """The path for one call; `mask_rows` is 1 for a shared predicted set (or none), n_tokens per token."""
+    if n_tokens > config.max_sparse_tokens:
+        return Plan("dense")
+    per_token = n_tokens > 1 and (
+        config.batch_mode == "per_token"
+        or (config.batch_mode == "auto" and n_tokens <= config.per_token_max_batch))
+    if predicted and mask_rows == 1:
+        per_token = False  # one shared set: every token's list would be the same list
+    if neuron_prob is None:
+        return Plan("sparse", per_token)
+    ratio = byte_ratio(expected_fraction(neuron_prob, n_tokens, per_token), predicted)
+    return Plan("dense" if ratio > config.max_byte_ratio else "sparse", per_token)
+
+
+_warned: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """Log a missing fast path once per message (no silent fallbacks)."""
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)

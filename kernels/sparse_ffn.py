@@ -1,0 +1,137 @@
+"""`SparseFFN`: one gated FFN prepared for sparse decoding, callable as `ffn(x, active=None)`.
+
+Weights: gate and up stay row-major [d_ff, d_model] (the module's own parameters, not copied); W_down is
+stored transposed, [d_ff, d_model], so one neuron's down weights are one contiguous row.
+
+What is skipped (no predictor):
+- relu / fatrelu / relu2: the gate is dense (it decides sparsity); up and down rows only for neurons
+  with act(gate) != 0 (for any token of the batch in union mode, per token in per-token mode).
+- drelu (x1 = relu(gate) * relu(up)): with a dense gate, up rows are skipped where gate <= 0, and down
+  rows where x1 == 0, i.e. gate <= 0 OR up <= 0 (the down kernel tests x1 before loading a row).
+With a predicted set `active` (bool [d_ff] or [tokens, d_ff], or a 1-D index tensor): gate, up and
+down rows of neurons outside the set are all skipped; x1 is act(gate) * up inside the set and 0 outside.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from actsparse.modeling.activations import check_activation, gate_activation
+
+from .dispatch import DispatchConfig, choose_plan, warn_once
+from .torch_sparse import sparse_ffn_torch
+
+SPARSE_ACTIVATIONS = ("relu", "fatrelu", "drelu", "relu2")
+BACKENDS = ("triton", "torch")
+
+
+def _bias(linear: nn.Module) -> torch.Tensor | None:
+    return getattr(linear, "bias", None)
+
+
+class SparseFFN(nn.Module):
+    def __init__(self, w_gate, w_up, w_down_t, b_gate=None, b_up=None, b_down=None, activation="relu",
+                 threshold=0.0, backend="triton", dispatch: DispatchConfig | None = None):
+        super().__init__()
+        check_activation(activation, threshold)
+        if activation not in SPARSE_ACTIVATIONS:
+            raise ValueError(f"activation {activation!r} has no exact zeros to skip; supported: "
+                             f"{', '.join(SPARSE_ACTIVATIONS)}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend {backend!r}; supported: {', '.join(BACKENDS)}")
+        d_ff, d_model = w_gate.shape
+        if w_up.shape != (d_ff, d_model) or w_down_t.shape != (d_ff, d_model):
+            raise ValueError(f"shapes: gate {tuple(w_gate.shape)}, up {tuple(w_up.shape)}, "
+                             f"down^T {tuple(w_down_t.shape)}; expected [d_ff, d_model] for all three")
+        self.w_gate, self.w_up, self.w_down_t = w_gate.contiguous(), w_up.contiguous(), w_down_t.contiguous()
+        self.b_gate, self.b_up, self.b_down = b_gate, b_up, b_down
+        self.activation, self.threshold = activation, float(threshold)
+        self.act_fn = gate_activation(activation, threshold)
+        self.backend = backend
+        self.dispatch = dispatch or DispatchConfig()
+        self.neuron_prob: torch.Tensor | None = None  # set by calibrate()
+        self._tickets: torch.Tensor | None = None
+        # Allocator of the Triton path's float workspaces and output; tests swap in a NaN-filling one.
+        self.workspace_alloc = torch.empty
+
+    @classmethod
+    def from_mlp(cls, mlp: nn.Module, activation: str = "relu", threshold: float = 0.0, backend: str = "triton",
+                 dispatch: DispatchConfig | None = None) -> "SparseFFN":
+        """From any module with gate_proj / up_proj / down_proj linears (e.g. a `SparseGatedMLP`)."""
+        own = getattr(mlp, "activation", None)
+        if own is not None and (own != activation or float(getattr(mlp, "threshold", 0.0)) != float(threshold)):
+            raise ValueError(f"{type(mlp).__name__} computes activation={own!r} threshold={mlp.threshold}, "
+                             f"but from_mlp got activation={activation!r} threshold={threshold}")
+        with torch.no_grad():
+            w_down_t = mlp.down_proj.weight.detach().t().contiguous()
+        return cls(mlp.gate_proj.weight.detach(), mlp.up_proj.weight.detach(), w_down_t,
+                   *(None if b is None else b.detach() for b in map(_bias, (mlp.gate_proj, mlp.up_proj,
+                                                                             mlp.down_proj))),
+                   activation=activation, threshold=threshold, backend=backend, dispatch=dispatch)
+
+    @property
+    def d_ff(self) -> int:
+        return self.w_gate.shape[0]
+
+    @torch.no_grad()
+    def calibrate(self, x: torch.Tensor) -> float:
+        """Measure each neuron's activation probability on sample tokens `x` (this synchronizes); the
+        dispatcher uses it to pick dense / union / per-token. Returns the mean active fraction."""
+        x1 = self.dense_x1(x.reshape(-1, x.shape[-1]))
+        self.neuron_prob = (x1 != 0).float().mean(0)
+        return float(self.neuron_prob.mean())
+
+    def dense_x1(self, x: torch.Tensor) -> torch.Tensor:
+        up = F.linear(x, self.w_up, self.b_up)
+        if self.activation == "drelu":
+            up = F.relu(up)
+        return self.act_fn(F.linear(x, self.w_gate, self.b_gate)) * up
+
+    def dense(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """cuBLAS path (three GEMMs); with a predicted mask, x1 is zeroed outside it."""
+        x1 = self.dense_x1(x)
+        if mask is not None:
+            x1 = x1 * mask.to(x1.dtype)
+        out = x1 @ self.w_down_t
+        return out if self.b_down is None else out + self.b_down
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[1] != self.w_gate.shape[1]:
+            raise ValueError(f"x must be (tokens, {self.w_gate.shape[1]}), got {tuple(x.shape)}")
+        x = x.to(self.w_gate.dtype).contiguous()
+        mask = None if active is None else self._as_mask(active, x.shape[0])
+        plan = choose_plan(self.dispatch, x.shape[0], self.neuron_prob, mask is not None,
+                           1 if mask is None else mask.shape[0])
+        if self.neuron_prob is None:
+            warn_once("SparseFFN: not calibrated, so no dense fallback at low sparsity (call calibrate())")
+        if plan.path == "dense":
+            return self.dense(x, mask)
+        args = (x, self.w_gate, self.w_up, self.w_down_t, self.b_gate, self.b_up, self.b_down)
+        if self.backend == "torch":
+            return sparse_ffn_torch(*args, self.act_fn, self.activation == "drelu", mask, plan.per_token)
+        from .triton_ffn import triton_sparse_ffn  # triton is needed only for this backend
+        return triton_sparse_ffn(*args, self.activation, self.threshold, mask, plan.per_token, self._ticket_buffer(x),
+                                 self.workspace_alloc)
+
+    def _as_mask(self, active: torch.Tensor, n_tokens: int) -> torch.Tensor:
+        """active -> bool mask [1, d_ff] (shared set) or [tokens, d_ff]."""
+        if active.dtype == torch.bool:
+            if active.shape == (self.d_ff,):
+                return active[None]
+            if active.shape == (n_tokens, self.d_ff):
+                return active.contiguous()
+            raise ValueError(f"bool active must be [{self.d_ff}] or [{n_tokens}, {self.d_ff}], "
+                             f"got {tuple(active.shape)}")
+        if active.dim() == 1 and not active.is_floating_point():
+            mask = torch.zeros(self.d_ff, dtype=torch.bool, device=active.device)
+            return mask.index_fill_(0, active.long(), True)[None]
+        raise ValueError(f"active must be a bool mask or a 1-D index tensor, got {active.dtype} "
+                         f"{tuple(active.shape)}")
+
+    def _ticket_buffer(self, x: torch.Tensor) -> torch.Tensor:
+        """Zeroed once; the down kernel leaves every ticket at 0 again when it finishes."""
+        if self._tickets is None or self._tickets.device != x.device:
+            self._tickets = torch.zeros(64 * (self.w_gate.shape[1] // 32 + 1), dtype=torch.int32, device=x.device)
+        return self._tickets

@@ -1,0 +1,44 @@
+"""The Triton sparse FFN: gate (or mask compaction) -> up x act(gate) -> down, no host synchronization."""
+from __future__ import annotations
+
+import torch
+
+from . import configs
+from .triton_gate import compact_mask, launch_gate
+from .triton_up_down import launch_down, launch_up
+
+
+def _n_programs(device: torch.device) -> int:
+    """Programs of the persistent up kernel: a few per SM on a GPU, two under the interpreter."""
+    if configs.INTERPRET or device.type != "cuda":
+        return configs.INTERPRET_PROGRAMS
+    return configs.PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, per_token,
+                      tickets, alloc=torch.empty):
+    """x [T, d] -> [T, d]. mask: None (dense gate decides), [1, d_ff] or [T, d_ff] bool (predicted set).
+    `alloc` makes the float workspaces and the output (tests poison them with NaN)."""
+    if x.device.type != "cuda" and not configs.INTERPRET:
+        raise RuntimeError("the Triton backend needs a CUDA tensor (or TRITON_INTERPRET=1 set before importing "
+                           "triton); use backend='torch' on CPU")
+    n_tokens, d_model = x.shape
+    d_ff = w_gate.shape[0]
+    n_lists = n_tokens if per_token else 1
+    dev = x.device
+    counts = torch.zeros(n_lists, dtype=torch.int32, device=dev)
+    idx = torch.empty(n_lists, d_ff, dtype=torch.int32, device=dev)
+    x1c = alloc(n_tokens, d_ff, dtype=torch.float32, device=dev)
+    if mask is None:
+        gate_act = alloc(n_tokens, d_ff, dtype=torch.float32, device=dev)
+        launch_gate(x, w_gate, b_gate, activation, threshold, per_token, gate_act, counts, idx)
+    else:
+        gate_act = None
+        compact_mask(mask, per_token, counts, idx)
+    launch_up(x, w_up, b_up, w_gate, b_gate, gate_act, mask, per_token, activation, threshold, counts, idx, x1c,
+              _n_programs(dev))
+    splits = configs.DOWN_FIXED["SPLITS"] if configs.INTERPRET else configs.MAX_SPLITS
+    partials = alloc(splits * n_tokens * d_model, dtype=torch.float32, device=dev)
+    out = alloc(n_tokens, d_model, dtype=x.dtype, device=dev)
+    launch_down(x1c, w_down_t, b_down, per_token, counts, idx, partials, tickets, out)
+    return out

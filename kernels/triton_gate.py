@@ -1,0 +1,128 @@
+"""Dense gate GEMV/GEMM fused with the activation and active-index compaction (no predictor).
+
+One program owns BLOCK_N gate rows (neurons) and computes their full dot products over d_model, so
+each gate row is read once, with wide contiguous loads, by many programs splitting d_ff. The epilogue
+applies the activation, writes `act(gate)` (fp32, [tokens, d_ff]) and appends the neurons with a
+non-zero activation to index lists through one atomic counter per list:
+- union mode: one list (a neuron is listed if any token activates it);
+- per-token mode: one list per token.
+List order depends on which program reaches the counter first; the kernels that follow do not care.
+The same compaction turns a predicted active mask into lists (`compact_mask`).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .configs import COMPACT_CONFIGS, COMPACT_FIXED, GATE_CONFIGS, GATE_FIXED, tuned
+
+# Activation codes shared by all kernels (constexpr ints).
+ACT_CODES = {"relu": 0, "fatrelu": 1, "drelu": 2, "relu2": 3}
+
+
+@triton.jit
+def gate_act(g, threshold, ACT: tl.constexpr):
+    """act(gate): relu (also dReLU's gate), FATReLU (keep g >= threshold), or relu(g)^2."""
+    if ACT == 1:
+        return tl.where(g >= threshold, g, 0.0)
+    r = tl.maximum(g, 0.0)
+    if ACT == 3:
+        return r * r
+    return r
+
+
+@triton.jit
+def dot_acc(acc, a, b, IEEE: tl.constexpr):
+    """acc + a @ b; fp32 operands in exact IEEE fp32 (Triton would use tf32 by default)."""
+    if IEEE:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
+def append_active(active, tokens, offs_n, counts_ptr, idx_ptr, d_ff, PER_TOKEN: tl.constexpr):
+    """Append the neurons `offs_n` where `active` ([BLOCK_T, BLOCK_N] bool) to the index lists."""
+    if PER_TOKEN:
+        flags = active.to(tl.int32)
+        base = tl.atomic_add(counts_ptr + tokens, tl.sum(flags, 1), mask=tl.max(flags, 1) > 0)
+        pos = base[:, None] + tl.cumsum(flags, 1) - 1
+        tl.store(idx_ptr + tokens[:, None] * d_ff + pos, offs_n[None, :] + 0 * pos, mask=active)
+    else:
+        flags = tl.max(active.to(tl.int32), 0)
+        base = tl.atomic_add(counts_ptr, tl.sum(flags, 0))
+        pos = base + tl.cumsum(flags, 0) - 1
+        tl.store(idx_ptr + pos, offs_n, mask=flags > 0)
+
+
+@tuned(GATE_CONFIGS, GATE_FIXED, key=["d_model", "d_ff", "BLOCK_T"], reset_to_zero=["counts_ptr"])
+@triton.jit
+def gate_kernel(x_ptr, wg_ptr, bg_ptr, gact_ptr, counts_ptr, idx_ptr, n_tokens, d_model, d_ff, threshold,
+                ACT: tl.constexpr, HAS_BIAS: tl.constexpr, PER_TOKEN: tl.constexpr, IEEE: tl.constexpr,
+                BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < d_ff
+    tokens = tl.arange(0, BLOCK_T)
+    t_mask = tokens < n_tokens
+    rows = wg_ptr + offs_n.to(tl.int64)[:, None] * d_model
+    if BLOCK_T == 1:
+        # GEMV: elementwise products, one reduction at the end (no tensor cores needed at batch 1).
+        acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+        for k0 in range(0, d_model, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_mask = offs_k < d_model
+            w = tl.load(rows + offs_k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0)
+            xv = tl.load(x_ptr + offs_k, mask=k_mask, other=0.0)
+            acc += w.to(tl.float32) * xv.to(tl.float32)[None, :]
+        g = tl.sum(acc, 1)[None, :]
+    else:
+        g = tl.zeros([BLOCK_T, BLOCK_N], dtype=tl.float32)
+        for k0 in range(0, d_model, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_mask = offs_k < d_model
+            w = tl.load(rows + offs_k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0)
+            xt = tl.load(x_ptr + tokens[:, None] * d_model + offs_k[None, :],
+                         mask=t_mask[:, None] & k_mask[None, :], other=0.0)
+            g = dot_acc(g, xt, tl.trans(w), IEEE)
+    if HAS_BIAS:
+        g += tl.load(bg_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    a = gate_act(g, threshold, ACT)
+    valid = t_mask[:, None] & n_mask[None, :]
+    tl.store(gact_ptr + tokens[:, None] * d_ff + offs_n[None, :], a, mask=valid)
+    append_active(valid & (a != 0.0), tokens, offs_n, counts_ptr, idx_ptr, d_ff, PER_TOKEN)
+
+
+@tuned(COMPACT_CONFIGS, COMPACT_FIXED, key=["d_ff", "BLOCK_T"], reset_to_zero=["counts_ptr"])
+@triton.jit
+def compact_kernel(mask_ptr, counts_ptr, idx_ptr, n_rows, d_ff, PER_TOKEN: tl.constexpr,
+                   BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Predicted active mask ([n_rows, d_ff], uint8) -> index lists (union of rows, or one per row)."""
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.arange(0, BLOCK_T)
+    valid = (rows < n_rows)[:, None] & (offs_n < d_ff)[None, :]
+    m = tl.load(mask_ptr + rows[:, None] * d_ff + offs_n[None, :], mask=valid, other=0)
+    append_active(valid & (m != 0), rows, offs_n, counts_ptr, idx_ptr, d_ff, PER_TOKEN)
+
+
+def token_block(n_tokens: int) -> int:
+    """BLOCK_T: 1 selects the GEMV code path; otherwise a power of two >= 16 (tl.dot's minimum)."""
+    return 1 if n_tokens == 1 else max(16, triton.next_power_of_2(n_tokens))
+
+
+def launch_gate(x: torch.Tensor, w_gate: torch.Tensor, b_gate: torch.Tensor | None, act: str, threshold: float,
+                per_token: bool, gate_act_out: torch.Tensor, counts: torch.Tensor, idx: torch.Tensor) -> None:
+    """gate_act_out[t, j] = act(x[t] . w_gate[j] + b[j]); active neurons appended to (counts, idx)."""
+    n_tokens, d_model = x.shape
+    d_ff = w_gate.shape[0]
+    grid = lambda meta: (triton.cdiv(d_ff, meta["BLOCK_N"]),)  # noqa: E731
+    gate_kernel[grid](x, w_gate, b_gate if b_gate is not None else w_gate, gate_act_out, counts, idx,
+                      n_tokens, d_model, d_ff, float(threshold), ACT=ACT_CODES[act], HAS_BIAS=b_gate is not None,
+                      PER_TOKEN=per_token, IEEE=x.dtype == torch.float32, BLOCK_T=token_block(n_tokens))
+
+
+def compact_mask(mask: torch.Tensor, per_token: bool, counts: torch.Tensor, idx: torch.Tensor) -> None:
+    """Index lists of a [rows, d_ff] bool mask: one union list, or one list per row (per_token)."""
+    n_rows, d_ff = mask.shape
+    grid = lambda meta: (triton.cdiv(d_ff, meta["BLOCK_N"]),)  # noqa: E731
+    compact_kernel[grid](mask.view(torch.uint8), counts, idx, n_rows, d_ff, PER_TOKEN=per_token,
+                         BLOCK_T=triton.next_power_of_2(n_rows))

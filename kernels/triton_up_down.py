@@ -1,0 +1,175 @@
+"""Sparse up (optionally with the gate) fused with the multiply, then sparse down on W_down^T rows.
+
+`up_kernel`: a persistent grid walks blocks of BLOCK_J listed neurons; for each it reads the neurons'
+up rows (and, with a predicted set, their gate rows too), computes full dot products over d_model and
+writes `x1 = act(gate) * up` compactly: x1c[t, i] belongs to the i-th entry of token t's list (per-token
+mode) or of the shared list (union mode).
+`down_kernel`: output columns split in BLOCK_D blocks; SPLITS programs share the listed neurons of one
+column block; each reads only the W_down^T row segments of its neurons whose x1 is non-zero for some
+token (so dReLU's up <= 0 neurons cost no down bytes), and the last of the SPLITS programs to finish
+(ticket counter) adds the partial sums in a fixed order and writes the output: one launch,
+deterministic for a given list order.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .configs import DOWN_CONFIGS, DOWN_FIXED, UP_CONFIGS, UP_FIXED, tuned
+from .triton_gate import ACT_CODES, dot_acc, gate_act, token_block
+
+
+@triton.jit
+def rows_times_x(w_ptr, rows, i_mask, x_ptr, tokens, t_mask, d_model, IEEE: tl.constexpr,
+                 BLOCK_T: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
+    """[BLOCK_T, BLOCK_J] fp32: x[tokens] . w[rows] over the full d_model."""
+    row_ptrs = w_ptr + rows.to(tl.int64)[:, None] * d_model
+    if BLOCK_T == 1:
+        acc = tl.zeros([BLOCK_J, BLOCK_K], dtype=tl.float32)
+        for k0 in range(0, d_model, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_mask = offs_k < d_model
+            w = tl.load(row_ptrs + offs_k[None, :], mask=i_mask[:, None] & k_mask[None, :], other=0.0)
+            xv = tl.load(x_ptr + tokens * d_model + offs_k, mask=k_mask & t_mask, other=0.0)
+            acc += w.to(tl.float32) * xv.to(tl.float32)[None, :]
+        return tl.sum(acc, 1)[None, :]
+    else:
+        res = tl.zeros([BLOCK_T, BLOCK_J], dtype=tl.float32)
+        for k0 in range(0, d_model, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_mask = offs_k < d_model
+            w = tl.load(row_ptrs + offs_k[None, :], mask=i_mask[:, None] & k_mask[None, :], other=0.0)
+            xt = tl.load(x_ptr + tokens[:, None] * d_model + offs_k[None, :],
+                         mask=t_mask[:, None] & k_mask[None, :], other=0.0)
+            res = dot_acc(res, xt, tl.trans(w), IEEE)
+        return res
+
+
+@tuned(UP_CONFIGS, UP_FIXED, key=["d_model", "d_ff", "BLOCK_T", "FUSE_GATE"])
+@triton.jit
+def up_kernel(x_ptr, wu_ptr, bu_ptr, wg_ptr, bg_ptr, gact_ptr, mask_ptr, counts_ptr, idx_ptr, x1c_ptr,
+              n_tokens, d_model, d_ff, threshold, ACT: tl.constexpr, FUSE_GATE: tl.constexpr,
+              HAS_BU: tl.constexpr, HAS_BG: tl.constexpr, MASK_PER_TOKEN: tl.constexpr,
+              PER_TOKEN: tl.constexpr, IEEE: tl.constexpr,
+              BLOCK_T: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
+    lst = tl.program_id(1)
+    n_listed = tl.load(counts_ptr + lst)
+    if PER_TOKEN:
+        tokens = lst + tl.arange(0, BLOCK_T)
+        t_mask = tokens < lst + 1
+    else:
+        tokens = tl.arange(0, BLOCK_T)
+        t_mask = tokens < n_tokens
+    for blk in range(tl.program_id(0), tl.cdiv(n_listed, BLOCK_J), tl.num_programs(0)):
+        offs_i = blk * BLOCK_J + tl.arange(0, BLOCK_J)
+        i_mask = offs_i < n_listed
+        rows = tl.load(idx_ptr + lst * d_ff + offs_i, mask=i_mask, other=0)
+        up = rows_times_x(wu_ptr, rows, i_mask, x_ptr, tokens, t_mask, d_model, IEEE, BLOCK_T, BLOCK_J, BLOCK_K)
+        if HAS_BU:
+            up += tl.load(bu_ptr + rows, mask=i_mask, other=0.0).to(tl.float32)[None, :]
+        if ACT == 2:  # dReLU: relu on up as well
+            up = tl.maximum(up, 0.0)
+        valid = t_mask[:, None] & i_mask[None, :]
+        if FUSE_GATE:
+            g = rows_times_x(wg_ptr, rows, i_mask, x_ptr, tokens, t_mask, d_model, IEEE, BLOCK_T, BLOCK_J, BLOCK_K)
+            if HAS_BG:
+                g += tl.load(bg_ptr + rows, mask=i_mask, other=0.0).to(tl.float32)[None, :]
+            a = gate_act(g, threshold, ACT)
+            if MASK_PER_TOKEN:
+                # Union of per-token predictions: each token keeps only its own predicted neurons.
+                keep = tl.load(mask_ptr + tokens[:, None] * d_ff + rows[None, :], mask=valid, other=0)
+                a = tl.where(keep != 0, a, 0.0)
+        else:
+            a = tl.load(gact_ptr + tokens[:, None] * d_ff + rows[None, :], mask=valid, other=0.0)
+        tl.store(x1c_ptr + tokens[:, None] * d_ff + offs_i[None, :], a * up, mask=valid)
+
+
+@tuned(DOWN_CONFIGS, DOWN_FIXED, key=["d_model", "d_ff", "BLOCK_T"])
+@triton.jit
+def down_kernel(x1c_ptr, wdt_ptr, bd_ptr, counts_ptr, idx_ptr, partial_ptr, tickets_ptr, out_ptr,
+                n_tokens, d_model, d_ff, HAS_BIAS: tl.constexpr, PER_TOKEN: tl.constexpr, IEEE: tl.constexpr,
+                BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_J: tl.constexpr, SPLITS: tl.constexpr):
+    col_blk = tl.program_id(0)
+    split = tl.program_id(1)
+    lst = tl.program_id(2)
+    offs_d = col_blk * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = offs_d < d_model
+    if PER_TOKEN:
+        tokens = lst + tl.arange(0, BLOCK_T)
+        t_mask = tokens < lst + 1
+    else:
+        tokens = tl.arange(0, BLOCK_T)
+        t_mask = tokens < n_tokens
+    n_blocks = tl.cdiv(tl.load(counts_ptr + lst), BLOCK_J)
+    per_split = tl.cdiv(n_blocks, SPLITS)
+    blk_end = tl.minimum(split * per_split + per_split, n_blocks)
+    n_listed = tl.load(counts_ptr + lst)
+    if BLOCK_T == 1:
+        acc1 = tl.zeros([BLOCK_J, BLOCK_D], dtype=tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
+    for blk in range(split * per_split, blk_end):
+        offs_i = blk * BLOCK_J + tl.arange(0, BLOCK_J)
+        i_mask = offs_i < n_listed
+        rows = tl.load(idx_ptr + lst * d_ff + offs_i, mask=i_mask, other=0)
+        x1 = tl.load(x1c_ptr + tokens[:, None] * d_ff + offs_i[None, :],
+                     mask=t_mask[:, None] & i_mask[None, :], other=0.0)
+        live = i_mask & (tl.max(tl.abs(x1), 0) != 0.0)  # rows with x1 == 0 for every token are not read
+        w = tl.load(wdt_ptr + rows.to(tl.int64)[:, None] * d_model + offs_d[None, :],
+                    mask=live[:, None] & d_mask[None, :], other=0.0)
+        if BLOCK_T == 1:
+            acc1 += tl.sum(x1, 0)[:, None] * w.to(tl.float32)
+        else:
+            acc = dot_acc(acc, x1.to(w.dtype), w, IEEE)
+    if BLOCK_T == 1:
+        res = tl.sum(acc1, 0)[None, :]
+    else:
+        res = acc
+    out_ptrs = out_ptr + tokens[:, None] * d_model + offs_d[None, :]
+    out_mask = t_mask[:, None] & d_mask[None, :]
+    if SPLITS == 1:
+        if HAS_BIAS:
+            res += tl.load(bd_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptrs, res, mask=out_mask)
+    else:
+        part_ptrs = partial_ptr + tokens[:, None] * d_model + offs_d[None, :]
+        part_stride = n_tokens * d_model
+        tl.store(part_ptrs + split * part_stride, res, mask=out_mask)
+        tl.debug_barrier()  # every thread's partial is stored before the ticket is taken (release below)
+        ticket_ptr = tickets_ptr + lst * tl.num_programs(0) + col_blk
+        if tl.atomic_add(ticket_ptr, 1, sem="acq_rel") == SPLITS - 1:
+            total = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
+            for s in range(SPLITS):  # fixed order: the result does not depend on who finished last
+                total += tl.load(part_ptrs + s * part_stride, mask=out_mask, other=0.0, cache_modifier=".cg")
+            if HAS_BIAS:
+                total += tl.load(bd_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)[None, :]
+            tl.store(out_ptrs, total, mask=out_mask)
+            tl.atomic_xchg(ticket_ptr, 0)  # ready for the next call
+
+
+def launch_up(x, w_up, b_up, w_gate, b_gate, gate_act_in, mask, per_token, act, threshold, counts, idx, x1c,
+              n_programs: int) -> None:
+    """x1c from listed neurons; with `gate_act_in` None the gate rows are read here too (predicted set)."""
+    n_tokens, d_model = x.shape
+    d_ff = w_up.shape[0]
+    n_lists = n_tokens if per_token else 1
+    fuse_gate = gate_act_in is None
+    grid = lambda meta: (max(1, min(n_programs, triton.cdiv(d_ff, meta["BLOCK_J"]))), n_lists)  # noqa: E731
+    up_kernel[grid](x, w_up, b_up if b_up is not None else w_up, w_gate, b_gate if b_gate is not None else w_gate,
+                    x1c if fuse_gate else gate_act_in, mask if mask is not None else counts, counts, idx, x1c,
+                    n_tokens, d_model, d_ff, float(threshold), ACT=ACT_CODES[act], FUSE_GATE=fuse_gate,
+                    HAS_BU=b_up is not None, HAS_BG=b_gate is not None,
+                    MASK_PER_TOKEN=mask is not None and mask.shape[0] > 1, PER_TOKEN=per_token,
+                    IEEE=x.dtype == torch.float32, BLOCK_T=1 if per_token else token_block(n_tokens))
+
+
+def launch_down(x1c, w_down_t, b_down, per_token, counts, idx, partials, tickets, out) -> None:
+    """out[t] = sum over listed neurons i of x1c[t, i] * W_down^T[idx[i]] (+ bias)."""
+    n_tokens, d_model = out.shape
+    d_ff = w_down_t.shape[0]
+    n_lists = n_tokens if per_token else 1
+    grid = lambda meta: (triton.cdiv(d_model, meta["BLOCK_D"]), meta["SPLITS"], n_lists)  # noqa: E731
+    down_kernel[grid](x1c, w_down_t, b_down if b_down is not None else w_down_t, counts, idx, partials, tickets,
+                      out, n_tokens, d_model, d_ff, HAS_BIAS=b_down is not None, PER_TOKEN=per_token,
+                      IEEE=out.dtype == torch.float32, BLOCK_T=1 if per_token else token_block(n_tokens))

@@ -1,0 +1,136 @@
+"""SparseFFN's Triton kernels under TRITON_INTERPRET=1 (CPU, fp32) against an independent float64 reference.
+
+Odd shapes, 1 / 3 / 5 tokens, relu / fatrelu / drelu / relu2, union and per-token lists, with and without a
+predicted set, sparsity 0%, ~50% and 100%, every float workspace and the output poisoned with NaN.
+"""
+import importlib.util
+
+import pytest
+import torch
+
+if importlib.util.find_spec("triton") is None:
+    pytest.skip("triton is not installed (pip install triton): the kernel tests need its interpreter",
+                allow_module_level=True)
+
+from actsparse.kernels import DispatchConfig, SparseFFN  # noqa: E402
+from actsparse.kernels import configs  # noqa: E402
+
+if not configs.INTERPRET and not torch.cuda.is_available():
+    pytest.skip("triton was imported before TRITON_INTERPRET=1 could be set and there is no GPU",
+                allow_module_level=True)
+
+
+
+def reference_ffn(x, w_gate, w_up, w_down, activation, threshold=0.0, b_gate=None, b_up=None, b_down=None,
+                  mask=None):
+    """down(x1) with x1 = act(gate) * up computed densely in float64; x1 = 0 outside a predicted mask.
+
+    w_down is the nn.Linear layout [d_model, d_ff]."""
+    x = x.double()
+    g = x @ w_gate.double().T + (0 if b_gate is None else b_gate.double())
+    u = x @ w_up.double().T + (0 if b_up is None else b_up.double())
+    if activation == "fatrelu":
+        a = torch.where(g >= threshold, g, torch.zeros_like(g))
+    elif activation == "relu2":
+        a = torch.clamp(g, min=0) ** 2
+    else:
+        a = torch.clamp(g, min=0)
+    if activation == "drelu":
+        u = torch.clamp(u, min=0)
+    x1 = a * u
+    if mask is not None:
+        x1 = x1 * mask.double()
+    return x1 @ w_down.double().T + (0 if b_down is None else b_down.double())
+
+
+def poisoned_empty(*shape, dtype=None, device=None):
+    """torch.empty stand-in: float buffers start as NaN, so any element a kernel fails to write shows."""
+    t = torch.empty(*shape, dtype=dtype, device=device)
+    return t.fill_(float("nan")) if t.is_floating_point() else t.fill_(-7)
+
+
+def rel_err(y, ref):
+    return float((y.double() - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+SHAPES = [(24, 72, 1), (24, 72, 5), (40, 100, 1), (40, 100, 3)]  # (d_model, d_ff, tokens)
+ACTIVATIONS = [("relu", 0.0), ("fatrelu", 0.25), ("drelu", 0.0), ("relu2", 0.0)]
+# Gate bias per pattern: every neuron off, about half on, every neuron on.
+PATTERNS = {"none": -50.0, "half": 0.0, "all": 50.0}
+
+
+def make_ffn(d, f, activation, threshold, mode, gate_bias, seed, biases=False):
+    g = torch.Generator().manual_seed(seed)
+    w_gate, w_up = (torch.randn(f, d, generator=g) / d ** 0.5 for _ in range(2))
+    w_down = torch.randn(d, f, generator=g) / f ** 0.5
+    b_gate = gate_bias + torch.randn(f, generator=g) * 0.5
+    b_up = torch.randn(f, generator=g) * 0.5 if biases else None
+    b_down = torch.randn(d, generator=g) if biases else None
+    ffn = SparseFFN(w_gate, w_up, w_down.T.contiguous(), b_gate, b_up, b_down, activation, threshold,
+                    dispatch=DispatchConfig(batch_mode=mode))
+    ffn.workspace_alloc = poisoned_empty
+    ref = lambda x, mask=None: reference_ffn(x, w_gate, w_up, w_down, activation, threshold,  # noqa: E731
+                                             b_gate, b_up, b_down, mask)
+    return ffn, ref
+
+
+def check(y, ref):
+    assert torch.isfinite(y).all(), "an output element was never written (NaN poison survived)"
+    assert rel_err(y, ref) < 1e-5
+
+
+@pytest.mark.parametrize("pattern", list(PATTERNS))
+@pytest.mark.parametrize("mode", ["union", "per_token"])
+@pytest.mark.parametrize("activation,threshold", ACTIVATIONS)
+@pytest.mark.parametrize("d,f,tokens", SHAPES)
+def test_no_predictor_matches_float64(d, f, tokens, activation, threshold, mode, pattern):
+    ffn, ref = make_ffn(d, f, activation, threshold, mode, PATTERNS[pattern], seed=d + f + tokens)
+    x = torch.randn(tokens, d, generator=torch.Generator().manual_seed(tokens))
+    check(ffn(x), ref(x))
+
+
+def _active(kind, fraction, tokens, f, seed):
+    g = torch.Generator().manual_seed(seed)
+    rows = 1 if kind != "mask2d" else tokens
+    mask = torch.rand(rows, f, generator=g) < fraction
+    if kind == "index":
+        return torch.nonzero(mask[0]).flatten(), mask
+    return (mask[0] if kind == "mask1d" else mask), mask
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("kind", ["mask1d", "mask2d", "index"])
+@pytest.mark.parametrize("mode", ["union", "per_token"])
+@pytest.mark.parametrize("activation,threshold", ACTIVATIONS[:3])
+@pytest.mark.parametrize("d,f,tokens", [SHAPES[1], SHAPES[2]])
+def test_predicted_set_matches_float64(d, f, tokens, activation, threshold, mode, kind, fraction):
+    ffn, ref = make_ffn(d, f, activation, threshold, mode, 0.0, seed=f + tokens, biases=True)
+    x = torch.randn(tokens, d, generator=torch.Generator().manual_seed(3))
+    active, mask = _active(kind, fraction, tokens, f, seed=tokens)
+    check(ffn(x, active), ref(x, mask))
+
+
+def test_fatrelu_keeps_gate_equal_to_threshold():
+    """FATReLU keeps g >= t (PAPERS.md): with x = 0 the gate equals its bias, set exactly to t."""
+    ffn, ref = make_ffn(24, 72, "fatrelu", 0.5, "union", 0.0, seed=5, biases=True)
+    ffn.b_gate = torch.full((72,), 0.5)
+    x = torch.zeros(1, 24)
+    y = ffn(x)
+    expected = reference_ffn(x, ffn.w_gate, ffn.w_up, ffn.w_down_t.T, "fatrelu", 0.5, ffn.b_gate, ffn.b_up,
+                             ffn.b_down)
+    check(y, expected)
+    assert rel_err(y, expected - ffn.b_down.double()) > 0.1  # the tie neurons did contribute
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_dense_fallback_and_torch_backend(backend):
+    """Calibrated at ~100% active, the dispatcher picks the dense path; uncalibrated, the sparse one."""
+    ffn, ref = make_ffn(40, 100, "relu", 0.0, "union", 50.0, seed=9)
+    ffn.backend = backend
+    x = torch.randn(3, 40)
+    assert ffn.calibrate(x) == 1.0
+    check(ffn(x), ref(x))
+    mask = torch.rand(100) < 0.5
+    check(ffn(x, mask), ref(x, mask[None]))
+    ffn.neuron_prob = None
+    check(ffn(x), ref(x))
