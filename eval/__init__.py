@@ -1,1 +1,9 @@
 """Sparsity metrics, perplexity, lm-eval tasks and the leaderboard."""
+from .activation_capture import CapturedActivations, capture_x1
+from .cett import cett_sparsity, cett_sparsity_on_batch, cett_thresholds, layer_cett
+from .perplexity import mean_nll, perplexity
+from .ppl_p import ppl_p_sparsity
+from .scaling_fit import fit_activation_scaling, predict_activation_ratio
+from .scaling_plot import plot_activation_scaling
+from .thresholding import ThresholdedFFNs, apply_thresholds
+from .zero_fraction import converted_view, zero_fraction_sparsity
