@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .data.config import DataConfig
+from .data import DataConfig
 from .errors import ConfigError
 
 SHIPPED_CONFIGS_DIR = Path(__file__).parent / "configs"
