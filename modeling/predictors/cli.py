@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..activations import SUPPORTED_ACTIVATIONS
+from ..load import load_pretrained
 from ..sparsify import sparse_mlps, sparsify
 from .collect import collect_activations
 from .config import ConfigError, PredictorsConfig, load_config
@@ -34,16 +35,14 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def load_model(cfg: PredictorsConfig):
-    """The checkpoint as a causal LM with converted FFNs (`sparsify` with its own hidden_act by default)."""
-    from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained(str(cfg.require_model()), dtype=DTYPES[cfg.dtype])
-    model = model.to(cfg.device).eval()
-    activation = cfg.activation or getattr(model.config, "hidden_act", None)
-    if activation not in SUPPORTED_ACTIVATIONS or activation == "silu":
-        raise ConfigError(f"activation: {activation!r} has no exact zeros to predict; "
+    """The checkpoint, converted (`load_pretrained` reads its activation; `activation=` re-converts)."""
+    model = load_pretrained(str(cfg.require_model()), dtype=cfg.dtype).to(cfg.device).eval()
+    if cfg.activation:
+        sparsify(model, cfg.activation, cfg.activation_threshold)
+    activation = sparse_mlps(model)[0].activation
+    if activation == "silu":
+        raise ConfigError("activation: the checkpoint's FFNs use silu, whose x1 has no exact zeros to predict; "
                           f"set activation= one of {', '.join(a for a in SUPPORTED_ACTIVATIONS if a != 'silu')}")
-    if not sparse_mlps(model) or cfg.activation:
-        sparsify(model, activation, cfg.activation_threshold)
     return model
 
 
