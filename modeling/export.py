@@ -68,7 +68,8 @@ def export_hf(model: nn.Module, out_dir: str | Path, tokenizer=None) -> Path:
 
     Weights go through `save_pretrained` (safetensors, sharding, tied weights as transformers does them);
     `config.json` is then rewritten by `export_config_dict`, and for fatrelu / drelu the two
-    remote-code files are written beside it. The model itself is not changed.
+    remote-code files are written beside it. The model's modules and its activation fields are not changed
+    (`save_pretrained` itself records `architectures` and `dtype` on `model.config`, as always).
     """
     _check_not_partitioned(model)
     activation = model_activation(model)      # validate before anything is written
