@@ -1,0 +1,162 @@
+"""Sparse decoding end to end: put `SparseFFN` into a Hugging Face model's converted FFNs for `generate`.
+
+`swap_in_sparse_ffns(model)` replaces every `SparseGatedMLP` (relu / fatrelu / drelu / relu2) by a
+`SparseDecodingMLP` running the same FFN through `SparseFFN`; `model.generate` then works unchanged
+(KV cache, batch 1 or several sequences). Without a predictor the computation is exact (up to the
+summation order), so greedy outputs match the dense model's.
+`greedy_decode` is a plain static-KV-cache greedy loop with an optional CUDA graph for the decode step,
+so that dense and sparse models can be timed in the same loop with launch overhead removed alike.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from actsparse.modeling import SparseGatedMLP
+
+from .dispatch import DispatchConfig
+from .sparse_ffn import SPARSE_ACTIVATIONS, SparseFFN
+
+
+class SparseDecodingMLP(nn.Module):
+    """(batch, seq, d_model) -> same, through a SparseFFN on the flattened tokens.
+
+    `predictor`: optional callable (x2d) -> active set (bool [d_ff] / [tokens, d_ff] or indices), from
+    the predictor work; None runs the exact path. `calibrating`: the next forward measures each neuron's
+    activation probability for the dispatcher (this synchronizes; do it before capturing graphs).
+    """
+
+    def __init__(self, ffn: SparseFFN, layer_index: int = 0):
+        super().__init__()
+        self.ffn = ffn
+        self.layer_index = layer_index
+        self.predictor = None
+        self.calibrating = False
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        x = hidden.reshape(-1, hidden.shape[-1])
+        if self.calibrating:
+            self.ffn.calibrate(x)
+        active = None if self.predictor is None else self.predictor(x)
+        return self.ffn(x, active).reshape(hidden.shape).to(hidden.dtype)
+
+    def extra_repr(self) -> str:
+        return f"activation={self.ffn.activation}, backend={self.ffn.backend}, layer_index={self.layer_index}"
+
+
+def swap_in_sparse_ffns(model: nn.Module, backend: str = "triton",
+                        dispatch: DispatchConfig | None = None) -> list[SparseDecodingMLP]:
+    """Replace each converted FFN of `model` (in place, after moving it to its device and dtype)."""
+    swapped = []
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, SparseGatedMLP):
+            continue
+        if module.activation not in SPARSE_ACTIVATIONS:
+            raise ValueError(f"{name}: activation {module.activation!r} has no exact zeros; sparse decoding "
+                             f"supports {', '.join(SPARSE_ACTIVATIONS)} (convert with actsparse sparsify first)")
+        ffn = SparseFFN.from_mlp(module, module.activation, module.threshold, backend=backend, dispatch=dispatch)
+        new = SparseDecodingMLP(ffn, module.layer_index)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        swapped.append(new)
+    if not swapped:
+        raise ValueError(f"{type(model).__name__} has no SparseGatedMLP: run actsparse.modeling.sparsify "
+                         "(relu / fatrelu / drelu / relu2) before swapping in sparse kernels")
+    return swapped
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, input_ids: torch.Tensor) -> list[float]:
+    """One forward over sample tokens; each SparseDecodingMLP records its neurons' activation probability.
+    Returns the mean active fraction per layer."""
+    mlps = [m for m in model.modules() if isinstance(m, SparseDecodingMLP)]
+    for m in mlps:
+        m.calibrating = True
+    try:
+        model(input_ids=input_ids)
+    finally:
+        for m in mlps:
+            m.calibrating = False
+    return [float(m.ffn.neuron_prob.mean()) for m in mlps]
+
+
+def _static_cache(model: nn.Module, max_len: int):
+    from transformers import StaticCache
+    return StaticCache(config=model.config, max_cache_len=max_len)
+
+
+def _next_token(model, tokens, cache, positions) -> torch.Tensor:
+    logits = model(input_ids=tokens, past_key_values=cache, cache_position=positions, use_cache=True).logits
+    return logits[:, -1].argmax(-1, keepdim=True)
+
+
+@torch.no_grad()
+def greedy_decode(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, cuda_graph: bool = False,
+                  timing: dict | None = None) -> torch.Tensor:
+    """Greedy tokens after `input_ids` ([batch, prompt]) with a static KV cache; returns [batch, prompt+new].
+
+    cuda_graph: capture one decode step (model + argmax) and replay it; the step's inputs live in static
+    buffers (token ids, cache position). `timing`, when given, receives `decode_ms` (all decode steps
+    after the prefill and graph capture, CUDA events on a GPU, one synchronization at the end) and `steps`.
+    """
+    dev = input_ids.device
+    prompt = input_ids.shape[1]
+    cache = _static_cache(model, prompt + max_new_tokens)
+    token = _next_token(model, input_ids, cache, torch.arange(prompt, device=dev))
+    generated = [token.clone()]
+    position = torch.tensor([prompt], device=dev)
+    step = lambda: _next_token(model, token, cache, position)  # noqa: E731
+    if cuda_graph:
+        step = _captured(step, dev)
+    start = _mark(dev)
+    for _ in range(max_new_tokens - 1):
+        nxt = step()
+        generated.append(nxt.clone())
+        token.copy_(nxt)
+        position += 1
+    if timing is not None:
+        timing.update(decode_ms=_elapsed_ms(start, dev), steps=max_new_tokens - 1)
+    return torch.cat([input_ids, *generated], 1)
+
+
+def _captured(step, dev: torch.device):
+    """A CUDA graph of `step`; warm-up on a side stream first (autotuning, lazy allocations)."""
+    if dev.type != "cuda":
+        raise ValueError("cuda_graph=True needs the model on a CUDA device")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):  # recomputes the first decode step: same token, same cache slot, same values
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            out = step()
+    except RuntimeError as err:
+        raise RuntimeError(f"capturing the decode step in a CUDA graph failed ({err}); "
+                           "run with cuda_graph=False") from err
+
+    def replay():
+        graph.replay()
+        return out
+    return replay
+
+
+def _mark(dev):
+    if dev.type == "cuda":
+        ev = torch.cuda.Event(enable_timing=True)
+        ev.record()
+        return ev
+    import time
+    return time.perf_counter()
+
+
+def _elapsed_ms(start, dev) -> float:
+    if dev.type == "cuda":
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    import time
+    return (time.perf_counter() - start) * 1e3
