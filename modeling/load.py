@@ -36,11 +36,13 @@ def read_config_dict(path: str | os.PathLike, **hub_kwargs) -> tuple[dict, str]:
         config_file = Path(path) / hub_kwargs.get("subfolder", "") / "config.json"
         if not config_file.is_file():
             raise ValueError(f"{config_file}: not found (a model folder needs config.json)")
+    elif os.path.isabs(path) or str(path).startswith(".") or os.path.exists(path):
+        raise ValueError(f"{path}: not a folder (expected a model folder with config.json, or a Hub id)")
     else:
         from transformers.utils import cached_file
         try:
             config_file = cached_file(str(path), "config.json", **hub_kwargs)
-        except OSError as err:
+        except (OSError, ValueError) as err:  # ValueError: huggingface_hub's invalid repo id
             first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ValueError(f"{path}/config.json: cannot be read ({first_line})") from None
     try:

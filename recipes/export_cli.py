@@ -71,12 +71,15 @@ def run(args: argparse.Namespace) -> Path:
     import torch
 
     from actsparse.modeling import export_hf, sparse_mlps
+    from actsparse.modeling.activations import check_activation
 
     dtype = None
     if args.dtype is not None:
         dtype = getattr(torch, args.dtype.removeprefix("torch."), None)
         if not isinstance(dtype, torch.dtype):
             raise ValueError(f"--dtype {args.dtype!r} is not a torch dtype (e.g. float32, bfloat16, float16)")
+    if args.activation is not None or args.threshold is not None:  # fail before a long load
+        check_activation(args.activation or "fatrelu", 0.0 if args.threshold is None else args.threshold)
     model, tokenizer = load_source(args.src, dtype)
     model = reconvert(model, args.activation, args.threshold)
     out = export_hf(model, args.out, tokenizer=tokenizer)
