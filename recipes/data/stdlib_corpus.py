@@ -15,8 +15,11 @@ import importlib
 import inspect
 import json
 import logging
+import os
 import platform
-from dataclasses import dataclass
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -101,13 +104,29 @@ def write_stdlib_corpus(out_path: str | Path, max_chars: int | None = DEMO_MAX_C
 
     Documents are appended in module-list order until the next one would pass `max_chars` characters
     of text (None: all of them). Modules this Python lacks are skipped and reported in the result.
+    The text is read in a fresh interpreter (`-I -S`: no site-packages): libraries imported in this one
+    patch the stdlib (transformers adds `logging.Logger` methods, torch replaces `inspect.getfile`),
+    which would make the corpus depend on what the caller imported.
     """
+    command = [sys.executable, "-I", "-S", str(Path(__file__).resolve()), str(out_path), str(max_chars)]
+    env = {"PYTHONHASHSEED": "0", "PATH": os.environ.get("PATH", "")}
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"stdlib corpus: {' '.join(command)} failed: {done.stderr.strip().splitlines()[-1:]}")
+    info = json.loads(done.stdout)
+    if info["missing_modules"]:
+        log.warning("stdlib corpus: this Python lacks %d listed modules, skipped: %s",
+                    len(info["missing_modules"]), ", ".join(info["missing_modules"]))
+    return StdlibCorpusInfo(**{**info, "path": Path(info["path"])})
+
+
+def _write_in_this_interpreter(out_path: str | Path, max_chars: int | None) -> StdlibCorpusInfo:
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     python = python_minor()
     documents = chars = 0
     used, missing = [], []
-    tmp_path = out_path.with_name(out_path.name + ".tmp")
+    tmp_path = out_path.with_name(f"{out_path.name}.{os.getpid()}.tmp")
     with tmp_path.open("w", encoding="utf-8") as out:
         for module_name in stdlib_module_names():
             try:
@@ -126,6 +145,9 @@ def write_stdlib_corpus(out_path: str | Path, max_chars: int | None = DEMO_MAX_C
                 continue
             break  # the budget is spent
     tmp_path.replace(out_path)  # atomic: concurrent ranks never read a half-written corpus
-    if missing:
-        log.warning("stdlib corpus: this Python lacks %d listed modules, skipped: %s", len(missing), ", ".join(missing))
     return StdlibCorpusInfo(out_path, documents, chars, used, missing)
+
+
+if __name__ == "__main__":   # run by write_stdlib_corpus as `python -I -S stdlib_corpus.py OUT MAX_CHARS`
+    written = _write_in_this_interpreter(sys.argv[1], None if sys.argv[2] == "None" else int(sys.argv[2]))
+    print(json.dumps({**asdict(written), "path": str(written.path)}))
