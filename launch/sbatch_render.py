@@ -41,28 +41,27 @@ def fill(template: str, values: dict[str, str]) -> str:
     return PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
 
 
-def resource_directives(job: SbatchJob, profile: ClusterProfile) -> list[str]:
+def resource_directives(profile: ClusterProfile, gpus_per_node: int, **queue_flags: str | None) -> list[str]:
+    """GPU/CPU request from the profile's accelerator, then --partition/--account/--time/--qos when set."""
     lines = []
     if profile.accelerator == "gpu":
-        lines.append(f"--gpus-per-node={job.gpus_per_node}")
-    cpus = profile.cpus_per_task or (job.gpus_per_node if profile.accelerator == "cpu" else None)
+        lines.append(f"--gpus-per-node={gpus_per_node}")
+    cpus = profile.cpus_per_task or (gpus_per_node if profile.accelerator == "cpu" else None)
     if cpus:
         lines.append(f"--cpus-per-task={cpus}")
-    for flag in ("partition", "account", "time", "qos"):
-        if getattr(job, flag):
-            lines.append(f"--{flag}={getattr(job, flag)}")
+    lines += [f"--{flag}={value}" for flag, value in queue_flags.items() if value]
     return lines
 
 
-def _directive_block(flags: list[str]) -> str:
+def directive_block(flags: list[str]) -> str:
     return "\n".join(f"#SBATCH {flag}" for flag in flags)
 
 
-def _setup_block(profile: ClusterProfile) -> str:
+def setup_block(profile: ClusterProfile) -> str:
     return profile.setup.rstrip("\n") if profile.setup.strip() else "# (no setup lines)"
 
 
-def _env_block(profile: ClusterProfile) -> str:
+def env_block(profile: ClusterProfile) -> str:
     return "\n".join(f"export {key}={shlex.quote(value)}" for key, value in profile.env.items())
 
 
@@ -78,11 +77,12 @@ def render_sbatch(job: SbatchJob, profile: ClusterProfile, profile_path: str,
         "nproc_per_node": str(job.gpus_per_node),
         "run_dir": str(job.run_dir),
         "signal_grace_s": str(grace_s),
-        "resource_directives": _directive_block(resource_directives(job, profile)),
-        "extra_directives": _directive_block(profile.sbatch_directives + job.extra_directives),
+        "resource_directives": directive_block(resource_directives(
+            profile, job.gpus_per_node, partition=job.partition, account=job.account, time=job.time, qos=job.qos)),
+        "extra_directives": directive_block(profile.sbatch_directives + job.extra_directives),
         "profile_path": profile_path,
-        "setup": _setup_block(profile),
-        "env_exports": _env_block(profile),
+        "setup": setup_block(profile),
+        "env_exports": env_block(profile),
         "srun_args": "".join(f"{shlex.quote(a)} " for a in profile.srun_args),
         "container": f"{profile.container.strip()} " if profile.container.strip() else "",
         "train_command": " ".join(shlex.quote(a) for a in job.train_argv),

@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
     if args.nodes < 1 or args.gpus_per_node < 1:
         print("actsparse submit: --nodes and --gpus-per-node must be >= 1", file=sys.stderr)
         return 2
