@@ -25,7 +25,7 @@ from ..sparsify import sparse_mlps, sparsify
 from .collect import collect_activations
 from .config import ConfigError, PredictorsConfig, load_config
 from .data import token_batches
-from .evaluate import PROSPARSE_7B_PUBLISHED, perplexity_impact, score_on_collection, size_report
+from .evaluate import PROSPARSE_7B_PUBLISHED, perplexity_impact, score_rules_on_collection, size_report
 from .metrics import layer_mean
 from .predictor import ActiveRule, load_predictors
 from .train import train_predictors
@@ -83,13 +83,16 @@ def run_eval(cfg: PredictorsConfig) -> dict:
                           "(collect.data=HELDOUT collect.out_dir=DIR) and pass eval.data_dir=DIR")
     rule = ActiveRule(e.rule, e.threshold, e.topk_percent)
     predictors, pcfg = load_predictors(cfg.predictor_dir())
-    per_layer = score_on_collection(predictors, e.data_dir, rule, pcfg.label, device=cfg.device)
+    sweep = [ActiveRule("threshold", t) for t in (e.sweep_thresholds or [])]
+    per_rule = score_rules_on_collection(predictors, e.data_dir, [rule, *sweep], pcfg.label, device=cfg.device)
+    per_layer = per_rule[0]
     report = {"rule": rule.describe(), "input_location": pcfg.input_location, "rank": pcfg.rank,
               "label": pcfg.label, "data_dir": e.data_dir,
               "layers": [{"layer": i, **c.summary()} for i, c in enumerate(per_layer)],
               "overall": layer_mean(per_layer),
               "size": size_report(pcfg.d_model, pcfg.d_ff, pcfg.rank, DTYPES[cfg.dtype].itemsize,
                                   (e.reference_d_model, e.reference_d_ff), e.budget_fraction),
+              "sweep": [{"rule": r.describe(), **layer_mean(c)} for r, c in zip(sweep, per_rule[1:])],
               "published_reference_prosparse_7b": PROSPARSE_7B_PUBLISHED}
     if e.ppl_data:
         model = load_model(cfg)
@@ -119,6 +122,9 @@ def print_report(report: dict) -> None:
                                                            "true_sparsity")))
     console = Console()
     console.print(table)
+    for row in report["sweep"]:
+        console.print(f"  {row['rule']:>14}: recall {100 * row['recall']:.2f}%, precision "
+                      f"{100 * row['precision']:.2f}%, predicted sparsity {100 * row['predicted_sparsity']:.2f}%")
     s = report["size"]
     ref_d, ref_ff = s["reference_shape"]
     console.print(f"predictor {s['predictor_bytes_per_layer']:,} B vs FFN {s['ffn_bytes_per_layer']:,} B per layer "

@@ -55,6 +55,7 @@ class EvalSection:
     reference_d_model: int = 4096       # the budget line is also printed at this shape (LLaMA-2-7B)
     reference_d_ff: int = 11008
     budget_fraction: float = 0.05
+    sweep_thresholds: list[float] | None = None   # also report recall / predicted sparsity at these thresholds
     out_json: str | None = None         # default: <predictors_dir>/eval.json
 
 
@@ -103,6 +104,9 @@ def _check_value(value, hint, where: str):
             return None
         raise ConfigError(f"{where}: may not be null")
     for option in options:
+        if typing.get_origin(option) is list and isinstance(value, list):
+            (item,) = typing.get_args(option)
+            return [_check_value(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
         if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if option is float and isinstance(value, str):      # YAML 1.1 reads `1e-3` as a string

@@ -18,22 +18,34 @@ PROSPARSE_7B_PUBLISHED = {"recall": 0.9234, "predicted_sparsity": 0.7875, "rank"
 
 
 @torch.no_grad()
-def score_on_collection(predictors: list[LowRankPredictor], data_dir, rule: ActiveRule, label: str = "active",
-                        batch_size: int = 4096, device: str = "cpu") -> list[PredictionCounts]:
-    """Confusion counts per layer of `rule(predictor(x))` against the collected labels."""
+def score_rules_on_collection(predictors: list[LowRankPredictor], data_dir, rules: list[ActiveRule],
+                              label: str = "active", batch_size: int = 4096, device: str = "cpu"
+                              ) -> list[list[PredictionCounts]]:
+    """Per rule, per layer: confusion counts of `rule(predictor(x))` against the collected labels.
+
+    Logits are computed once per batch and shared by all rules (a threshold sweep costs one pass)."""
     manifest = read_manifest(data_dir)
     if manifest["num_layers"] != len(predictors):
         raise ValueError(f"{data_dir}: {manifest['num_layers']} layers collected, {len(predictors)} predictors")
-    per_layer = []
+    per_rule = [[] for _ in rules]
     for layer, predictor in enumerate(predictors):
         x, y = load_layer(data_dir, layer, label)
         predictor = predictor.to(device, torch.float32)
-        counts = PredictionCounts()
+        counts = [PredictionCounts() for _ in rules]
         for start in range(0, x.shape[0], batch_size):
             logits = predictor(x[start:start + batch_size].to(device, torch.float32))
-            counts.add(rule(logits), y[start:start + batch_size].to(device))
-        per_layer.append(counts)
-    return per_layer
+            labels = y[start:start + batch_size].to(device)
+            for rule, count in zip(rules, counts):
+                count.add(rule(logits), labels)
+        for rule_counts, count in zip(per_rule, counts):
+            rule_counts.append(count)
+    return per_rule
+
+
+def score_on_collection(predictors: list[LowRankPredictor], data_dir, rule: ActiveRule, label: str = "active",
+                        batch_size: int = 4096, device: str = "cpu") -> list[PredictionCounts]:
+    """Confusion counts per layer of `rule(predictor(x))` against the collected labels."""
+    return score_rules_on_collection(predictors, data_dir, [rule], label, batch_size, device)[0]
 
 
 def size_report(d_model: int, d_ff: int, rank: int, bytes_per_param: int, reference_shape: tuple[int, int],

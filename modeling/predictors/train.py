@@ -37,6 +37,7 @@ class TrainSettings:
     max_tokens: int | None = None     # per layer; None = all collected tokens
     seed: int = 0
     device: str = "cpu"
+    data_on_device: bool = True       # move the layer's (x, y) to `device` once (7.7 GB at 400k x 7B shapes)
 
 
 @dataclass
@@ -90,6 +91,9 @@ def train_layer(x: torch.Tensor, y: torch.Tensor, settings: TrainSettings, layer
     """Train one predictor on `x` [N, d_model] -> `y` [N, d_ff] (bool); return the best-recall weights."""
     torch.manual_seed(settings.seed + layer)
     train_idx, val_idx = split_indices(x.shape[0], settings.val_fraction, settings.seed + layer)
+    if settings.data_on_device:
+        x, y = x.to(settings.device), y.to(settings.device)
+        train_idx, val_idx = train_idx.to(settings.device), val_idx.to(settings.device)
     x_val, y_val = x[val_idx], y[val_idx]
     predictor = LowRankPredictor(x.shape[1], y.shape[1], settings.rank).to(settings.device)
     optimizer = torch.optim.AdamW(predictor.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
@@ -99,7 +103,7 @@ def train_layer(x: torch.Tensor, y: torch.Tensor, settings: TrainSettings, layer
     shuffle = torch.Generator().manual_seed(settings.seed + 1000 + layer)
     for epoch in tqdm(range(1, settings.max_epochs + 1), desc=f"layer {layer:02d}", disable=not progress):
         predictor.train()
-        order = train_idx[torch.randperm(train_idx.numel(), generator=shuffle)]
+        order = train_idx[torch.randperm(train_idx.numel(), generator=shuffle).to(train_idx.device)]
         loss_sum, batches = torch.zeros((), device=settings.device), 0   # summed on the device: no sync per step
         for start in range(0, order.numel(), settings.batch_size):
             idx = order[start:start + settings.batch_size]

@@ -49,10 +49,15 @@ def test_collect_train_eval_round_trip(tmp_path, capsys):
     predictors, pcfg = load_predictors(ckpt / "predictors")
     assert pcfg.rank == 8 and pcfg.input_location == "pre_norm" and len(predictors) == 2
     assert main(["eval", *common, f"eval.data_dir={tmp_path / 'heldout'}",
-                 f"eval.ppl_data={tmp_path / 'heldout.pt'}", "eval.rule=threshold", "eval.threshold=0.3"]) == 0
+                 f"eval.ppl_data={tmp_path / 'heldout.pt'}", "eval.rule=threshold", "eval.threshold=0.3",
+                 "eval.sweep_thresholds=[0.1, 0.5, 0.9]"]) == 0
     report = json.loads((ckpt / "predictors" / "eval.json").read_text())
     assert len(report["layers"]) == 2 and report["rule"] == "sigmoid>=0.3"
     assert 0 <= report["overall"]["recall"] <= 1 and 0 <= report["overall"]["predicted_sparsity"] <= 1
+    sweep = report["sweep"]
+    assert [r["rule"] for r in sweep] == ["sigmoid>=0.1", "sigmoid>=0.5", "sigmoid>=0.9"]
+    assert sweep[0]["recall"] >= sweep[1]["recall"] >= sweep[2]["recall"]           # lower threshold: more kept
+    assert sweep[0]["predicted_sparsity"] <= sweep[1]["predicted_sparsity"] <= sweep[2]["predicted_sparsity"]
     assert report["perplexity"]["exact"] > 1 and report["perplexity"]["predicted"] > 1
     assert report["size"]["reference_fraction"] == pytest.approx((4096 * 8 + 8 * 11008) / (3 * 4096 * 11008))
     out = capsys.readouterr().out
@@ -75,3 +80,13 @@ def test_config_errors_name_file_and_field(tmp_path):
 def test_missing_data_is_a_clear_error(tmp_path, capsys):
     assert main(["collect", f"model={tmp_path}"]) == 2
     assert "collect.data" in capsys.readouterr().err
+
+
+def test_shipped_configs_load():
+    from importlib.resources import files
+    configs = sorted(p for p in files("actsparse.modeling.predictors").joinpath("configs").iterdir()
+                     if p.name.endswith(".yaml"))
+    assert configs
+    for path in configs:
+        cfg = load_config(path, ["model=somewhere"])
+        assert cfg.train.rank > 0 and cfg.train.device == cfg.device
