@@ -53,7 +53,7 @@ def rel_err(y, ref):
     return float((y.double() - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
-SHAPES = [(24, 72, 1), (24, 72, 5), (40, 100, 1), (40, 100, 3)]  # (d_model, d_ff, tokens)
+SHAPES = [(24, 72, 5), (40, 100, 1), (40, 100, 3)]  # (d_model, d_ff, tokens)
 ACTIVATIONS = [("relu", 0.0), ("fatrelu", 0.25), ("drelu", 0.0), ("relu2", 0.0)]
 # Gate bias per pattern: every neuron off, about half on, every neuron on.
 PATTERNS = {"none": -50.0, "half": 0.0, "all": 50.0}
@@ -101,8 +101,8 @@ def _active(kind, fraction, tokens, f, seed):
 @pytest.mark.parametrize("fraction", [0.0, 0.3, 1.0])
 @pytest.mark.parametrize("kind", ["mask1d", "mask2d", "index"])
 @pytest.mark.parametrize("mode", ["union", "per_token"])
-@pytest.mark.parametrize("activation,threshold", ACTIVATIONS[:3])
-@pytest.mark.parametrize("d,f,tokens", [SHAPES[1], SHAPES[2]])
+@pytest.mark.parametrize("activation,threshold", [ACTIVATIONS[0], ACTIVATIONS[2]])
+@pytest.mark.parametrize("d,f,tokens", [SHAPES[0], SHAPES[1]])
 def test_predicted_set_matches_float64(d, f, tokens, activation, threshold, mode, kind, fraction):
     ffn, ref = make_ffn(d, f, activation, threshold, mode, 0.0, seed=f + tokens, biases=True)
     x = torch.randn(tokens, d, generator=torch.Generator().manual_seed(3))

@@ -1,0 +1,165 @@
+"""`actsparse bench-kernels`: sparse-FFN kernels vs cuBLAS dense vs a PyTorch index_select baseline (GPU).
+
+For each FFN shape, sparsity and batch: weight sets rotated past L2, realistic per-token patterns
+(bench_data.py), every method checked against a float32 dense reference before it is timed, then timed
+as CUDA-graph replays with CUDA events (median). Reported per method: microseconds, effective GB/s and
+fraction of the bandwidth floor for the bytes the method must read (measured copy bandwidth), speed-up
+over dense. Writes bench_kernels.json, bench_kernels.md and bench_kernels.png into --out-dir.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .bench_data import (SHAPES, make_inputs, make_weight_sets, neuron_probabilities, set_gate_bias,
+                         true_active)
+from .bench_report import goal_lines, markdown_table, plot_speedups
+from .dispatch import DispatchConfig
+from .sparse_ffn import SparseFFN
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+PREDICTED = ("ours_predicted_union", "ours_predicted_per_token")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="actsparse bench-kernels", description=__doc__.split("\n")[0])
+    p.add_argument("--shapes", default=",".join(SHAPES), help=f"comma list of {', '.join(SHAPES)}")
+    p.add_argument("--batches", default="1,8,32")
+    p.add_argument("--sparsities", default="0.5,0.6,0.7,0.8,0.9,0.95")
+    p.add_argument("--dtype", choices=list(DTYPES), default="fp16")
+    p.add_argument("--reps", type=int, default=50, help="timed graph replays per method")
+    p.add_argument("--min-rotation-mb", type=int, default=120, help="weight copies rotated: at least this much")
+    p.add_argument("--out-dir", default="runs/bench-kernels")
+    p.add_argument("--report-from", default=None, help="rebuild table + PNG from a JSON of an earlier run (CPU ok)")
+    return p.parse_args(argv)
+
+
+def _dense(ws, x):
+    return F.linear(F.relu(F.linear(x, ws.w_gate)) * F.linear(x, ws.w_up), ws.w_down)
+
+
+def _index_select(ws, x, rows):
+    """The PyTorch gather baseline, given the active rows (found outside the timing: no host sync)."""
+    gate = F.relu(F.linear(x, ws.w_gate)).index_select(1, rows)
+    up = F.linear(x, ws.w_up.index_select(0, rows))
+    return (gate * up) @ ws.w_down_t.index_select(0, rows)
+
+
+def _methods(sets, xs, masks, batch, calib_x):
+    """name -> list of zero-argument calls (one per weight set)."""
+    def ffn(ws, mode):
+        return SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, activation="relu", dispatch=DispatchConfig(batch_mode=mode))
+    union = [ffn(ws, "union") for ws in sets]
+    dispatched = [ffn(ws, "union") for ws in sets]
+    for f in dispatched:
+        f.calibrate(calib_x)
+    rows = [torch.nonzero(m.any(0)).flatten() for m in masks]
+    methods = {
+        "dense": [lambda ws=ws, x=x: _dense(ws, x) for ws, x in zip(sets, xs)],
+        "index_select": [lambda ws=ws, x=x, r=r: _index_select(ws, x, r) for ws, x, r in zip(sets, xs, rows)],
+        "ours_union": [lambda f=f, x=x: f(x) for f, x in zip(union, xs)],
+        "ours_predicted_union": [lambda f=f, x=x, m=m: f(x, m) for f, x, m in zip(union, xs, masks)],
+        "ours_dispatch": [lambda f=f, x=x: f(x) for f, x in zip(dispatched, xs)],
+    }
+    if batch > 1:
+        per_token = [ffn(ws, "per_token") for ws in sets]
+        methods["ours_per_token"] = [lambda f=f, x=x: f(x) for f, x in zip(per_token, xs)]
+        methods["ours_predicted_per_token"] = [lambda f=f, x=x, m=m: f(x, m) for f, x, m in zip(per_token, xs, masks)]
+    return methods
+
+
+def _check(name, call, ws, x, mask) -> float:
+    """Relative error against a float32 dense reference (x1 zeroed outside the mask for predicted paths)."""
+    x1 = F.relu(x.float() @ ws.w_gate.float().t()) * (x.float() @ ws.w_up.float().t())
+    if name in PREDICTED:
+        x1 = x1 * mask
+    ref = x1 @ ws.w_down.float().t()
+    out = call().float()
+    if not torch.isfinite(out).all():
+        return float("inf")
+    return float((out - ref).norm() / ref.norm())
+
+
+def bench_case(shape, d, f, batch, sparsity, sets, dtype, reps, bandwidth_gbs, gen, timer=None,
+               device="cuda") -> list[dict]:
+    """Records of every method for one (shape, batch, sparsity); `timer(calls, reps) -> {us, us_p10, us_p90}`."""
+    if timer is None:
+        from .bench_timing import time_calls_us as timer
+    probs = neuron_probabilities(f, sparsity, torch.Generator().manual_seed(int(sparsity * 1000)))
+    for ws in sets:
+        set_gate_bias(ws, probs)
+    xs = [make_inputs(batch, d, dtype, device, gen) for _ in sets]
+    masks = [true_active(ws, x) for ws, x in zip(sets, xs)]
+    per_token = float(torch.stack([m.float().mean() for m in masks]).mean())
+    union = float(torch.stack([m.any(0).float().mean() for m in masks]).mean())
+    elt = torch.tensor([], dtype=dtype).element_size()
+    dense_bytes = 3 * d * f * elt
+    methods = _methods(sets, xs, masks, batch, make_inputs(512, d, dtype, device, gen))
+    records, dense_us = [], None
+    for name, calls in methods.items():
+        rec = dict(shape=shape, d_model=d, d_ff=f, batch=batch, sparsity=sparsity, method=name,
+                   active_per_token=per_token, active_union=union, dtype=str(dtype), n_weight_sets=len(sets))
+        err = _check(name, calls[0], sets[0], xs[0], masks[0])
+        rec["rel_err"] = err
+        if not err < 2e-2:
+            rec["error"] = f"WRONG (rel err {err:.2e})"
+            records.append(rec)
+            continue
+        rec.update(timer(calls, reps))
+        must_read = (dense_bytes if name == "dense" else 3 * d * elt * union * f if name in PREDICTED
+                     else d * f * elt + 2 * d * elt * union * f)
+        dense_us = rec["us"] if name == "dense" else dense_us
+        rec.update(must_read_bytes=must_read, gbs=must_read / (rec["us"] * 1e-6) / 1e9,
+                   floor_fraction=(must_read / (bandwidth_gbs * 1e9) * 1e6) / rec["us"],
+                   speedup=dense_us / rec["us"])
+        records.append(rec)
+    return records
+
+
+def write_report(records, out_dir: Path, meta: dict) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench_kernels.json").write_text(json.dumps({"meta": meta, "records": records}, indent=1))
+    goals = goal_lines(records)
+    md = (f"Device: {meta.get('device')}, dtype {meta.get('dtype')}, copy bandwidth {meta.get('copy_gbs', 0):.0f} GB/s, "
+          f"command: `{meta.get('command')}`\n\n" + markdown_table(records) + "\n" + "\n".join(f"- {g}" for g in goals))
+    (out_dir / "bench_kernels.md").write_text(md + "\n")
+    plot_speedups(records, out_dir / "bench_kernels.png")
+    print(md)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out_dir = Path(args.out_dir)
+    if args.report_from:
+        data = json.loads(Path(args.report_from).read_text())
+        write_report(data["records"], out_dir, data["meta"])
+        return 0
+    if not torch.cuda.is_available():
+        print("actsparse bench-kernels needs a CUDA GPU (none found); --report-from JSON rebuilds a report on CPU",
+              file=sys.stderr)
+        return 2
+    from .bench_timing import copy_bandwidth_gbs
+    dtype = DTYPES[args.dtype]
+    bandwidth = copy_bandwidth_gbs()
+    meta = dict(device=torch.cuda.get_device_name(), dtype=args.dtype, copy_gbs=bandwidth, reps=args.reps,
+                command="actsparse bench-kernels " + " ".join(argv if argv is not None else sys.argv[1:]))
+    print(f"{meta['device']}: copy bandwidth {bandwidth:.0f} GB/s", flush=True)
+    records = []
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for shape in args.shapes.split(","):
+        d, f = SHAPES[shape]
+        sets = make_weight_sets(d, f, dtype, "cuda", args.min_rotation_mb << 20)
+        for batch in map(int, args.batches.split(",")):
+            for sparsity in map(float, args.sparsities.split(",")):
+                case = bench_case(shape, d, f, batch, sparsity, sets, dtype, args.reps, bandwidth, gen)
+                records += case
+                print(markdown_table(case).split("\n", 2)[2], flush=True)
+        del sets
+        torch.cuda.empty_cache()
+    write_report(records, out_dir, meta)
+    return 0

@@ -1,0 +1,74 @@
+"""Benchmark report: markdown table, goal checks and a PNG of speed-up vs sparsity, from the JSON records."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# (description, shape, batch, sparsity, method, minimum speed-up over dense) from the issue.
+GOALS = [
+    ("batch 1, 90%, no predictor", "llama2-7b", 1, 0.9, "ours_union", 3.0),
+    ("batch 1, 90%, active set given", "llama2-7b", 1, 0.9, "ours_predicted_union", 6.0),
+    ("batch 8, 90%, per-token", "llama2-7b", 8, 0.9, "ours_per_token", 1.5),
+]
+
+
+def markdown_table(records: list[dict]) -> str:
+    head = ("| shape | batch | sparsity | active/token | union active | method | µs (p10-p90) | GB/s | "
+            "% of floor | speed-up |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    rows = []
+    for r in records:
+        if "us" not in r:
+            rows.append(f"| {r['shape']} | {r['batch']} | {r['sparsity']:.2f} | | | {r['method']} | "
+                        f"{r.get('error', 'not timed')} | | | |")
+            continue
+        rows.append(f"| {r['shape']} | {r['batch']} | {r['sparsity']:.2f} | {r['active_per_token']:.3f} | "
+                    f"{r['active_union']:.3f} | {r['method']} | {r['us']:.1f} ({r['us_p10']:.1f}-{r['us_p90']:.1f}) | "
+                    f"{r['gbs']:.0f} | {100 * r['floor_fraction']:.0f}% | {r['speedup']:.2f}x |")
+    return head + "\n".join(rows) + "\n"
+
+
+def goal_lines(records: list[dict]) -> list[str]:
+    """Measured figure against each goal; the 0.95x floor over every dispatched case."""
+    lines = []
+    for desc, shape, batch, sparsity, method, minimum in GOALS:
+        hit = [r for r in records if (r["shape"], r["batch"], r["method"]) == (shape, batch, method)
+               and abs(r["sparsity"] - sparsity) < 1e-6 and "speedup" in r]
+        if hit:
+            s = hit[0]["speedup"]
+            lines.append(f"{desc} ({shape}, {method}): {s:.2f}x, goal >= {minimum}x: {'met' if s >= minimum else 'MISSED'}")
+        else:
+            lines.append(f"{desc} ({shape}): not in this run")
+    dispatched = [r for r in records if r["method"] == "ours_dispatch" and "speedup" in r]
+    if dispatched:
+        worst = min(dispatched, key=lambda r: r["speedup"])
+        lines.append(f"worst dispatched speed-up: {worst['speedup']:.2f}x ({worst['shape']}, batch {worst['batch']}, "
+                     f"sparsity {worst['sparsity']}), goal >= 0.95x: {'met' if worst['speedup'] >= 0.95 else 'MISSED'}")
+    return lines
+
+
+def plot_speedups(records: list[dict], path: Path) -> bool:
+    """One panel per shape: speed-up over dense vs sparsity, a line per (method, batch). False: no matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: no PNG (rerun with --report-from on a machine that has it)")
+        return False
+    shapes = sorted({r["shape"] for r in records})
+    fig, axes = plt.subplots(1, len(shapes), figsize=(5 * len(shapes), 4), squeeze=False)
+    for ax, shape in zip(axes[0], shapes):
+        lines = sorted({(r["method"], r["batch"]) for r in records if r["shape"] == shape and r["method"] != "dense"})
+        for method, batch in lines:
+            pts = sorted((r["sparsity"], r["speedup"]) for r in records
+                         if (r["shape"], r["method"], r["batch"]) == (shape, method, batch) and "speedup" in r)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=f"{method} b{batch}")
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set(title=shape, xlabel="per-token sparsity", ylabel="speed-up over cuBLAS dense")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return True

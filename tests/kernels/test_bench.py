@@ -1,0 +1,51 @@
+"""bench-kernels on CPU: exit code 2 without a GPU; one benchmark case end to end through the interpreter
+(fp32, tiny shape) with a stand-in timer, so every method's call and correctness check runs; report files."""
+import importlib.util
+import json
+
+import pytest
+import torch
+
+if importlib.util.find_spec("triton") is None:
+    pytest.skip("triton is not installed (pip install triton)", allow_module_level=True)
+
+from actsparse.kernels import bench, configs  # noqa: E402
+from actsparse.kernels.bench_data import make_weight_sets, neuron_probabilities  # noqa: E402
+
+
+def test_cpu_exits_with_code_2(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("has a GPU")
+    assert bench.main([]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_neuron_probabilities_mean_and_heavy_tail():
+    p = neuron_probabilities(4000, 0.9, torch.Generator().manual_seed(0))
+    assert abs(float(p.mean()) - 0.1) < 1e-6
+    assert float(p.max()) > 0.5 and float(torch.median(p)) < 0.05  # a few hot neurons, most cold
+
+
+def _one_pass_timer(calls, reps):
+    for call in calls:
+        call()
+    return {"us": 10.0, "us_p10": 9.0, "us_p90": 11.0}  # the stand-in timer's fixed figures, not measurements
+
+
+@pytest.mark.skipif(not configs.INTERPRET, reason="needs TRITON_INTERPRET=1 (set by conftest.py)")
+def test_bench_case_runs_every_method_correctly(tmp_path):
+    d, f = 40, 100
+    sets = make_weight_sets(d, f, torch.float32, "cpu", min_total_bytes=1)
+    records = bench.bench_case("tiny", d, f, 3, 0.7, sets, torch.float32, 1, 100.0, torch.Generator().manual_seed(0),
+                               timer=_one_pass_timer, device="cpu")
+    methods = {r["method"] for r in records}
+    assert methods == {"dense", "index_select", "ours_union", "ours_predicted_union", "ours_dispatch",
+                       "ours_per_token", "ours_predicted_per_token"}
+    for r in records:
+        assert "error" not in r and r["rel_err"] < 1e-4, r
+        assert 0 < r["active_per_token"] <= r["active_union"] <= 1
+    bench.write_report(records, tmp_path, {"device": "cpu", "dtype": "fp32", "copy_gbs": 100.0, "command": "test"})
+    assert (tmp_path / "bench_kernels.png").exists()
+    assert "ours_union" in (tmp_path / "bench_kernels.md").read_text()
+    assert bench.main(["--report-from", str(tmp_path / "bench_kernels.json"), "--out-dir", str(tmp_path / "re")]) == 0
+    assert json.loads((tmp_path / "re" / "bench_kernels.json").read_text())["records"] == records
