@@ -1,11 +1,15 @@
-"""Token batches for collection and perplexity from a file: `.pt` ids, `.jsonl` or `.txt` text.
+"""Token batches for collection and perplexity from a file: `.pt` ids, `.jsonl` / `.txt` text, or the
+pre-tokenized `.tokens.parquet` that `actsparse prepare-data` writes.
 
 - `.pt`: a LongTensor [N, T] of token ids (or a dict holding one under `input_ids`), used as is.
 - `.jsonl`: one JSON object per line, text under `text_field`; `.txt`: one document per non-empty line.
   Documents are tokenized (with the tokenizer's BOS), joined with EOS, and cut into `seq_len` windows,
   streaming, so a large file is never held in memory at once.
-`modeling` may not import `actsparse.recipes`; a recipe's own loader can pass its batches straight to
-`collect_activations` / `heldout_perplexity`, which take any iterable of id tensors or dicts.
+- `.parquet`: one document per row, token ids in column `input_ids` (no EOS stored; joined with the
+  tokenizer's EOS like text). It must come from the same tokenizer (prepare-data records which).
+`modeling` may not import `actsparse.recipes`; the recipes' own batches (`heldout_batches(...)`, dicts with
+`input_ids`) can be passed straight to `collect_activations` / `heldout_perplexity`, which take any
+iterable of id tensors or dicts.
 """
 from __future__ import annotations
 
@@ -30,11 +34,21 @@ def _documents(path: Path, text_field: str) -> Iterator[str]:
                 yield line.rstrip("\n")
 
 
+def _token_documents(path: Path, tokenizer, text_field: str) -> Iterator[list[int]]:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+        for group in pq.ParquetFile(path).iter_batches(columns=["input_ids"]):
+            yield from group.column(0).to_pylist()
+        return
+    for text in _documents(path, text_field):
+        yield tokenizer(text)["input_ids"]
+
+
 def _windows(path: Path, tokenizer, seq_len: int, text_field: str) -> Iterator[torch.Tensor]:
     pending: list[int] = []
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    for text in _documents(path, text_field):
-        pending.extend(tokenizer(text)["input_ids"] + eos)
+    for ids in _token_documents(path, tokenizer, text_field):
+        pending.extend(list(ids) + eos)
         while len(pending) >= seq_len:
             yield torch.tensor(pending[:seq_len])
             pending = pending[seq_len:]
@@ -52,12 +66,12 @@ def token_batches(path: str | Path, tokenizer=None, seq_len: int = 512, batch_si
         ids = torch.load(path)
         ids = ids["input_ids"] if isinstance(ids, dict) else ids
         rows: Iterator[torch.Tensor] = iter(ids.long())
-    elif path.suffix in (".jsonl", ".txt"):
+    elif path.suffix in (".jsonl", ".txt", ".parquet"):
         if tokenizer is None:
-            raise ValueError(f"{path}: text data needs a tokenizer (collect.tokenizer or the model folder)")
+            raise ValueError(f"{path}: text / parquet data needs a tokenizer (collect.tokenizer or the model folder)")
         rows = _windows(path, tokenizer, seq_len, text_field)
     else:
-        raise ValueError(f"{path}: unsupported data file; use .pt (token ids), .jsonl or .txt")
+        raise ValueError(f"{path}: unsupported data file; use .pt (token ids), .jsonl, .txt or .parquet")
     batch, used = [], 0
     for row in rows:
         if max_tokens is not None and used + row.numel() > max_tokens:

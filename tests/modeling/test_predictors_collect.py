@@ -77,3 +77,33 @@ def test_clip_labels_brute_force():
 def test_unconverted_model_rejected(tmp_path):
     with pytest.raises(ValueError, match="sparsify"):
         collect_activations(tiny_llama(), [random_ids()], tmp_path, progress=False)
+
+
+def test_recipe_heldout_batches_feed_collect(tmp_path):
+    """The recipes' batch dicts ({"input_ids": [B, T]}) go straight into collect_activations."""
+    np = pytest.importorskip("numpy")
+    from actsparse.recipes.data import PackedSequences, heldout_batches
+    rows = np.random.default_rng(0).integers(0, 97, size=(5, 12)).astype(np.int32)
+    dataset = PackedSequences(rows, np.zeros(5, dtype=np.int64), ["calib"])
+    manifest = collect_activations(sparsify(tiny_llama(), "relu"), heldout_batches(dataset, batch_size=2), tmp_path,
+                                   progress=False)
+    assert manifest["tokens"] == 60
+
+
+def test_token_batches_from_text_and_parquet(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+    from actsparse.modeling.predictors.data import token_batches
+
+    class Words:   # minimal tokenizer: "wN" -> N, EOS 0
+        eos_token_id = 0
+
+        def __call__(self, text):
+            return {"input_ids": [int(w[1:]) for w in text.split()]}
+
+    (tmp_path / "d.txt").write_text("w1 w2 w3\n\nw4 w5\n")
+    pq.write_table(pa.table({"input_ids": [[1, 2, 3], [4, 5]]}), tmp_path / "d.tokens.parquet")
+    for name in ("d.txt", "d.tokens.parquet"):
+        batches = list(token_batches(tmp_path / name, Words(), seq_len=3, batch_size=2))
+        # stream 1 2 3 EOS 4 5 EOS -> two full windows; the 1-token tail predicts nothing and is dropped
+        assert [b.tolist() for b in batches] == [[[1, 2, 3], [0, 4, 5]]]
