@@ -93,7 +93,7 @@ def include_documents(path: Path, license_id: str) -> tuple[SourceRecord, list[s
     texts = []
     for file in tqdm(files, desc=f"read {path.name}", unit="file"):
         bad = first_invalid_utf8_byte(file)
-        text = file.read_text(encoding="utf-8") if bad is None else ""
+        text = file.read_bytes().decode("utf-8") if bad is None else ""   # as read, no newline translation
         if bad is not None or not text.strip():
             record.skipped_files.append(f"{file}: " + (f"not UTF-8 (byte {bad})" if bad is not None else "empty"))
             continue

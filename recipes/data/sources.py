@@ -58,10 +58,11 @@ def first_invalid_utf8_byte(path: Path) -> int | None:
             except UnicodeDecodeError as err:
                 return offset + err.start
             offset += len(chunk)
+    pending = len(decoder.getstate()[0])    # a multi-byte sequence cut off by the end of the file
     try:
         decoder.decode(b"", final=True)
     except UnicodeDecodeError as err:
-        return offset + err.start
+        return offset - pending + err.start
     return None
 
 
@@ -91,8 +92,6 @@ def load_source_documents(data_cfg: DataConfig, index: int) -> datasets.Dataset:
     except Exception as err:  # datasets wraps parser errors; the root cause names the problem
         names = files[0] if len(files) == 1 else f"{len(files)} files under {source.path}"
         raise field_error(data_cfg.where, f"{at}.path", f"cannot read as {fmt} ({_root_reason(err)}): {names}") from None
-    if len(documents) == 0:
-        raise field_error(data_cfg.where, f"{at}.path", f"no documents in: {', '.join(map(str, files))}")
     _check_columns(documents, source, fmt, data_cfg.where, at, files)
     return documents
 
