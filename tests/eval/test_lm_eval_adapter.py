@@ -22,6 +22,22 @@ DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def fast_cpu():
+    """One torch thread: on the shared 2-core test machine two threads contend (8 ms -> 200 ms a forward)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def no_env_report(monkeypatch):
+    """lm-eval's per-call environment report runs `collect_env` subprocesses (~2 s); tests do not read it."""
+    import lm_eval.evaluator
+    monkeypatch.setattr(lm_eval.evaluator, "add_env_info", lambda results: None)
+
+
 def tiny_tokenizer():
     """WordLevel tokenizer over the words of the test tasks; no post-processor, so no BOS of its own."""
     from tokenizers import Tokenizer, models, pre_tokenizers
