@@ -72,6 +72,9 @@ class PredictorsConfig:
     eval: EvalSection = field(default_factory=EvalSection)
 
     def __post_init__(self):
+        # one place for the device: the top-level field; train.device only mirrors it
+        if self.train.device not in ("cpu", self.device):
+            raise ConfigError(f"train.device: {self.train.device!r}; set the top-level `device` instead")
         self.train.device = self.device
 
     def require_model(self) -> Path:

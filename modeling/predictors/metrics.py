@@ -108,7 +108,11 @@ def heldout_perplexity(model: nn.Module, batches: Iterable) -> float:
         targets = ids[:, 1:]
         nll = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                           reduction="none")
-        keep = torch.ones_like(nll, dtype=torch.bool) if mask is None else mask[:, 1:].reshape(-1).bool().to(device)
+        if mask is None:
+            keep = torch.ones_like(nll, dtype=torch.bool)
+        else:   # a prediction counts when both the token and the next one are real
+            real = mask.bool().to(device)
+            keep = (real[:, :-1] & real[:, 1:]).reshape(-1)
         nll_sum += float(nll[keep].double().sum())
         count += int(keep.sum())
     if count == 0:

@@ -95,3 +95,17 @@ def test_score_on_collection_equals_brute_force(tmp_path):
         expected = brute_force(predicted, y)
         got = (counts.recall, counts.precision, counts.predicted_sparsity, counts.true_sparsity)
         assert got == pytest.approx(expected)
+
+
+def test_heldout_perplexity_matches_written_out_nll():
+    from actsparse.modeling.predictors import heldout_perplexity
+    model = tiny_llama()
+    ids = random_ids(batch=2, seq=8)
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits.double(), -1)
+    nll = [-logp[b, t, ids[b, t + 1]] for b in range(2) for t in range(7) if mask[b, t] and mask[b, t + 1]]
+    expected = math.exp(sum(nll) / len(nll))
+    got = heldout_perplexity(model, [{"input_ids": ids, "attention_mask": mask}])
+    assert got == pytest.approx(expected, rel=1e-5)
