@@ -8,7 +8,7 @@
       seq_len: 2048
       heldout_fraction: 0.01        # or heldout_sequences: 64
       seed: 0
-      cache_dir: ~/.cache/actsparse/data
+      cache_dir: null               # null: $ACTSPARSE_CACHE/data, else ~/.cache/actsparse/data
       max_tokens: null              # training-set size in tokens; null: as large as no repeats allow
 
 Each error is a `ConfigError` with one line naming the file and the dotted field. Relative paths are
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,6 @@ FORMATS = ("jsonl", "parquet", "txt", "tokens")
 # `tokens` is a pre-tokenized parquet from `actsparse prepare-data` (`*.tokens.parquet`).
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet",
                   ".txt": "txt", ".md": "txt", ".rst": "txt", ".text": "txt"}
-DEFAULT_CACHE_DIR = "~/.cache/actsparse/data"
 
 
 def split_where(where: str) -> tuple[str, str]:
@@ -88,7 +88,7 @@ class DataConfig:
     heldout_fraction: float | None = None    # share of each source's tokens (default 0.01)
     heldout_sequences: int | None = None     # or: this many seq_len sequences, split by weight
     seed: int = 0
-    cache_dir: str = DEFAULT_CACHE_DIR
+    cache_dir: str | None = None             # tokenized corpora (datasets' Arrow cache)
     max_tokens: int | None = None
     where: str = field(default="<data config>", compare=False, repr=False)  # for error messages
 
@@ -121,6 +121,12 @@ class DataConfig:
             raise field_error(self.where, "heldout_sequences", f"must be >= 0, got {self.heldout_sequences}")
         if self.max_tokens is not None and self.max_tokens < self.seq_len:
             raise field_error(self.where, "max_tokens", f"must be >= seq_len ({self.seq_len}), got {self.max_tokens}")
+
+    def cache_path(self) -> Path:
+        """`cache_dir`, or the project cache (`$ACTSPARSE_CACHE`, default ~/.cache/actsparse) + `/data`."""
+        if self.cache_dir is not None:
+            return Path(self.cache_dir).expanduser()
+        return Path(os.environ.get("ACTSPARSE_CACHE", Path.home() / ".cache" / "actsparse")) / "data"
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)

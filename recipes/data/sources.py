@@ -26,7 +26,7 @@ def source_files(data_cfg: DataConfig, index: int) -> list[Path]:
     """The files of `sources[index]`; a built-in source is written into the cache folder first."""
     source = data_cfg.sources[index]
     if source.name == "stdlib_docs":
-        return [builtin_stdlib_file(Path(data_cfg.cache_dir).expanduser())]
+        return [builtin_stdlib_file(data_cfg.cache_path())]
     files = source.files()
     if not files:
         raise field_error(data_cfg.where, f"sources[{index}].path", f"no data files match: {source.path}")
@@ -88,7 +88,7 @@ def load_source_documents(data_cfg: DataConfig, index: int) -> datasets.Dataset:
     kwargs = {"sample_by": "document"} if fmt == "txt" else {}
     try:
         documents = datasets.load_dataset(LOADERS[fmt], data_files=[str(p) for p in files], split="train",
-                                          cache_dir=str(Path(data_cfg.cache_dir).expanduser()), **kwargs)
+                                          cache_dir=str(data_cfg.cache_path()), **kwargs)
     except Exception as err:  # datasets wraps parser errors; the root cause names the problem
         names = files[0] if len(files) == 1 else f"{len(files)} files under {source.path}"
         raise field_error(data_cfg.where, f"{at}.path", f"cannot read as {fmt} ({_root_reason(err)}): {names}") from None

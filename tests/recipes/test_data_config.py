@@ -1,4 +1,7 @@
 """DataConfig.from_dict: typed fields, defaults, and one-line errors naming the file and the field."""
+import os
+from pathlib import Path
+
 import pytest
 
 from actsparse.recipes.data import ConfigError, DataConfig, SourceConfig
@@ -22,7 +25,8 @@ def error_of(raw) -> str:
     return message
 
 
-def test_loads_typed_fields_and_infers_format(corpus, tmp_path):
+def test_loads_typed_fields_and_infers_format(corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("ACTSPARSE_CACHE", str(tmp_path / "cache"))
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "b.md").write_text("# b", encoding="utf-8")
     (tmp_path / "docs" / "c.rst").write_text("c", encoding="utf-8")
@@ -34,6 +38,7 @@ def test_loads_typed_fields_and_infers_format(corpus, tmp_path):
     assert cfg.sources[2].name == "stdlib_docs" and cfg.sources[2].format is None
     assert (cfg.seq_len, cfg.seed, cfg.max_tokens, cfg.heldout_fraction, cfg.heldout_sequences) == (256, 7, 4096, 0.01, None)
     assert "where" not in cfg.to_dict() and cfg.to_dict()["sources"][0]["weight"] == 3.0
+    assert cfg.cache_dir is None and cfg.cache_path() == Path(os.environ["ACTSPARSE_CACHE"]) / "data"
     assert ConfigError is SharedConfigError and issubclass(ConfigError, ValueError)
 
 
