@@ -155,7 +155,8 @@ def launch_up(x, w_up, b_up, w_gate, b_gate, gate_act_in, mask, per_token, act, 
     d_ff = w_up.shape[0]
     n_lists = n_tokens if per_token else 1
     fuse_gate = gate_act_in is None
-    grid = lambda meta: (max(1, min(n_programs, triton.cdiv(d_ff, meta["BLOCK_J"]))), n_lists)  # noqa: E731
+    per_list = max(1, n_programs // n_lists)  # the persistent grid is shared by the lists
+    grid = lambda meta: (min(per_list, triton.cdiv(d_ff, meta["BLOCK_J"])), n_lists)  # noqa: E731
     up_kernel[grid](x, w_up, b_up if b_up is not None else w_up, w_gate, b_gate if b_gate is not None else w_gate,
                     x1c if fuse_gate else gate_act_in, mask if mask is not None else counts, counts, idx, x1c,
                     n_tokens, d_model, d_ff, float(threshold), ACT=ACT_CODES[act], FUSE_GATE=fuse_gate,

@@ -1,0 +1,132 @@
+"""Decode tokens/s of a 7B-shaped ReLU LLaMA with ~89% FFN sparsity per layer: dense vs SparseFFN (GPU).
+
+Run: `cd /tmp && python -m actsparse.kernels.bench_decode --layers 8,32 --batches 1,8`.
+Random weights (initializer_range), ReLU FFNs, and a gate bias per neuron set layer by layer so that each
+neuron fires with its own heavy-tailed probability p_j (mean 1 - sparsity) on the hidden states that
+actually reach that layer. Dense and sparse run the same static-KV-cache greedy loop with the decode step
+captured in a CUDA graph, so launch overhead is removed alike. Several layer counts are timed so the
+per-layer cost (slope of ms/step vs layers) can be extrapolated when fewer layers than 32 are used.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from actsparse.kernels.bench_data import neuron_probabilities
+from actsparse.kernels.sparse_decoding import calibrate, greedy_decode, swap_in_sparse_ffns
+from actsparse.modeling import sparse_mlps, sparsify
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="bench_decode", description=__doc__.split("\n")[0])
+    p.add_argument("--layers", default="8,32", help="layer counts to time (7B has 32)")
+    p.add_argument("--batches", default="1,8")
+    p.add_argument("--sparsity", type=float, default=0.89, help="target per-token FFN sparsity (ProSparse-7B ~0.89)")
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--dtype", choices=["fp16", "bf16"], default="fp16")
+    p.add_argument("--no-cuda-graph", action="store_true")
+    p.add_argument("--out", default="runs/bench-decode/bench_decode.json")
+    return p.parse_args(argv)
+
+
+def build_model(n_layers: int, dtype: torch.dtype):
+    """LLaMA-2-7B shapes, random weights on the GPU, ReLU FFNs with a gate bias (no up / down bias)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=n_layers,
+                      num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
+                      max_position_embeddings=4096, mlp_bias=True)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(cfg).to(dtype).eval()
+    sparsify(model, "relu")
+    for mlp in sparse_mlps(model):
+        mlp.up_proj.bias = None
+        mlp.down_proj.bias = None
+    return model
+
+
+@torch.no_grad()
+def set_gate_biases(model, sparsity: float, sample_ids: torch.Tensor) -> None:
+    """Layer by layer: bias_j = -mean_j + std_j * Phi^-1(p_j) of gate_j's pre-activation on real inputs."""
+    for layer, mlp in enumerate(sparse_mlps(model)):
+        mlp.gate_proj.bias.zero_()
+        seen = []
+        hook = mlp.register_forward_pre_hook(lambda _m, args: seen.append(args[0].reshape(-1, args[0].shape[-1])))
+        model(input_ids=sample_ids)
+        hook.remove()
+        pre = (seen[0].float() @ mlp.gate_proj.weight.float().t())
+        probs = neuron_probabilities(pre.shape[1], sparsity, torch.Generator().manual_seed(layer)).to(pre.device)
+        bias = -pre.mean(0) + pre.std(0) * torch.special.ndtri(probs.float())
+        mlp.gate_proj.bias.copy_(bias.to(mlp.gate_proj.bias.dtype))
+
+
+def tokens_per_s(model, ids, new_tokens, cuda_graph) -> tuple[float, torch.Tensor]:
+    timing = {}
+    out = greedy_decode(model, ids, new_tokens, cuda_graph=cuda_graph, timing=timing)
+    return ids.shape[0] * timing["steps"] / (timing["decode_ms"] / 1e3), out
+
+
+def run(n_layers, batches, args) -> list[dict]:
+    dtype = torch.float16 if args.dtype == "fp16" else torch.bfloat16
+    model = build_model(n_layers, dtype)
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    sample = torch.randint(0, 32000, (4, 64), device="cuda", generator=gen)
+    set_gate_biases(model, args.sparsity, sample)
+    prompts = {b: torch.randint(0, 32000, (b, args.prompt_len), device="cuda", generator=gen) for b in batches}
+    dense = {b: tokens_per_s(model, prompts[b], args.new_tokens, not args.no_cuda_graph) for b in batches}
+    swap_in_sparse_ffns(model, backend="triton")
+    per_layer_active = calibrate(model, sample)
+    records = []
+    for b in batches:
+        sparse_tps, sparse_out = tokens_per_s(model, prompts[b], args.new_tokens, not args.no_cuda_graph)
+        dense_tps, dense_out = dense[b]
+        same = (sparse_out == dense_out).all(1).float().mean().item()
+        records.append(dict(layers=n_layers, batch=b, dense_tok_s=dense_tps, sparse_tok_s=sparse_tps,
+                            speedup=sparse_tps / dense_tps, dense_ms_per_step=b * 1e3 / dense_tps,
+                            sparse_ms_per_step=b * 1e3 / sparse_tps, mean_active=sum(per_layer_active) / n_layers,
+                            per_layer_active=per_layer_active, greedy_sequences_identical=same,
+                            cuda_graph=not args.no_cuda_graph, dtype=args.dtype))
+        print(f"layers {n_layers} batch {b}: dense {dense_tps:.1f} tok/s, sparse {sparse_tps:.1f} tok/s, "
+              f"{sparse_tps / dense_tps:.2f}x, active {records[-1]['mean_active']:.3f}, "
+              f"identical greedy sequences {same:.2f}", flush=True)
+    del model
+    torch.cuda.empty_cache()
+    return records
+
+
+def per_layer_slopes(records) -> list[dict]:
+    """ms/step per layer (slope between the smallest and largest layer count), dense and sparse."""
+    out = []
+    for b in sorted({r["batch"] for r in records}):
+        rs = sorted((r for r in records if r["batch"] == b), key=lambda r: r["layers"])
+        if len(rs) >= 2 and rs[-1]["layers"] > rs[0]["layers"]:
+            dl = rs[-1]["layers"] - rs[0]["layers"]
+            out.append(dict(batch=b, dense_ms_per_layer=(rs[-1]["dense_ms_per_step"] - rs[0]["dense_ms_per_step"]) / dl,
+                            sparse_ms_per_layer=(rs[-1]["sparse_ms_per_step"] - rs[0]["sparse_ms_per_step"]) / dl))
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_decode needs a CUDA GPU (none found)", file=sys.stderr)
+        return 2
+    batches = [int(b) for b in args.batches.split(",")]
+    records = [r for n in map(int, args.layers.split(",")) for r in run(n, batches, args)]
+    result = dict(device=torch.cuda.get_device_name(), records=records, per_layer=per_layer_slopes(records),
+                  command="python -m actsparse.kernels.bench_decode " + " ".join(argv or sys.argv[1:]))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    for s in result["per_layer"]:
+        print(f"batch {s['batch']}: per layer dense {s['dense_ms_per_layer']:.3f} ms, "
+              f"sparse {s['sparse_ms_per_layer']:.3f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""GPU-only checks (skipped on CPU): fp16 / bf16 at real and odd shapes against float64, poisoned outputs,
+repeated calls (a changing result would be a race in the split reduction), CUDA-graph capture."""
+import pytest
+import torch
+
+pytestmark = pytest.mark.gpu
+if not torch.cuda.is_available():
+    pytest.skip("needs a CUDA GPU", allow_module_level=True)
+
+from actsparse.kernels import DispatchConfig, SparseFFN  # noqa: E402
+from actsparse.kernels.bench_data import (make_inputs, make_weight_sets, neuron_probabilities,  # noqa: E402
+                                          set_gate_bias, true_active)
+
+
+def _reference(ws, x, mask=None):
+    x = x.double()
+    x1 = torch.relu(x @ ws.w_gate.double().T) * (x @ ws.w_up.double().T)
+    if mask is not None:
+        x1 = x1 * mask
+    return x1 @ ws.w_down.double().T
+
+
+def _poisoned(*shape, dtype=None, device=None):
+    t = torch.empty(*shape, dtype=dtype, device=device)
+    return t.fill_(float("nan")) if t.is_floating_point() else t
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("d,f", [(4096, 11008), (1000, 3001)])
+@pytest.mark.parametrize("tokens", [1, 5, 32, 64])
+@pytest.mark.parametrize("mode", ["union", "per_token"])
+def test_matches_float64(dtype, d, f, tokens, mode):
+    gen = torch.Generator(device="cuda").manual_seed(tokens)
+    ws = make_weight_sets(d, f, dtype, "cuda", 1)[0]
+    set_gate_bias(ws, neuron_probabilities(f, 0.9, torch.Generator().manual_seed(0)))
+    x = make_inputs(tokens, d, dtype, "cuda", gen)
+    ffn = SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, dispatch=DispatchConfig(batch_mode=mode))
+    ffn.workspace_alloc = _poisoned
+    tol = 2e-3 if dtype == torch.float16 else 1e-2
+    mask = true_active(ws, x) & (torch.rand(tokens, f, device="cuda", generator=gen) < 0.7)
+    for active, ref in ((None, _reference(ws, x)), (mask, _reference(ws, x, mask))):
+        first = ffn(x, active)
+        assert torch.isfinite(first).all()
+        assert float((first.double() - ref).norm() / ref.norm()) < tol
+        for _ in range(5):  # a race would move the error between identical calls
+            torch.testing.assert_close(ffn(x, active), first, rtol=1e-3, atol=1e-3)
+
+
+def test_cuda_graph_capture_and_replay():
+    ws = make_weight_sets(512, 1536, torch.float16, "cuda", 1)[0]
+    set_gate_bias(ws, neuron_probabilities(1536, 0.9, torch.Generator().manual_seed(0)))
+    x = make_inputs(1, 512, torch.float16, "cuda", torch.Generator(device="cuda").manual_seed(0))
+    ffn = SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t)
+    expected = ffn(x).clone()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = ffn(x)
+    for _ in range(3):
+        graph.replay()
+        torch.testing.assert_close(out, expected, rtol=1e-3, atol=1e-3)
