@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("out", help="output folder (created; existing files of the same names are replaced)")
     parser.add_argument("--activation", help="re-convert to this activation: silu, relu, drelu, relu2, fatrelu")
     parser.add_argument("--threshold", type=float, default=None,
-                        help="FATReLU threshold t (implies --activation fatrelu when that is not given)")
+                        help="FATReLU threshold t (implies --activation fatrelu; fatrelu without it uses t = 0)")
     parser.add_argument("--dtype", default=None, help="weights dtype of the export, e.g. bfloat16, float32")
     return parser
 
@@ -55,7 +55,8 @@ def _tokenizer_of(src: str):
     except (OSError, ValueError) as err:
         if os.path.isdir(src):
             raise ValueError(f"{src}: tokenizer files present but unreadable ({str(err).splitlines()[0]})") from None
-        return None  # a Hub model without a tokenizer
+        print(f"note: {src} has no readable tokenizer; exporting the model only", file=sys.stderr)
+        return None
 
 
 def reconvert(model, activation: str | None, threshold: float | None):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from actsparse.modeling import SparsityStats, load_pretrained, sparse_mlps
+from actsparse.modeling import SparsityStats, load_pretrained, sparse_mlps, sparsify
 from checkpoint_folders import write_minicpm_like_folder, write_prosparse_folder
 from tiny_models import random_ids, tiny_llama
 
@@ -141,3 +141,14 @@ def test_unknown_model_type_without_auto_map(tmp_path):
     folder = write_prosparse_folder(tiny_llama(), tmp_path / "p")
     edit_config(folder, model_type="bamboozle", auto_map=None)
     assert_one_line_error(folder, "config.json", "model_type", "bamboozle")
+
+
+def test_save_pretrained_of_a_converted_model_loads(tmp_path):
+    """`model.save_pretrained` (not export_hf) of a fatrelu model: model_type llama, hidden_act fatrelu."""
+    model = sparsify(tiny_llama(), "fatrelu", 0.05)
+    model.save_pretrained(tmp_path)
+    ids = random_ids()
+    loaded = load_pretrained(tmp_path)
+    assert [(m.activation, m.threshold) for m in sparse_mlps(loaded)] == [("fatrelu", 0.05)] * 2
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
