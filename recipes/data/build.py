@@ -75,12 +75,13 @@ class _SourceRows:
     heldout: np.ndarray
 
 
-def _heldout_targets(data_cfg: DataConfig, source_tokens: list[int]) -> list[int]:
-    """Held-out tokens wanted from each source (see the DataConfig fields)."""
+def _heldout_target_tokens(data_cfg: DataConfig, index: int, source_tokens: int) -> int:
+    """Held-out tokens wanted from source `index`: its heldout_fraction share, or its weight's share of
+    heldout_sequences (largest remainder) in whole rows."""
     if data_cfg.heldout_sequences is not None:
-        shares = apportion(data_cfg.heldout_sequences, [s.weight for s in data_cfg.sources])
-        return [n * data_cfg.seq_len for n in shares]
-    return [math.ceil(data_cfg.heldout_fraction * tokens) for tokens in source_tokens]
+        rows = apportion(data_cfg.heldout_sequences, [s.weight for s in data_cfg.sources])[index]
+        return rows * data_cfg.seq_len
+    return math.ceil(data_cfg.heldout_fraction * source_tokens)
 
 
 def _source_documents(data_cfg: DataConfig, index: int, tokenizer) -> DocumentTokens:
@@ -106,37 +107,34 @@ def _check_tokens_file(data_cfg: DataConfig, index: int, tokenizer) -> None:
                           f"(fingerprint {made_with}, this one {tokenizer_fingerprint(tokenizer)}): {path}")
 
 
-def _split_and_pack(data_cfg: DataConfig, all_docs: list[DocumentTokens], eos_id: int) -> list[_SourceRows]:
-    spans = [docs.lengths + 1 for docs in all_docs]
-    targets = _heldout_targets(data_cfg, [int(s[docs.lengths > 0].sum()) for s, docs in zip(spans, all_docs)])
-    packed = []
-    for index, (docs, span, target) in enumerate(zip(all_docs, spans, targets)):
-        nonempty = docs.lengths > 0
-        held = heldout_mask(docs.keys[nonempty], span[nonempty], target)
-        doc_ids = np.flatnonzero(nonempty)
-        heldout = pack_documents(docs, doc_ids[held], eos_id, data_cfg.seq_len)
-        if data_cfg.heldout_sequences is not None:
-            heldout = heldout[: target // data_cfg.seq_len]
-        train = pack_documents(docs, doc_ids[~held], eos_id, data_cfg.seq_len)
-        if len(train) == 0:
-            raise field_error(data_cfg.where, f"sources[{index}].path", f"too little text for one training "
-                              f"sequence of {data_cfg.seq_len} tokens after the held-out split "
-                              f"({int(span[nonempty].sum())} tokens in all): {data_cfg.sources[index].label}")
-        packed.append(_SourceRows(data_cfg.sources[index].label, train, heldout))
-    return packed
+def _split_and_pack(data_cfg: DataConfig, index: int, docs: DocumentTokens, eos_id: int) -> _SourceRows:
+    """Held-out documents chosen first, then both parts packed in file order (empty documents left out)."""
+    source, seq_len = data_cfg.sources[index], data_cfg.seq_len
+    doc_ids = np.flatnonzero(docs.lengths > 0)
+    spans = docs.lengths[doc_ids] + 1                       # tokens + EOS
+    target = _heldout_target_tokens(data_cfg, index, int(spans.sum()))
+    held = heldout_mask(docs.keys[doc_ids], spans, target)
+    heldout = pack_documents(docs, doc_ids[held], eos_id, seq_len)
+    if data_cfg.heldout_sequences is not None:
+        heldout = heldout[: target // seq_len]
+    train = pack_documents(docs, doc_ids[~held], eos_id, seq_len)
+    if len(train) == 0:
+        raise field_error(data_cfg.where, f"sources[{index}].{'path' if source.path else 'name'}",
+                          f"too little text for one training sequence of {seq_len} tokens after the held-out "
+                          f"split ({int(spans.sum())} tokens in all): {source.label}")
+    return _SourceRows(source.label, train, heldout)
 
 
 def _concat(parts: list[np.ndarray], seq_len: int, names: list[str]) -> PackedSequences:
-    rows = np.concatenate(parts) if parts else np.zeros((0, seq_len), dtype=np.int32)
     source_ids = np.concatenate([np.full(len(p), i, dtype=np.int64) for i, p in enumerate(parts)])
-    return PackedSequences(rows.reshape(-1, seq_len), source_ids, names)
+    return PackedSequences(np.concatenate(parts).reshape(-1, seq_len), source_ids, names)
 
 
 def build_datasets(data_cfg: DataConfig, tokenizer) -> PackedData:
     """Training and held-out sequences for `data_cfg`, tokenized with `tokenizer` (see the module doc)."""
     eos_id = eos_id_of(tokenizer)
-    all_docs = [_source_documents(data_cfg, i, tokenizer) for i in range(len(data_cfg.sources))]
-    packed = _split_and_pack(data_cfg, all_docs, eos_id)
+    packed = [_split_and_pack(data_cfg, i, _source_documents(data_cfg, i, tokenizer), eos_id)
+              for i in range(len(data_cfg.sources))]
     labels = [p.label for p in packed]
     names = [label if labels.count(label) == 1 else f"{label}[{i}]" for i, label in enumerate(labels)]
     picks = mixture_rows([len(p.train) for p in packed], [s.weight for s in data_cfg.sources],
