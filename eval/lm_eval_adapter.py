@@ -48,7 +48,9 @@ def tokenizer_with_bos(tokenizer, add_bos_token: bool):
     if tokenizer("a")["input_ids"][:1] != [tokenizer.bos_token_id]:
         raise ValueError(f"cannot make {type(tokenizer).__name__} prepend {tokenizer.bos_token!r}; "
                          "set quality.add_bos_token: false for this model")
-    log.info("tokenizer did not prepend %s; added it for lm-eval (add_bos_token=True)", tokenizer.bos_token)
+    log.warning("the tokenizer does not prepend %s by itself; adding it for lm-eval because add_bos_token is "
+                "true (right for LLaMA-family models; set quality.add_bos_token: false for models trained "
+                "without BOS, e.g. SmolLM2)", tokenizer.bos_token)
     return tokenizer
 
 
@@ -77,10 +79,10 @@ def wrap_model(model, tokenizer, batch_size: int | str = 1, add_bos_token: bool 
     """lm-eval `HFLM` around an in-memory model (no copy; thresholds applied to `model` stay in effect)."""
     _require_lm_eval()
     tokenizer = tokenizer_with_bos(tokenizer, add_bos_token)
-    device = str(next(model.parameters()).device)
     hflm_class = make_bos_hflm_class()
-    return hflm_class(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device,
-                      add_bos_token=add_bos_token, max_length=max_length)
+    # With a model object HFLM takes the device from the model (and ignores `device`).
+    return hflm_class(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, add_bos_token=add_bos_token,
+                      max_length=max_length)
 
 
 def task_key(spec: TaskSpec) -> str:

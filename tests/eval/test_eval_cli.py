@@ -192,3 +192,13 @@ def test_config_errors_name_file_and_field(tmp_path, checkpoint, capsys):
     assert config_path in err and "quality.thresholds" in err
     assert main([config_path, "--quiet", "data.seq_len=many"]) == 2
     assert "data.seq_len" in capsys.readouterr().err
+
+
+SHIPPED_CONFIGS = os.path.normpath(os.path.join(DATA, "..", "..", "..", "eval", "configs"))
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(SHIPPED_CONFIGS)))
+def test_shipped_eval_configs_load(name):
+    path = os.path.join(SHIPPED_CONFIGS, name)
+    cfg = load_eval_config(path, ["device=cpu"])
+    assert cfg.model and cfg.output_path.endswith(".json") and cfg.source == path
