@@ -89,17 +89,22 @@ def _is_hf(model: nn.Module) -> bool:
 
 @contextlib.contextmanager
 def measurement_mode(model: nn.Module):
-    """No grad, and the converted FFNs' training-time collectors (L1 term, zero counter) paused.
+    """Eval mode, no grad, and the converted FFNs' training-time collectors (L1 term, zero counter) paused.
 
-    Measuring must not leak into a training run's statistics or L1 term when called mid-training.
+    Measuring must not leak into a training run's statistics or L1 term when called mid-training; each
+    module's own train/eval flag is restored afterwards (not a blanket `model.train()`).
     """
     mlps = sparse_mlps(model)
     saved = [(m.zero_counter, m.l1_normalization, m.l1_term) for m in mlps]
+    modes = [(module, module.training) for module in model.modules()]
     for m in mlps:
         m.zero_counter, m.l1_normalization = None, None
+    model.eval()
     try:
         with torch.no_grad():
             yield
     finally:
+        for module, training in modes:
+            module.training = training
         for m, (counter, norm, term) in zip(mlps, saved):
             m.zero_counter, m.l1_normalization, m.l1_term = counter, norm, term

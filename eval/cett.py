@@ -32,6 +32,7 @@ from .thresholding import neuron_cutoffs
 
 NUM_CANDIDATES = 65536
 CANDIDATE_QUANTILE = 0.99
+IN_LOOP_MAX_TOKENS = 1024    # tokens per layer for the in-training metric: cheap, still ~1.5M scores per layer
 CHUNK_ELEMENTS = 1 << 25     # fp64 elements per token chunk of running sums (256 MiB)
 
 
@@ -136,10 +137,13 @@ def cett_sparsity(model: nn.Module, batches: Iterable, cett: float = 0.2,
 
 
 def cett_sparsity_on_batch(model: nn.Module, batch, cett: float = 0.2,
-                           max_tokens: int = DEFAULT_MAX_TOKENS) -> float:
+                           max_tokens: int = IN_LOOP_MAX_TOKENS) -> float:
     """Overall CETT sparsity on one held-out batch: for logging every K training steps.
 
-    One no-grad forward (training collectors paused) and one CETT curve per layer; the model's mode
-    and L1 / zero-count state are left as they were.
+    One no-grad eval-mode forward (training collectors paused) and one CETT curve per layer over at
+    most `max_tokens` sampled tokens. The curve costs a few passes over `max_tokens * d_ff * d_model`
+    fp64 elements per layer, memory-bound: run it where the model is (on the GPU); on 2 busy CPU
+    cores one 1536 x 576 layer took 8.6 s for 512 tokens. The model's train/eval flags and its L1 /
+    zero-count state are left as they were.
     """
     return cett_sparsity(model, [to_batch(batch)], cett, max_tokens=max_tokens)["sparsity"]

@@ -146,3 +146,20 @@ def test_unconverted_silu_model_and_token_cap():
     capped = cett_sparsity(model, batches, cett=0.2, max_tokens=30)
     assert capped["tokens"] == 30                         # 10 sampled tokens from each batch
     assert cett_sparsity(model, batches, cett=0.2, max_tokens=30) == capped   # same sample every call
+
+
+def test_in_loop_metric_leaves_training_state_alone():
+    from actsparse.modeling import enable_l1, l1_penalty
+    model = sparsify(tiny_llama(), "relu").train()
+    model.model.layers[1].eval()                       # a module the caller keeps in eval mode
+    enable_l1(model)
+    stats = SparsityStats(model)
+    ids = random_ids()
+    model(ids)
+    counted = stats.per_layer()
+    sparsity = cett_sparsity_on_batch(model, random_ids(seed=7), cett=0.2)
+    assert 0 < sparsity < 1
+    assert stats.per_layer() == counted                 # the held-out batch is not counted
+    assert model.training and not model.model.layers[1].training and model.model.layers[0].training
+    assert l1_penalty(model).requires_grad              # the training forward's L1 term survives
+    stats.detach()
