@@ -79,6 +79,8 @@ def run(args: argparse.Namespace) -> Path:
         dtype = getattr(torch, args.dtype.removeprefix("torch."), None)
         if not isinstance(dtype, torch.dtype):
             raise ValueError(f"--dtype {args.dtype!r} is not a torch dtype (e.g. float32, bfloat16, float16)")
+    if os.path.exists(args.src) and Path(args.src).resolve() == Path(args.out).resolve():
+        raise ValueError(f"{args.out}: the output folder is the source folder; export to a new folder")
     if args.activation is not None or args.threshold is not None:  # fail before a long load
         check_activation(args.activation or "fatrelu", 0.0 if args.threshold is None else args.threshold)
     model, tokenizer = load_source(args.src, dtype)

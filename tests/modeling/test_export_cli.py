@@ -59,6 +59,7 @@ def test_run_directory_goes_through_load_run_model(tmp_path, monkeypatch):
     (["MISSING", "OUT"], "config.json"),
     (["SRC", "OUT", "--activation", "gelu"], "gelu"),
     (["SRC", "OUT", "--dtype", "float7"], "--dtype"),
+    (["SRC", "SRC", "--threshold", "0.1"], "source folder"),
 ])
 def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys, argv, fragment):
     write_prosparse_folder(tiny_llama(), tmp_path / "SRC")
