@@ -20,7 +20,7 @@ from .config import DataConfig, field_error
 from .mixing import apportion, mixture_rows
 from .packing import DocumentTokens, heldout_mask, pack_documents
 from .sources import load_source_documents, text_column
-from .token_files import read_token_file_metadata
+from .token_files import read_token_file
 from .tokenizing import eos_id_of, tokenize_documents, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
@@ -86,25 +86,30 @@ def _heldout_target_tokens(data_cfg: DataConfig, index: int, source_tokens: int)
 
 def _source_documents(data_cfg: DataConfig, index: int, tokenizer) -> DocumentTokens:
     source = data_cfg.sources[index]
-    documents = load_source_documents(data_cfg, index)
     if source.format == "tokens":
-        _check_tokens_file(data_cfg, index, tokenizer)
-        tokenized = documents
+        docs = DocumentTokens.concat([_read_tokens_file(data_cfg, index, path, tokenizer) for path in source.files()])
     else:
-        tokenized = tokenize_documents(documents, tokenizer, text_column(source), source.label)
-    docs = DocumentTokens.from_dataset(tokenized)
+        documents = load_source_documents(data_cfg, index)
+        docs = DocumentTokens.from_dataset(tokenize_documents(documents, tokenizer, text_column(source), source.label))
     empty = int((docs.lengths == 0).sum())
     if empty:
         log.info("%s: %d empty documents skipped", source.label, empty)
     return docs
 
 
-def _check_tokens_file(data_cfg: DataConfig, index: int, tokenizer) -> None:
-    path = data_cfg.sources[index].files()[0]
-    made_with = read_token_file_metadata(path).get("tokenizer_fingerprint")
-    if made_with != tokenizer_fingerprint(tokenizer):
-        raise field_error(data_cfg.where, f"sources[{index}].path", f"tokenized with another tokenizer "
-                          f"(fingerprint {made_with}, this one {tokenizer_fingerprint(tokenizer)}): {path}")
+def _read_tokens_file(data_cfg: DataConfig, index: int, path, tokenizer) -> DocumentTokens:
+    """A prepare-data file, refused when another tokenizer made it."""
+    at = f"sources[{index}].path"
+    try:
+        docs, metadata = read_token_file(path)
+    except (OSError, ValueError, KeyError) as err:
+        raise field_error(data_cfg.where, at, f"not a tokens file from actsparse prepare-data "
+                          f"({type(err).__name__}: {err}): {path}") from None
+    made_with, this_one = metadata.get("tokenizer_fingerprint"), tokenizer_fingerprint(tokenizer)
+    if made_with != this_one:
+        raise field_error(data_cfg.where, at, f"tokenized with another tokenizer (fingerprint {made_with}, "
+                          f"this one {this_one}): {path}")
+    return docs
 
 
 def _split_and_pack(data_cfg: DataConfig, index: int, docs: DocumentTokens, eos_id: int) -> _SourceRows:

@@ -27,7 +27,7 @@ from ..errors import ConfigError
 
 BUILTIN_SOURCES = ("stdlib_docs",)
 FORMATS = ("jsonl", "parquet", "txt", "tokens")
-# `tokens` is a pre-tokenized parquet from `actsparse prepare-data` (`*.tokens.parquet`).
+# `tokens` is a pre-tokenized corpus from `actsparse prepare-data` (`*.tokens.npz`, token_files.py).
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet",
                   ".txt": "txt", ".md": "txt", ".rst": "txt", ".text": "txt"}
 
@@ -46,7 +46,7 @@ def field_error(where: str, dotted: str, problem: str) -> ConfigError:
 
 
 def format_of(path: Path) -> str | None:
-    if path.name.endswith(".tokens.parquet"):
+    if path.name.endswith(".tokens.npz"):
         return "tokens"
     return SUFFIX_FORMATS.get(path.suffix.lower())
 

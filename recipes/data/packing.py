@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import datasets
 import numpy as np
 
 
@@ -26,13 +25,21 @@ class DocumentTokens:
     keys: np.ndarray      # int64 doc_key per document (tokenizing.doc_key)
 
     @classmethod
-    def from_dataset(cls, tokenized: datasets.Dataset) -> "DocumentTokens":
+    def from_dataset(cls, tokenized) -> "DocumentTokens":
+        """From a tokenized `datasets.Dataset` (`input_ids`, `doc_key` columns), reading its Arrow buffers."""
         table = tokenized.flatten_indices().data if tokenized._indices is not None else tokenized.data
         ids = table.column("input_ids").combine_chunks()
         offsets = ids.offsets.to_numpy().astype(np.int64)
         values = ids.values.to_numpy().astype(np.int32, copy=False)
         keys = table.column("doc_key").to_numpy().astype(np.int64, copy=False)
         return cls(values=values, offsets=offsets, keys=keys)
+
+    @classmethod
+    def concat(cls, parts: list["DocumentTokens"]) -> "DocumentTokens":
+        shifts = np.cumsum([0] + [len(p.values) for p in parts[:-1]])
+        offsets = np.concatenate([[0]] + [p.offsets[1:] - p.offsets[0] + s for p, s in zip(parts, shifts)])
+        return cls(values=np.concatenate([p.values for p in parts]), offsets=offsets.astype(np.int64),
+                   keys=np.concatenate([p.keys for p in parts]))
 
     @property
     def lengths(self) -> np.ndarray:

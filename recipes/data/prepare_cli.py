@@ -5,9 +5,9 @@
 
 Sources: the Python standard library's docstrings (all of stdlib_modules.txt, no character cap) and every
 `.txt` / `.md` / `.rst` file under each `--include PATH[=LICENSE]` (one file = one document). Nothing is
-downloaded. Writes `OUT/corpus.tokens.parquet` (uint16 token ids when the vocabulary fits) and
+downloaded. Writes `OUT/corpus.tokens.npz` (uint16 token ids when the vocabulary fits; numpy reads it) and
 `OUT/SOURCES.json` (each source, its files, counts and license). Use it in a recipe as
-`data.sources: [{path: OUT/corpus.tokens.parquet}]`, with the same tokenizer.
+`data.sources: [{path: OUT/corpus.tokens.npz}]`, with the same tokenizer.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from .tokenizing import doc_key, tokenizer_fingerprint
 log = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = sorted(s for s, fmt in SUFFIX_FORMATS.items() if fmt == "txt")
-TOKEN_FILE = "corpus.tokens.parquet"
+TOKEN_FILE = "corpus.tokens.npz"
 TOKENIZE_BATCH = 256
 
 

@@ -1,9 +1,9 @@
-"""Reading one configured source into a `datasets.Dataset` of documents (files checked first).
+"""Reading one configured text source into a `datasets.Dataset` of documents (files checked first).
 
 jsonl / parquet hold one document per row (the `text_field` column); a txt / md / rst file is one
-document; a `tokens` parquet (from `actsparse prepare-data`) already holds `input_ids` + `doc_key`.
-Loading goes through `datasets.load_dataset`, whose Arrow cache (keyed by the file paths, sizes and
-modification times) makes a second read of unchanged files free.
+document. Loading goes through `datasets.load_dataset`, whose Arrow cache (keyed by the file paths,
+sizes and modification times) makes a second read of unchanged files free. `datasets` is imported
+only here, when a text source is read: pre-tokenized `tokens` sources (token_files.py) need numpy alone.
 """
 from __future__ import annotations
 
@@ -11,14 +11,12 @@ import codecs
 import logging
 from pathlib import Path
 
-import datasets
-
 from .config import DataConfig, SourceConfig, field_error
 from .stdlib_corpus import DEMO_MAX_CHARS, python_minor, write_stdlib_corpus
 
 log = logging.getLogger(__name__)
 
-LOADERS = {"jsonl": "json", "parquet": "parquet", "txt": "text", "tokens": "parquet"}
+LOADERS = {"jsonl": "json", "parquet": "parquet", "txt": "text"}
 UTF8_CHUNK_BYTES = 1 << 20
 
 
@@ -74,8 +72,13 @@ def _root_reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
-def load_source_documents(data_cfg: DataConfig, index: int) -> datasets.Dataset:
-    """`sources[index]` as a Dataset: a text column (`text_field`), or `input_ids` + `doc_key` for tokens."""
+def load_source_documents(data_cfg: DataConfig, index: int):
+    """Text source `sources[index]` as a `datasets.Dataset` with its text column (`text_column`)."""
+    try:
+        import datasets
+    except ImportError as err:
+        raise ImportError(f"reading text sources needs the datasets package ({err}); or pre-tokenize them "
+                          "elsewhere with `actsparse prepare-data` and use the .tokens.npz file") from None
     source: SourceConfig = data_cfg.sources[index]
     files = source_files(data_cfg, index)
     fmt = source.format or "jsonl"   # only built-in sources have no format: they are jsonl
@@ -92,18 +95,12 @@ def load_source_documents(data_cfg: DataConfig, index: int) -> datasets.Dataset:
     except Exception as err:  # datasets wraps parser errors; the root cause names the problem
         names = files[0] if len(files) == 1 else f"{len(files)} files under {source.path}"
         raise field_error(data_cfg.where, f"{at}.path", f"cannot read as {fmt} ({_root_reason(err)}): {names}") from None
-    _check_columns(documents, source, fmt, data_cfg.where, at, files)
+    _check_columns(documents, source, data_cfg.where, at, files)
     return documents
 
 
-def _check_columns(documents: datasets.Dataset, source: SourceConfig, fmt: str, where: str, at: str,
-                   files: list[Path]) -> None:
+def _check_columns(documents, source: SourceConfig, where: str, at: str, files: list[Path]) -> None:
     columns = documents.features
-    if fmt == "tokens":
-        if "input_ids" not in columns or "doc_key" not in columns:
-            raise field_error(where, f"{at}.format", f"a tokens file needs input_ids and doc_key columns, has "
-                              f"{', '.join(columns)}: {files[0]}")
-        return
     field = text_column(source)
     if field not in columns:
         raise field_error(where, f"{at}.text_field", f"no column {field!r} (columns: {', '.join(columns)}) in: {files[0]}")

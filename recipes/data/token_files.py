@@ -1,9 +1,10 @@
-"""Pre-tokenized corpora (`*.tokens.parquet`): what `actsparse prepare-data` writes and `format: tokens` reads.
+"""Pre-tokenized corpora (`*.tokens.npz`): what `actsparse prepare-data` writes and `format: tokens` reads.
 
-One row per document: `input_ids` (uint16 when the vocabulary fits, else uint32; no EOS, packing adds
-it) and `doc_key` (the hash of the document text, so the held-out choice matches the text source's).
-The parquet schema metadata `actsparse` holds the tokenizer fingerprint; reading with another
-tokenizer is refused.
+A compressed numpy archive, readable with numpy alone (GPU images may lack datasets and pyarrow):
+`input_ids` (every document's ids back to back, no EOS: packing adds it; uint16 when the vocabulary
+fits, else uint32), `offsets` (int64, document d is input_ids[offsets[d]:offsets[d + 1]]), `doc_keys`
+(int64 hash of each document's text, so the held-out choice equals the one made from the text itself)
+and `metadata` (JSON text: the tokenizer fingerprint; reading with another tokenizer is refused).
 """
 from __future__ import annotations
 
@@ -11,10 +12,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-METADATA_KEY = b"actsparse"
+from .packing import DocumentTokens
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -24,18 +23,19 @@ def token_dtype(vocab_size: int) -> np.dtype:
 def write_token_file(path: Path, documents: list[list[int]], doc_keys: list[int], vocab_size: int,
                      metadata: dict) -> int:
     """Write the documents' token ids; returns the file size in bytes."""
-    dtype = token_dtype(vocab_size)
     lengths = np.array([len(ids) for ids in documents], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    values = np.fromiter((t for ids in documents for t in ids), dtype=dtype, count=int(offsets[-1]))
-    input_ids = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values))
-    table = pa.table({"input_ids": input_ids, "doc_key": pa.array(doc_keys, type=pa.int64())})
-    table = table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
+    values = np.fromiter((t for ids in documents for t in ids), dtype=token_dtype(vocab_size), count=int(offsets[-1]))
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path, compression="zstd")
+    with path.open("wb") as out:      # a file object: savez would otherwise append ".npz" to the name
+        np.savez_compressed(out, input_ids=values, offsets=offsets, doc_keys=np.array(doc_keys, dtype=np.int64),
+                            metadata=np.array(json.dumps(metadata, sort_keys=True)))
     return path.stat().st_size
 
 
-def read_token_file_metadata(path: Path) -> dict:
-    metadata = pq.read_schema(path).metadata or {}
-    return json.loads(metadata.get(METADATA_KEY, b"{}"))
+def read_token_file(path: Path) -> tuple[DocumentTokens, dict]:
+    """The documents and the metadata of a `*.tokens.npz` (KeyError names a missing array)."""
+    with np.load(path, allow_pickle=False) as archive:
+        docs = DocumentTokens(values=archive["input_ids"].astype(np.int32), offsets=archive["offsets"],
+                              keys=archive["doc_keys"])
+        return docs, json.loads(str(archive["metadata"]))

@@ -10,11 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-import datasets
-
 TOKENIZE_VERSION = "1"  # bump when the stored columns change meaning
-TOKENIZED_FEATURES = datasets.Features({"input_ids": datasets.List(datasets.Value("int32")),
-                                        "doc_key": datasets.Value("int64")})
 
 
 def doc_key(text: str) -> int:
@@ -49,11 +45,15 @@ def _tokenize_batch(batch: dict, tokenizer, text_field: str) -> dict:
     return {"input_ids": ids, "doc_key": [doc_key(text) for text in texts]}
 
 
-def tokenize_documents(documents: datasets.Dataset, tokenizer, text_field: str, label: str) -> datasets.Dataset:
-    """`documents` as rows of `input_ids` (no EOS; packing adds it) and `doc_key`, from the cache if present."""
+def tokenize_documents(documents, tokenizer, text_field: str, label: str):
+    """`documents` (a datasets.Dataset) as rows of `input_ids` (no EOS; packing adds it) and `doc_key`,
+    from the cache when present."""
+    import datasets   # only text sources come here (see sources.py)
+
+    features = datasets.Features({"input_ids": datasets.List(datasets.Value("int32")), "doc_key": datasets.Value("int64")})
     key = "|".join([documents._fingerprint, tokenizer_fingerprint(tokenizer), text_field, TOKENIZE_VERSION])
     return documents.map(
         _tokenize_batch, batched=True, batch_size=1000, remove_columns=documents.column_names,
-        fn_kwargs={"tokenizer": tokenizer, "text_field": text_field}, features=TOKENIZED_FEATURES,
+        fn_kwargs={"tokenizer": tokenizer, "text_field": text_field}, features=features,
         new_fingerprint=hashlib.sha256(key.encode()).hexdigest()[:16], desc=f"tokenize {label}",
     )

@@ -7,6 +7,7 @@ just `[VOCAB[w] for w in text.split()]`, independent of the code under test.
 import hashlib
 import json
 import math
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -214,7 +215,7 @@ def test_too_little_text_for_a_sequence(tmp_path):
     assert "data.sources[1].path: too little text for one training sequence of 16 tokens" in message
 
 
-def test_prepared_token_file_builds_the_same_rows_as_its_text(tmp_path):
+def test_prepared_token_file_builds_the_same_rows_as_its_text(tmp_path, monkeypatch):
     from actsparse.recipes.data.prepare_cli import main as prepare_main
 
     texts = random_docs(13, WORDS_B, 40)
@@ -234,12 +235,18 @@ def test_prepared_token_file_builds_the_same_rows_as_its_text(tmp_path):
     assert manifest["tokens"] == sum(len(t.split()) for t in texts)
     (folder / "latin1.txt").unlink()
     from_text = build(tmp_path, [{"path": str(folder)}], heldout_fraction=0.25)
-    from_tokens = build(tmp_path, [{"path": str(out / "corpus.tokens.parquet")}], heldout_fraction=0.25)
+    monkeypatch.setitem(sys.modules, "datasets", None)    # a GPU image without datasets reads token files
+    from_tokens = build(tmp_path, [{"path": str(out / "corpus.tokens.npz")}], heldout_fraction=0.25)
     assert np.array_equal(from_text.train.rows, from_tokens.train.rows)
     assert np.array_equal(from_text.heldout.rows, from_tokens.heldout.rows)
     other = tiny_tokenizer({**VOCAB, "extra": len(VOCAB)})
     with pytest.raises(ConfigError, match=r"data\.sources\[0\]\.path: tokenized with another tokenizer"):
-        build_datasets(config(tmp_path, [{"path": str(out / "corpus.tokens.parquet")}]), other)
+        build_datasets(config(tmp_path, [{"path": str(out / "corpus.tokens.npz")}]), other)
+    with pytest.raises(ImportError, match="reading text sources needs the datasets package"):
+        build(tmp_path, [{"path": str(folder)}])
+    fake = tmp_path / "fake.tokens.npz"
+    fake.write_bytes(b"not a zip")
+    assert "data.sources[0].path: not a tokens file from actsparse prepare-data" in build_error(tmp_path, [{"path": str(fake)}])
 
 
 def test_prepare_data_respects_the_size_cap(tmp_path):
