@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "leaderboard": ("actsparse.eval.leaderboard_cli", "render result JSONs as a table and PNG plots"),
     "bench-kernels": ("actsparse.kernels.bench", "benchmark sparse-FFN Triton kernels against cuBLAS (GPU)"),
     "predictors": ("actsparse.modeling.predictors.cli", "collect | train | eval activation predictors"),
+    "predictor-decode": ("actsparse.eval.predictor_decode", "decode tokens/s and perplexity: exact vs predictor-driven FFNs"),
 }
 
 
