@@ -71,20 +71,37 @@ def layer_cett(x1: torch.Tensor, down_weight: torch.Tensor, device: torch.device
     out_norm = torch.linalg.vector_norm(a @ weight.T, dim=1)
     keep = out_norm > 0                                  # 0/0 tokens are left out
     a, scores, out_norm = a[keep], scores[keep], out_norm[keep]
+    sorted_scores, order = scores.sort(dim=1)
+    # Only neurons with 0 < n <= last candidate move the curve: zero scores add nothing (they sort
+    # first) and scores past the grid sort last. Grouping tokens by their zero count keeps each
+    # chunk's window of sorted positions narrow (10x less work at 90% ReLU sparsity).
+    zeros = (sorted_scores == 0).sum(1)
+    in_grid = (sorted_scores <= candidates[-1]).sum(1)
+    by_zeros = zeros.argsort()
     # increments[k]: sum over tokens of the CETT increase that takes effect at candidate k.
     increments = torch.zeros(num_candidates + 1, dtype=torch.float64, device=device)
     chunk = max(1, CHUNK_ELEMENTS // (a.shape[1] * weight.shape[0]))
     for start in range(0, a.shape[0], chunk):
-        sl = slice(start, start + chunk)
-        sorted_scores, order = scores[sl].sort(dim=1)
-        contributions = a[sl].gather(1, order).unsqueeze(-1) * weight.T[order]   # [c, d_ff, d_model]
-        running = torch.linalg.vector_norm(contributions.cumsum(dim=1), dim=-1)  # [c, d_ff]
-        steps = torch.diff(running, dim=1, prepend=torch.zeros_like(running[:, :1])) / out_norm[sl, None]
-        # A neuron counts from the first candidate t >= its score (n <= t); past the grid it never does.
-        first = torch.searchsorted(candidates, sorted_scores.contiguous(), right=False)
-        increments.scatter_add_(0, first.reshape(-1), steps.reshape(-1))
+        rows = by_zeros[start:start + chunk]
+        lo, hi = int(zeros[rows].min()), int(in_grid[rows].max())
+        if hi > lo:
+            _add_increments(increments, a[rows], sorted_scores[rows, lo:hi], order[rows, lo:hi],
+                            out_norm[rows], weight, candidates)
     curve = increments[:num_candidates].cumsum(0) / max(int(keep.sum()), 1)
     return LayerCETT(candidates.cpu(), curve.cpu(), norms.cpu())
+
+
+def _add_increments(increments, a, sorted_scores, order, out_norm, weight, candidates) -> None:
+    """Scatter each token's CETT increments, neuron by neuron in score order, onto the grid.
+
+    `order` is a window of each token's score-sorted neurons; every neuron before it contributes 0.
+    """
+    contributions = a.gather(1, order).unsqueeze(-1) * weight.T[order]      # [c, window, d_model]
+    running = torch.linalg.vector_norm(contributions.cumsum(dim=1), dim=-1)  # [c, window]
+    steps = torch.diff(running, dim=1, prepend=torch.zeros_like(running[:, :1])) / out_norm[:, None]
+    # A neuron counts from the first candidate t >= its score (n <= t); past the grid it never does.
+    first = torch.searchsorted(candidates, sorted_scores.contiguous(), right=False)
+    increments.scatter_add_(0, first.reshape(-1), steps.reshape(-1))
 
 
 def cett_profile(captured: CapturedActivations, device: torch.device | str = "cpu") -> list[LayerCETT]:
