@@ -50,7 +50,8 @@ class SparseFFN(nn.Module):
         self.act_fn = gate_activation(activation, threshold)
         self.backend = backend
         self.dispatch = dispatch or DispatchConfig()
-        self.neuron_prob: torch.Tensor | None = None  # set by calibrate()
+        self.neuron_prob: torch.Tensor | None = None  # set by calibrate(), on the host
+        self._plans: dict = {}
         self._tickets: torch.Tensor | None = None
         # Allocator of the Triton path's float workspaces and output; tests swap in a NaN-filling one.
         self.workspace_alloc = torch.empty
@@ -79,7 +80,9 @@ class SparseFFN(nn.Module):
         """Measure each neuron's activation probability on sample tokens `x` (this synchronizes); the
         dispatcher uses it to pick dense / union / per-token. Returns the mean active fraction."""
         x1 = self.dense_x1(x.reshape(-1, x.shape[-1]))
-        self.neuron_prob = (x1 != 0).float().mean(0)
+        # Kept on the host: the dispatcher reads it every call, which must not synchronize (CUDA graphs).
+        self.neuron_prob = (x1 != 0).float().mean(0).cpu()
+        self._plans.clear()
         return float(self.neuron_prob.mean())
 
     def dense_x1(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,8 +105,7 @@ class SparseFFN(nn.Module):
             raise ValueError(f"x must be (tokens, {self.w_gate.shape[1]}), got {tuple(x.shape)}")
         x = x.to(self.w_gate.dtype).contiguous()
         mask = None if active is None else self._as_mask(active, x.shape[0])
-        plan = choose_plan(self.dispatch, x.shape[0], self.neuron_prob, mask is not None,
-                           1 if mask is None else mask.shape[0])
+        plan = self._plan(x.shape[0], mask)
         if self.neuron_prob is None:
             warn_once("SparseFFN: not calibrated, so no dense fallback at low sparsity (call calibrate())")
         if plan.path == "dense":
@@ -114,6 +116,15 @@ class SparseFFN(nn.Module):
         from .triton_ffn import triton_sparse_ffn  # triton is needed only for this backend
         return triton_sparse_ffn(*args, self.activation, self.threshold, mask, plan.per_token, self._ticket_buffer(x),
                                  self.workspace_alloc)
+
+    def _plan(self, n_tokens: int, mask: torch.Tensor | None):
+        """The dispatcher's choice, cached per (tokens, predicted, mask rows): host-only, no sync.
+        Assign a new DispatchConfig (rather than editing fields of the old one) to change the choice."""
+        key = (n_tokens, mask is not None, 1 if mask is None else mask.shape[0], id(self.neuron_prob),
+               id(self.dispatch))
+        if key not in self._plans:
+            self._plans[key] = choose_plan(self.dispatch, n_tokens, self.neuron_prob, key[1], key[2])
+        return self._plans[key]
 
     def _as_mask(self, active: torch.Tensor, n_tokens: int) -> torch.Tensor:
         """active -> bool mask [1, d_ff] (shared set) or [tokens, d_ff]."""

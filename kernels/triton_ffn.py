@@ -1,6 +1,8 @@
 """The Triton sparse FFN: gate (or mask compaction) -> up x act(gate) -> down, no host synchronization."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from . import configs
@@ -8,6 +10,7 @@ from .triton_gate import compact_mask, launch_gate
 from .triton_up_down import launch_down, launch_up
 
 
+@functools.lru_cache(maxsize=None)
 def _n_programs(device: torch.device) -> int:
     """Programs of the persistent up kernel: a few per SM on a GPU, two under the interpreter."""
     if configs.INTERPRET or device.type != "cuda":
