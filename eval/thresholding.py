@@ -5,7 +5,8 @@ returns), so the rule is "drop neurons whose output contribution is smaller than
 `set_thresholds`). It is applied by a forward pre-hook on each FFN's `down_proj` (whose input is `x1`
 in converted and unconverted gated FFNs alike): no forward is patched, and removing the hooks
 restores the model exactly. The hooks also count the zeros of the thresholded `x1`, the sparsity the
-model actually runs at.
+model actually runs at (every position the FFN sees, padded ones included: pass unpadded batches for
+an exact figure). `SparsityStats` counts `x1` before these hooks, i.e. without the thresholds.
 
 The comparison is exact for fp32/bf16/fp16 activations: the fp64 cutoff is rounded down to the largest
 fp32 value strictly below it, so `|a| <= cutoff32` holds exactly when `|a| < t / ||W||` in fp64.
