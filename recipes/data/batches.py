@@ -68,13 +68,19 @@ class TrainBatches:
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "index": self.index, "seed": self.seed, "num_sequences": len(self.dataset),
-                "sequences_per_step": self.micro_batch_size * self.world_size}
+                "sequences_per_step": self.micro_batch_size * self.world_size, "data_fingerprint": self._data_fingerprint()}
+
+    def _data_fingerprint(self) -> str | None:
+        return self.dataset.fingerprint() if hasattr(self.dataset, "fingerprint") else None
 
     def load_state_dict(self, state: dict) -> None:
         """Continue where `state` was saved; a new world or micro-batch size works if it divides the position."""
         if state["seed"] != self.seed or state["num_sequences"] != len(self.dataset):
             raise ValueError(f"data position is for seed {state['seed']} over {state['num_sequences']} sequences; "
                              f"this run has seed {self.seed} over {len(self.dataset)}")
+        if state.get("data_fingerprint") != self._data_fingerprint():
+            raise ValueError(f"data position is for other training data (fingerprint {state.get('data_fingerprint')}, "
+                             f"now {self._data_fingerprint()}): the files, tokenizer or data config changed")
         saved_step, step = state["sequences_per_step"], self.micro_batch_size * self.world_size
         done, n = state["index"] * saved_step, len(self.dataset)
         # the rows read so far must be whole new steps, and epochs must end at the same row

@@ -9,6 +9,7 @@ the tokenizer, seq_len, the held-out setting, max_tokens and the seed.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ class PackedSequences(torch.utils.data.Dataset):
         self.rows = rows                    # int32 [n, seq_len]
         self.source_ids = source_ids        # int [n]: which source each row came from
         self.source_names = source_names
+        self._fingerprint: str | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -47,6 +49,12 @@ class PackedSequences(torch.utils.data.Dataset):
     @property
     def seq_len(self) -> int:
         return self.rows.shape[1]
+
+    def fingerprint(self) -> str:
+        """A hash of the rows: a resumed run checks it reads the same data (TrainBatches.load_state_dict)."""
+        if self._fingerprint is None:
+            self._fingerprint = hashlib.blake2b(np.ascontiguousarray(self.rows).tobytes(), digest_size=8).hexdigest()
+        return self._fingerprint
 
     def tokens_by_source(self) -> dict[str, int]:
         counts = np.bincount(self.source_ids, minlength=len(self.source_names)) * self.rows.shape[1]

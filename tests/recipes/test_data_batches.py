@@ -87,6 +87,10 @@ def test_resume_refuses_a_mismatched_state():
         TrainBatches(rows_dataset(24), 4, seed=3).load_state_dict(state)
     with pytest.raises(ValueError, match="seed 2 over 24 sequences"):
         TrainBatches(rows_dataset(25), 4, seed=2).load_state_dict(state)
+    changed = rows_dataset(24)
+    changed.rows[5, 0] += 1
+    with pytest.raises(ValueError, match="data position is for other training data"):
+        TrainBatches(changed, 4, seed=2).load_state_dict(state)
     moved = TrainBatches(rows_dataset(24), 4, seed=2)
     next(moved)
     with pytest.raises(ValueError, match="cannot resume 4 sequences"):
