@@ -58,8 +58,8 @@ def test_static_cache_loop_matches_generate(dense_and_ids):
 def test_generate_triton_backend_matches_dense(dense_and_ids):
     model, ids, dense_out = dense_and_ids
     from actsparse.kernels import configs
-    if not configs.INTERPRET and not torch.cuda.is_available():
-        pytest.skip("triton imported without TRITON_INTERPRET=1 and no GPU")
+    if not configs.INTERPRET:
+        pytest.skip("needs TRITON_INTERPRET=1 (set by conftest.py without a GPU): this test runs on CPU tensors")
     sparse = _sparse_copy(model, "triton")
     with torch.no_grad():
         out = sparse.generate(ids, max_new_tokens=3, do_sample=False, attention_mask=torch.ones_like(ids))
