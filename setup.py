@@ -42,6 +42,7 @@ setup(
         "tensorboard",
         "matplotlib",
         "numpy",
+        "scipy",
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-timeout", "lm-eval>=0.4.5", "triton>=3.0"],  # tests cover lm-eval and Triton (interpreter)
