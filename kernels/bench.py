@@ -51,7 +51,7 @@ def _index_select(ws, x, rows):
 
 
 def _methods(sets, xs, masks, batch, calib_x):
-    """name -> list of zero-argument calls (one per weight set)."""
+    """(name -> list of zero-argument calls, one per weight set; the path the dispatcher picks)."""
     def ffn(ws, mode):
         return SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, activation="relu", dispatch=DispatchConfig(batch_mode=mode))
     union = [ffn(ws, "union") for ws in sets]
@@ -70,7 +70,7 @@ def _methods(sets, xs, masks, batch, calib_x):
         per_token = [ffn(ws, "per_token") for ws in sets]
         methods["ours_per_token"] = [lambda f=f, x=x: f(x) for f, x in zip(per_token, xs)]
         methods["ours_predicted_per_token"] = [lambda f=f, x=x, m=m: f(x, m) for f, x, m in zip(per_token, xs, masks)]
-    return methods
+    return methods, dispatched[0]._plan(batch, None).path
 
 
 def _check(name, call, ws, x, mask) -> float:
@@ -99,11 +99,13 @@ def bench_case(shape, d, f, batch, sparsity, sets, dtype, reps, bandwidth_gbs, g
     union = float(torch.stack([m.any(0).float().mean() for m in masks]).mean())
     elt = torch.tensor([], dtype=dtype).element_size()
     dense_bytes = 3 * d * f * elt
-    methods = _methods(sets, xs, masks, batch, make_inputs(512, d, dtype, device, gen))
+    methods, dispatched_path = _methods(sets, xs, masks, batch, make_inputs(512, d, dtype, device, gen))
     records, dense_us = [], None
     for name, calls in methods.items():
         rec = dict(shape=shape, d_model=d, d_ff=f, batch=batch, sparsity=sparsity, method=name,
                    active_per_token=per_token, active_union=union, dtype=str(dtype), n_weight_sets=len(sets))
+        if name == "ours_dispatch":
+            rec["dispatched_path"] = dispatched_path
         err = _check(name, calls[0], sets[0], xs[0], masks[0])
         rec["rel_err"] = err
         if not err < 2e-2:
@@ -146,7 +148,9 @@ def main(argv=None) -> int:
     from .bench_timing import copy_bandwidth_gbs
     dtype = DTYPES[args.dtype]
     bandwidth = copy_bandwidth_gbs()
+    import triton
     meta = dict(device=torch.cuda.get_device_name(), dtype=args.dtype, copy_gbs=bandwidth, reps=args.reps,
+                torch=torch.__version__, triton=triton.__version__,
                 command="actsparse bench-kernels " + " ".join(argv if argv is not None else sys.argv[1:]))
     print(f"{meta['device']}: copy bandwidth {bandwidth:.0f} GB/s", flush=True)
     records = []

@@ -25,7 +25,8 @@ def markdown_table(records: list[dict]) -> str:
             continue
         rows.append(f"| {r['shape']} | {r['batch']} | {r['sparsity']:.2f} | {r['active_per_token']:.3f} | "
                     f"{r['active_union']:.3f} | {r['method']} | {r['us']:.1f} ({r['us_p10']:.1f}-{r['us_p90']:.1f}) | "
-                    f"{r['gbs']:.0f} | {100 * r['floor_fraction']:.0f}% | {r['speedup']:.2f}x |")
+                    f"{r['gbs']:.0f} | {100 * r['floor_fraction']:.0f}% | {r['speedup']:.2f}x"
+                    + (f" ({r['dispatched_path']})" if "dispatched_path" in r else "") + " |")
     return head + "\n".join(rows) + "\n"
 
 

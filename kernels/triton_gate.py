@@ -55,7 +55,7 @@ def append_active(active, tokens, offs_n, counts_ptr, idx_ptr, d_ff, PER_TOKEN: 
         tl.store(idx_ptr + pos, offs_n, mask=flags > 0)
 
 
-@tuned(GATE_CONFIGS, GATE_FIXED, key=["d_model", "d_ff", "BLOCK_T"], reset_to_zero=["counts_ptr"])
+@tuned(GATE_CONFIGS, GATE_FIXED, key=["d_model", "d_ff", "BLOCK_T", "PER_TOKEN"], reset_to_zero=["counts_ptr"])
 @triton.jit
 def gate_kernel(x_ptr, wg_ptr, bg_ptr, gact_ptr, counts_ptr, idx_ptr, n_tokens, d_model, d_ff, threshold,
                 ACT: tl.constexpr, HAS_BIAS: tl.constexpr, PER_TOKEN: tl.constexpr, IEEE: tl.constexpr,

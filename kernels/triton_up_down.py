@@ -46,7 +46,7 @@ def rows_times_x(w_ptr, rows, i_mask, x_ptr, tokens, t_mask, d_model, IEEE: tl.c
         return res
 
 
-@tuned(UP_CONFIGS, UP_FIXED, key=["d_model", "d_ff", "BLOCK_T", "FUSE_GATE"])
+@tuned(UP_CONFIGS, UP_FIXED, key=["d_model", "d_ff", "BLOCK_T", "FUSE_GATE", "PER_TOKEN"])
 @triton.jit
 def up_kernel(x_ptr, wu_ptr, bu_ptr, wg_ptr, bg_ptr, gact_ptr, mask_ptr, counts_ptr, idx_ptr, x1c_ptr,
               n_tokens, d_model, d_ff, threshold, ACT: tl.constexpr, FUSE_GATE: tl.constexpr,
@@ -85,7 +85,7 @@ def up_kernel(x_ptr, wu_ptr, bu_ptr, wg_ptr, bg_ptr, gact_ptr, mask_ptr, counts_
         tl.store(x1c_ptr + tokens[:, None] * d_ff + offs_i[None, :], a * up, mask=valid)
 
 
-@tuned(DOWN_CONFIGS, DOWN_FIXED, key=["d_model", "d_ff", "BLOCK_T"])
+@tuned(DOWN_CONFIGS, DOWN_FIXED, key=["d_model", "d_ff", "BLOCK_T", "PER_TOKEN"])
 @triton.jit
 def down_kernel(x1c_ptr, wdt_ptr, bd_ptr, counts_ptr, idx_ptr, partial_ptr, tickets_ptr, out_ptr,
                 n_tokens, d_model, d_ff, HAS_BIAS: tl.constexpr, PER_TOKEN: tl.constexpr, IEEE: tl.constexpr,
