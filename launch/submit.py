@@ -6,6 +6,21 @@ prints it and submits nothing. The run directory is the recipe's `output_dir` (f
 `output_dir=...` override), made absolute so the job does not depend on where it was submitted from.
 
 Without SLURM, the same recipe runs locally with `actsparse train CONFIG --nproc-per-node N`.
+
+Design (the script's comments say the same where it acts):
+- One srun task per node, each running torchrun with `--nproc-per-node` = GPUs per node and a static
+  rendezvous (node rank = SLURM_NODEID) at the first host, port from the job id. torchrun owns local
+  ranks, LOCAL_RANK / device mapping and worker teardown; SLURM sees one task per node, so a node's
+  failure is one task's failure (`--kill-on-bad-exit` ends the rest) and no `--gpus-per-task` binding
+  or per-task CPU pinning has to be right. Static rather than c10d rendezvous: node ranks are known
+  from SLURM and node 0 hosts the store, where c10d guesses the host by matching host names (and
+  retries as a client when several "nodes" share an address, as in the localhost test cluster).
+- `--signal=B:USR1@grace` + `--requeue`: only the batch shell gets USR1; its trap forwards it with
+  `scancel --signal=USR1 JOBID` to every process of the training step on every node. torchrun's agent
+  handles TERM/INT/HUP/QUIT only, so USR1 would kill it: each node task runs `trap "" USR1` before
+  exec'ing torchrun, the ignore is inherited by the trainers, which install their own handler (save a
+  checkpoint at the next step boundary, exit 0). The shell then runs `scontrol requeue`, and the
+  requeued job (same id, same port) resumes from `<run_dir>/checkpoints/latest`.
 """
 from __future__ import annotations
 
@@ -94,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
-    if args.nodes < 1 or args.gpus_per_node < 1:
-        print("actsparse submit: --nodes and --gpus-per-node must be >= 1", file=sys.stderr)
+    if args.nodes < 1 or args.gpus_per_node < 1 or (args.signal_grace is not None and args.signal_grace < 1):
+        print("actsparse submit: --nodes, --gpus-per-node and --signal-grace must be >= 1", file=sys.stderr)
         return 2
     try:
         profile = load_profile(args.profile)
