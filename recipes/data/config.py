@@ -42,7 +42,7 @@ def split_where(where: str) -> tuple[str, str]:
 
 def field_error(where: str, dotted: str, problem: str) -> ConfigError:
     file, prefix = split_where(where)
-    return ConfigError(" ".join(f"{file}: {prefix}.{dotted}: {problem}".split()))
+    return ConfigError(" ".join(f"{file}: {prefix}.{dotted}: {problem}".splitlines()))
 
 
 def format_of(path: Path) -> str | None:
@@ -51,13 +51,14 @@ def format_of(path: Path) -> str | None:
     return SUFFIX_FORMATS.get(path.suffix.lower())
 
 
-def matching_files(pattern: str) -> list[Path]:
-    """The data files a source path names: a file, every data file under a folder, or a glob."""
+def matching_files(pattern: str, fmt: str | None = None) -> list[Path]:
+    """The data files a source path names: a file, a glob, or every data file under a folder (those of
+    format `fmt` when it is given)."""
     path = Path(pattern).expanduser()
     if any(ch in pattern for ch in "*?["):
         found = [Path(p) for p in glob.glob(str(path), recursive=True)]
     elif path.is_dir():
-        found = [p for p in path.rglob("*") if format_of(p) is not None]
+        found = [p for p in path.rglob("*") if format_of(p) is not None and fmt in (None, format_of(p))]
     else:
         found = [path]
     return sorted(p for p in found if not p.is_dir())
@@ -78,7 +79,7 @@ class SourceConfig:
         return self.name or Path(self.path).name
 
     def files(self) -> list[Path]:
-        return matching_files(self.path) if self.path is not None else []
+        return matching_files(self.path, self.format) if self.path is not None else []
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,11 @@ def test_loads_typed_fields_and_infers_format(corpus, tmp_path, monkeypatch):
                                 "seq_len": 256, "seed": 7, "max_tokens": 4096}, where=WHERE)
     assert cfg.sources[0] == SourceConfig(path=str(corpus), weight=3.0, format="jsonl")
     assert cfg.sources[1].format == "txt" and [p.name for p in cfg.sources[1].files()] == ["b.md", "c.rst"]
+    (tmp_path / "docs" / "d.jsonl").write_text('{"text": "d"}', encoding="utf-8")
+    mixed = {"sources": [{"path": str(tmp_path / "docs")}]}
+    assert "data.sources[0].format: cannot infer one format from the file suffixes (.jsonl, .md, .rst)" in error_of(mixed)
+    only_txt = DataConfig.from_dict({"sources": [{"path": str(tmp_path / "docs"), "format": "txt"}]}, where=WHERE)
+    assert [p.name for p in only_txt.sources[0].files()] == ["b.md", "c.rst"]
     assert cfg.sources[2].name == "stdlib_docs" and cfg.sources[2].format is None
     assert (cfg.seq_len, cfg.seed, cfg.max_tokens, cfg.heldout_fraction, cfg.heldout_sequences) == (256, 7, 4096, 0.01, None)
     assert "where" not in cfg.to_dict() and cfg.to_dict()["sources"][0]["weight"] == 3.0
