@@ -90,7 +90,7 @@ class DataConfig:
     heldout_sequences: int | None = None     # or: this many seq_len sequences, split by weight
     seed: int = 0
     cache_dir: str | None = None             # tokenized corpora (datasets' Arrow cache)
-    max_tokens: int | None = None
+    max_tokens: int | None = None            # training rows = max_tokens // seq_len (mixing.py); None: no repeats
     where: str = field(default="<data config>", compare=False, repr=False)  # for error messages
 
     @classmethod
@@ -138,11 +138,14 @@ class DataConfig:
 _SCALARS = {"seq_len": int, "heldout_fraction": float, "heldout_sequences": int, "seed": int,
             "cache_dir": str, "max_tokens": int}
 _SOURCE_FIELDS = {"path": str, "name": str, "weight": float, "format": str, "text_field": str}
+_NULLABLE = {"heldout_fraction", "heldout_sequences", "cache_dir", "max_tokens", "path", "name", "format"}
 
 
 def _checked(value: Any, kind: type, where: str, dotted: str) -> Any:
-    """`value` if it is a `kind` (or None; ints widen to float), else a ConfigError."""
-    if value is None or (isinstance(value, kind) and not isinstance(value, bool)):
+    """`value` if it is a `kind` (None where the field allows it; ints widen to float), else a ConfigError."""
+    if value is None and dotted.rpartition(".")[2] in _NULLABLE:
+        return None
+    if isinstance(value, kind) and not isinstance(value, bool):
         return value
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -165,7 +168,7 @@ def _source_from_dict(raw: Any, where: str, index: int) -> SourceConfig:
     if (values.get("path") is None) == (values.get("name") is None):
         raise field_error(where, at, "set exactly one of path (local files) or name (built in: "
                           f"{', '.join(BUILTIN_SOURCES)})")
-    if values.get("weight", 1.0) is None or not values.get("weight", 1.0) > 0:
+    if not values.get("weight", 1.0) > 0:
         raise field_error(where, f"{at}.weight", f"must be > 0, got {values.get('weight')}")
     if values.get("name") is not None and values["name"] not in BUILTIN_SOURCES:
         raise field_error(where, f"{at}.name", f"unknown built-in source {values['name']!r}; "

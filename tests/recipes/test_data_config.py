@@ -78,6 +78,8 @@ def test_unknown_and_mistyped_fields(corpus):
         error_of({"sources": [{"path": str(corpus), "weigth": 2}]})
     assert "data.seq_len: expected int, got '256'" in error_of({"sources": [{"path": str(corpus)}], "seq_len": "256"})
     assert "data.seed: expected int, got True" in error_of({"sources": [{"path": str(corpus)}], "seed": True})
+    assert "data.seq_len: expected int, got None" in error_of({"sources": [{"path": str(corpus)}], "seq_len": None})
+    assert "data.sources[0].weight: expected float, got None" in error_of({"sources": [{"path": str(corpus), "weight": None}]})
     assert "data.sources[0].weight: expected float, got 'high'" in \
         error_of({"sources": [{"path": str(corpus), "weight": "high"}]})
 
