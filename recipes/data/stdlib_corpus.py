@@ -64,7 +64,8 @@ def _own_members(module) -> list[tuple[str, object]]:
 
 
 def _class_text(qualified: str, cls: type, class_doc: str) -> str:
-    """Class docstring followed by the docstrings its own public methods carry (not inherited ones)."""
+    """Class docstring, then the docs of the public methods the class itself defines (for an undocumented
+    override, `inspect.getdoc` supplies the base class's docstring)."""
     parts = [f"class {qualified}", class_doc]
     for name in sorted(vars(cls)):
         if name.startswith("_"):
