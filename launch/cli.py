@@ -13,7 +13,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("actsparse.recipes.demo", "SmolLM2-135M: ReLU swap + short progressive-L1 run on CPU, before/after report"),
     "train": ("actsparse.recipes.train_cli", "run a continue-pretraining recipe (YAML config, key=value overrides)"),
-    "export": ("actsparse.modeling.export_cli", "export a run directory or model folder as a Hugging Face folder"),
+    "export": ("actsparse.recipes.export_cli", "export a run directory or model folder as a Hugging Face folder"),
     "prepare-data": ("actsparse.recipes.data.prepare_cli", "assemble a local text corpus for GPU runs"),
     "submit": ("actsparse.launch.submit", "render and submit an sbatch script for a training recipe"),
     "submit-eval": ("actsparse.launch.submit_eval", "submit evaluation over checkpoints as a SLURM job array"),
