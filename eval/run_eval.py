@@ -166,13 +166,13 @@ class Steps:
         self.wall: dict[str, float] = {}
         try:
             from rich.console import Console
-            self.console = Console(stderr=True)
+            self.console = Console(stderr=True, log_path=False)
         except ImportError:
             self.console = None
 
     def note(self, text: str) -> None:
         if self.show:
-            self.console.log(text) if self.console else print(text, flush=True)
+            self.console.log(text, markup=False) if self.console else print(text, flush=True)
 
     @contextlib.contextmanager
     def __call__(self, text: str, family: str | None = None):
