@@ -38,7 +38,7 @@ def variants(name: str, block_t: int):
         return [dict(common, ACT=0, FUSE_GATE=fg, HAS_BU=False, HAS_BG=False, MASK_PER_TOKEN=False,
                      PER_TOKEN=False, IEEE=False) for fg in (False, True)]
     if name == "down_kernel":
-        return [dict(common, HAS_BIAS=False, PER_TOKEN=False, IEEE=False)]
+        return [dict(common, HAS_BIAS=False, PER_TOKEN=False, IEEE=False, FENCE=True)]
     return [dict(common, PER_TOKEN=False)]
 
 

@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import configs
 from .configs import DOWN_CONFIGS, DOWN_FIXED, UP_CONFIGS, UP_FIXED, tuned
 from .triton_gate import ACT_CODES, dot_acc, gate_act, token_block
 
@@ -89,7 +90,7 @@ def up_kernel(x_ptr, wu_ptr, bu_ptr, wg_ptr, bg_ptr, gact_ptr, mask_ptr, counts_
 @triton.jit
 def down_kernel(x1c_ptr, wdt_ptr, bd_ptr, counts_ptr, idx_ptr, partial_ptr, tickets_ptr, out_ptr,
                 n_tokens, d_model, d_ff, HAS_BIAS: tl.constexpr, PER_TOKEN: tl.constexpr, IEEE: tl.constexpr,
-                BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_J: tl.constexpr, SPLITS: tl.constexpr):
+                FENCE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_J: tl.constexpr, SPLITS: tl.constexpr):
     col_blk = tl.program_id(0)
     split = tl.program_id(1)
     lst = tl.program_id(2)
@@ -136,6 +137,9 @@ def down_kernel(x1c_ptr, wdt_ptr, bd_ptr, counts_ptr, idx_ptr, partial_ptr, tick
         part_ptrs = partial_ptr + tokens[:, None] * d_model + offs_d[None, :]
         part_stride = n_tokens * d_model
         tl.store(part_ptrs + split * part_stride, res, mask=out_mask)
+        if FENCE:  # each thread's partial made visible GPU-wide before the ticket (not in the interpreter)
+            tl.inline_asm_elementwise("fence.acq_rel.gpu; mov.u32 $0, $1;", "=r,r", [tl.full([1], 0, tl.int32)],
+                                      dtype=tl.int32, is_pure=False, pack=1)
         tl.debug_barrier()  # every thread's partial is stored before the ticket is taken (release below)
         ticket_ptr = tickets_ptr + lst * tl.num_programs(0) + col_blk
         if tl.atomic_add(ticket_ptr, 1, sem="acq_rel") == SPLITS - 1:
@@ -173,4 +177,5 @@ def launch_down(x1c, w_down_t, b_down, per_token, counts, idx, partials, tickets
     grid = lambda meta: (triton.cdiv(d_model, meta["BLOCK_D"]), meta["SPLITS"], n_lists)  # noqa: E731
     down_kernel[grid](x1c, w_down_t, b_down if b_down is not None else w_down_t, counts, idx, partials, tickets,
                       out, n_tokens, d_model, d_ff, HAS_BIAS=b_down is not None, PER_TOKEN=per_token,
+                      FENCE=not configs.INTERPRET,
                       IEEE=out.dtype == torch.float32, BLOCK_T=1 if per_token else token_block(n_tokens))
