@@ -71,6 +71,18 @@ def _prune_for_tokens(configs, named_args, **kwargs):
     block_t = kwargs.get("BLOCK_T", named_args.get("BLOCK_T", 1))
     if block_t == 1:
         return configs
-    kept = [c for c in configs if c.kwargs.get("BLOCK_J", 16) >= 16 and c.kwargs.get("BLOCK_N", 16) >= 16]
+    kept = [c for c in configs if c.kwargs.get("BLOCK_J", 16) >= 16 and c.kwargs.get("BLOCK_N", 16) >= 16
+            and _dot_smem_bytes(c, block_t) <= SMEM_BUDGET]
     return kept or configs
+
+
+# Hopper allows 227 KB of shared memory per block; tl.dot pipelines stage x and weight tiles there.
+SMEM_BUDGET = 200_000
+
+
+def _dot_smem_bytes(config: triton.Config, block_t: int) -> int:
+    """Estimate (2-byte operands): (tokens + weight rows) x BLOCK_K per pipeline stage; compile_report
+    showed the configs above this failing to fit (e.g. BLOCK_T=64, BLOCK_K=512, 3 stages: 240 KB)."""
+    rows = config.kwargs.get("BLOCK_N", config.kwargs.get("BLOCK_J", 0))
+    return (block_t + rows) * config.kwargs.get("BLOCK_K", 0) * 2 * config.num_stages
 
