@@ -28,20 +28,22 @@ def parse_args(argv):
     p.add_argument("--sparsity", type=float, default=0.89, help="target per-token FFN sparsity (ProSparse-7B ~0.89)")
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=128)
-    p.add_argument("--dtype", choices=["fp16", "bf16"], default="fp16")
+    p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16")
     p.add_argument("--no-cuda-graph", action="store_true")
     p.add_argument("--out", default="runs/bench-decode/bench_decode.json")
     return p.parse_args(argv)
 
 
-def build_model(n_layers: int, dtype: torch.dtype):
-    """LLaMA-2-7B shapes, random weights on the GPU, ReLU FFNs with a gate bias (no up / down bias)."""
+LLAMA2_7B = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
+                 vocab_size=32000, max_position_embeddings=4096)
+
+
+def build_model(n_layers: int, dtype: torch.dtype, device="cuda", shape: dict | None = None):
+    """LLaMA-2-7B shapes (or `shape`), random weights, ReLU FFNs with a gate bias (no up / down bias)."""
     from transformers import LlamaConfig, LlamaForCausalLM
-    cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=n_layers,
-                      num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
-                      max_position_embeddings=4096, mlp_bias=True)
+    cfg = LlamaConfig(**(shape or LLAMA2_7B), num_hidden_layers=n_layers, mlp_bias=True)
     torch.manual_seed(0)
-    with torch.device("cuda"):
+    with torch.device(device):
         model = LlamaForCausalLM(cfg).to(dtype).eval()
     sparsify(model, "relu")
     for mlp in sparse_mlps(model):
@@ -71,13 +73,14 @@ def tokens_per_s(model, ids, new_tokens, cuda_graph) -> tuple[float, torch.Tenso
     return ids.shape[0] * timing["steps"] / (timing["decode_ms"] / 1e3), out
 
 
-def run(n_layers, batches, args) -> list[dict]:
-    dtype = torch.float16 if args.dtype == "fp16" else torch.bfloat16
-    model = build_model(n_layers, dtype)
-    gen = torch.Generator(device="cuda").manual_seed(1)
-    sample = torch.randint(0, 32000, (4, 64), device="cuda", generator=gen)
+def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> list[dict]:
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    model = build_model(n_layers, dtype, device, shape)
+    vocab = model.config.vocab_size
+    gen = torch.Generator(device=device).manual_seed(1)
+    sample = torch.randint(0, vocab, (4, 64), device=device, generator=gen)
     set_gate_biases(model, args.sparsity, sample)
-    prompts = {b: torch.randint(0, 32000, (b, args.prompt_len), device="cuda", generator=gen) for b in batches}
+    prompts = {b: torch.randint(0, vocab, (b, args.prompt_len), device=device, generator=gen) for b in batches}
     dense = {b: tokens_per_s(model, prompts[b], args.new_tokens, not args.no_cuda_graph) for b in batches}
     swap_in_sparse_ffns(model, backend="triton")
     per_layer_active = calibrate(model, sample)
@@ -95,7 +98,8 @@ def run(n_layers, batches, args) -> list[dict]:
               f"{sparse_tps / dense_tps:.2f}x, active {records[-1]['mean_active']:.3f}, "
               f"identical greedy sequences {same:.2f}", flush=True)
     del model
-    torch.cuda.empty_cache()
+    if device == "cuda":
+        torch.cuda.empty_cache()
     return records
 
 

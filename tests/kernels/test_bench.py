@@ -49,3 +49,18 @@ def test_bench_case_runs_every_method_correctly(tmp_path):
     assert "ours_union" in (tmp_path / "bench_kernels.md").read_text()
     assert bench.main(["--report-from", str(tmp_path / "bench_kernels.json"), "--out-dir", str(tmp_path / "re")]) == 0
     assert json.loads((tmp_path / "re" / "bench_kernels.json").read_text())["records"] == records
+
+
+@pytest.mark.skipif(not configs.INTERPRET, reason="needs TRITON_INTERPRET=1 (set by conftest.py)")
+def test_bench_decode_flow_on_a_tiny_model():
+    """bench_decode's model build, layer-by-layer gate biases and dense-vs-sparse loop, tiny and on CPU."""
+    from actsparse.kernels import bench_decode
+    args = bench_decode.parse_args(["--sparsity", "0.8", "--prompt-len", "4", "--new-tokens", "3",
+                                    "--no-cuda-graph"])
+    args.dtype = "fp32"
+    shape = dict(hidden_size=32, intermediate_size=400, num_attention_heads=4, num_key_value_heads=2,
+                 vocab_size=97, max_position_embeddings=64)
+    (rec,) = bench_decode.run(2, [1], args, device="cpu", shape=shape)
+    assert len(rec["per_layer_active"]) == 2
+    assert all(0.1 < a < 0.3 for a in rec["per_layer_active"]), rec["per_layer_active"]  # target 0.2
+    assert rec["greedy_sequences_identical"] == 1.0 and rec["sparse_tok_s"] > 0
