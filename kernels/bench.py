@@ -35,7 +35,7 @@ def parse_args(argv):
     p.add_argument("--reps", type=int, default=50, help="timed graph replays per method")
     p.add_argument("--min-rotation-mb", type=int, default=120, help="weight copies rotated: at least this much")
     p.add_argument("--out-dir", default="runs/bench-kernels")
-    p.add_argument("--report-from", default=None, help="rebuild table + PNG from a JSON of an earlier run (CPU ok)")
+    p.add_argument("--report-from", default=None, help="rebuild table + PNG from JSONs of earlier runs, comma-separated (CPU ok)")
     return p.parse_args(argv)
 
 
@@ -137,9 +137,10 @@ def write_report(records, out_dir: Path, meta: dict) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     out_dir = Path(args.out_dir)
-    if args.report_from:
-        data = json.loads(Path(args.report_from).read_text())
-        write_report(data["records"], out_dir, data["meta"])
+    if args.report_from:  # one JSON, or several (comma list) from runs split to fit a time limit
+        runs = [json.loads(Path(p).read_text()) for p in args.report_from.split(",")]
+        meta = dict(runs[0]["meta"], command=" + ".join(r["meta"].get("command", "?") for r in runs))
+        write_report([rec for r in runs for rec in r["records"]], out_dir, meta)
         return 0
     if not torch.cuda.is_available():
         print("actsparse bench-kernels needs a CUDA GPU (none found); --report-from JSON rebuilds a report on CPU",
