@@ -202,3 +202,21 @@ def test_shipped_eval_configs_load(name):
     path = os.path.join(SHIPPED_CONFIGS, name)
     cfg = load_eval_config(path, ["device=cpu"])
     assert cfg.model and cfg.output_path.endswith(".json") and cfg.source == path
+
+
+def test_calibration_windows_follow_the_token_stream(tmp_path):
+    from actsparse.eval.eval_config import DataConfig
+    tok = tiny_tokenizer()
+    text = tmp_path / "heldout.txt"
+    text.write_text("the cat sat on the mat\n\nbirds can fly and fish live in the sea\n\nwe drink tea\n")
+    cfg = DataConfig(source="txt", path=str(text), seq_len=5, batch_size=2, num_batches=2, skip_tokens=1)
+    batches, info = calibration_batches(cfg, tok, add_bos=True)
+    stream = []
+    for doc in ("the cat sat on the mat", "birds can fly and fish live in the sea", "we drink tea"):
+        stream += tok(doc, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    stream = stream[1:]
+    expected = [[tok.bos_token_id] + stream[i * 4:(i + 1) * 4] for i in range(4)]
+    assert torch.cat(batches).tolist() == expected
+    assert info["documents"] == 3 and info["tokens"] == 20 and info["name"] == f"txt:{text}"
+    with pytest.raises(ValueError, match="need num_batches"):
+        calibration_batches(DataConfig(source="txt", path=str(text), seq_len=5, batch_size=4, num_batches=3), tok, True)
