@@ -149,13 +149,15 @@ def train_step(engine, batches, grad_accum: int, l1_lambda: float, use_l1: bool,
     return lm_sum / grad_accum, reg_sum / grad_accum, step_grad_norm(engine, stage0_norm)
 
 
-def train(cfg: RecipeConfig) -> TrainResult:
+def train(cfg: RecipeConfig, on_end=None) -> TrainResult:
+    """Run the recipe on this rank. `on_end(engine)`, if given, runs on every rank after the last
+    checkpoint while the process group is still up (e.g. to gather the live ZeRO-3 weights)."""
     on_gpu = torch.cuda.is_available()
     with process_group(on_gpu) as dist_env:
-        return _train(cfg, dist_env, on_gpu)
+        return _train(cfg, dist_env, on_gpu, on_end)
 
 
-def _train(cfg: RecipeConfig, dist_env, on_gpu: bool) -> TrainResult:
+def _train(cfg: RecipeConfig, dist_env, on_gpu: bool, on_end=None) -> TrainResult:
     rank, world = dist_env.rank, dist_env.world_size
     setup_logging(rank)
     device = torch.device("cuda", dist_env.local_rank) if on_gpu else torch.device("cpu")
@@ -169,9 +171,9 @@ def _train(cfg: RecipeConfig, dist_env, on_gpu: bool) -> TrainResult:
     note = "" if loaded.attention == "flash_attention_2" or not on_gpu else " (flash-attn not installed)"
     log.info("attention: %s%s; ZeRO stage %d on %d %s rank(s)", loaded.attention, note,
              cfg.train.zero_stage, world, "GPU" if on_gpu else "CPU")
+    data = build_datasets(cfg.data, loaded.tokenizer)   # data errors stop us before anything is written
     if rank == 0:
         write_run_files(cfg, run_dir, loaded)
-    data = build_datasets(cfg.data, loaded.tokenizer)
 
     if cfg.train.activation_checkpointing:
         # Non-reentrant: a reentrant checkpoint would hide the L1 term from autograd (modeling/l1.py).
@@ -207,6 +209,8 @@ def _train(cfg: RecipeConfig, dist_env, on_gpu: bool) -> TrainResult:
     finally:
         stop.restore()
         logger.close()
+    if on_end is not None:
+        on_end(engine)
     if cfg.train.export_at_end and not stopped and rank == 0:
         from .consolidate import export_run
         export_run(run_dir, run_dir / "export")

@@ -1,0 +1,135 @@
+"""The recipe end to end on CPU: 2-process ZeRO-3 over gloo (tiny config), kill-and-resume, SIGTERM, export.
+
+References are written out independently: lambda per step from ProSparse Algorithm 1 as printed
+(PAPERS.md (c)); the uninterrupted run's loss trajectory for the resumed one; the live gathered weights
+for the consolidated checkpoint.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from recipe_runs import latest, read_metrics, run_train, start_train, train_env, wait_for
+
+pytestmark = pytest.mark.slow
+
+STEPS = 12
+# Compressed progressive schedule: stage 0 (lambda 0) to step 2, warm-up lambda 0.05 to 4, sine ramps after.
+STAGES = [[0.0, 2], [0.05, 4], [0.5, 8], [1.0, 11]]
+TINY = ["tiny", f"train.steps={STEPS}", "train.checkpoint_every=4", "train.eval_batches=1",
+        f"l1.stages={STAGES}", "optim.warmup_steps=2"]
+
+
+def algorithm_1(step: int, stages) -> float:
+    """ProSparse Algorithm 1 as printed: 0, then lambda_1 constant, then sine ramps, then lambda_S."""
+    lams, ts = [s[0] for s in stages], [s[1] for s in stages]
+    if step <= ts[0]:
+        return 0.0
+    if step <= ts[1]:
+        return lams[1]
+    for i in range(2, len(stages)):
+        if ts[i - 1] < step <= ts[i]:
+            p = (step - ts[i - 1]) / (ts[i] - ts[i - 1])
+            return lams[i - 1] + 0.5 * (math.sin(-math.pi / 2 + math.pi * p) + 1) * (lams[i] - lams[i - 1])
+    return lams[-1]
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("two_rank")
+    result = run_train(["--nproc-per-node", "2", *TINY, f"output_dir={cwd / 'run'}"], cwd)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return cwd / "run"
+
+
+def test_two_rank_zero3_loss_falls_lambda_follows_schedule_sparsity_rises(two_rank_run):
+    steps, heldout = read_metrics(two_rank_run)
+    assert [r["step"] for r in steps] == list(range(1, STEPS + 1))
+    for r in steps:
+        assert r["l1_lambda"] == pytest.approx(algorithm_1(r["step"], STAGES), abs=1e-12), r["step"]
+        assert r["tokens"] == r["step"] * 2 * 4 * 2 * 64      # ranks * micro * accum * seq_len
+        assert len(r["sparsity_per_layer"]) == 2 and r["grad_norm"] > 0
+    assert steps[-1]["lm_loss"] < steps[0]["lm_loss"] - 1.0
+    assert heldout[-1]["heldout_loss"] < heldout[0]["heldout_loss"] - 1.0
+    first, last = steps[0]["sparsity"], steps[-1]["sparsity"]
+    assert 0.3 < first < 0.7 and last > first + 0.2          # ReLU on random init ~ half zeros; L1 pushes up
+    assert latest(two_rank_run) == f"global_step{STEPS}"
+    shards = list((two_rank_run / "checkpoints" / f"global_step{STEPS}").glob("*optim_states.pt"))
+    assert len(shards) == 2                                   # ZeRO: one optimizer shard per rank
+
+
+def test_sigkill_after_checkpoint_then_resume_gives_the_same_losses(two_rank_run, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["--nproc-per-node", "2", *TINY, f"output_dir={run_dir}"]
+    proc = start_train(args, tmp_path)
+    wait_for(lambda: latest(run_dir) == "global_step8", proc)
+    os.killpg(proc.pid, signal.SIGKILL)                       # no handler, no cleanup: a node failure
+    proc.wait()
+    resumed = run_train(args, tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+    reference, _ = read_metrics(two_rank_run)
+    got, _ = read_metrics(run_dir)
+    assert [r["step"] for r in got] == list(range(1, STEPS + 1))
+    for ref, new in zip(reference, got):
+        for key in ("lm_loss", "reg_loss", "l1_lambda", "lr", "grad_norm", "sparsity"):
+            assert new[key] == pytest.approx(ref[key], rel=0, abs=1e-6), (key, ref["step"])
+
+
+def test_sigterm_checkpoints_at_the_next_step_and_exits_zero(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start_train(["tiny", "train.steps=200", "train.checkpoint_every=0", "train.zero_stage=3",
+                        f"output_dir={run_dir}"], tmp_path)
+    wait_for(lambda: (run_dir / "metrics.jsonl").exists() and len(read_metrics(run_dir)[0]) >= 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output[-3000:]
+    steps, _ = read_metrics(run_dir)
+    stopped_at = steps[-1]["step"]
+    assert 3 <= stopped_at < 200
+    assert latest(run_dir) == f"global_step{stopped_at}"
+    assert "stopped at step" in output
+
+
+GATHER_SCRIPT = '''
+import sys, torch, deepspeed, torch.distributed as dist
+from actsparse.recipes.config import load_recipe
+from actsparse.recipes.continue_pretrain import train
+
+def save_live_weights(engine):
+    params = dict(engine.module.named_parameters())
+    with deepspeed.zero.GatheredParameters(list(params.values())):
+        if dist.get_rank() == 0:
+            torch.save({n: p.detach().clone() for n, p in params.items()}, sys.argv[1])
+
+train(load_recipe("tiny", sys.argv[2:]), on_end=save_live_weights)
+'''
+
+
+def test_consolidated_checkpoint_equals_live_gathered_weights(tmp_path):
+    from actsparse.recipes.consolidate import load_run_model
+    from actsparse.modeling import sparse_mlps
+
+    script = tmp_path / "gather.py"
+    script.write_text(GATHER_SCRIPT)
+    live_file, run_dir = tmp_path / "live.pt", tmp_path / "run"
+    from actsparse.recipes.distributed_env import free_port
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}", str(script),
+           str(live_file), "train.steps=3", "train.eval_batches=0", f"output_dir={run_dir}"]
+    result = subprocess.run(cmd, cwd=tmp_path, env=train_env(), capture_output=True, text=True, timeout=150)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    live = torch.load(live_file)
+    model, tokenizer = load_run_model(run_dir)
+    consolidated = dict(model.named_parameters())
+    assert set(consolidated) == set(live)
+    for name, tensor in live.items():
+        assert torch.equal(consolidated[name], tensor), name
+    assert [m.activation for m in sparse_mlps(model)] == ["relu", "relu"]
+    assert tokenizer.eos_token_id == model.config.eos_token_id
