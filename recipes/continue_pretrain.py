@@ -131,22 +131,26 @@ def mean_over_ranks(values: list[float], device) -> list[float]:
 
 
 def train_step(engine, batches, grad_accum: int, l1_lambda: float, use_l1: bool, device):
-    """One optimizer step over `grad_accum` micro-batches: this rank's mean lm_loss, reg_loss, grad norm."""
-    lm_sum, reg_sum, stage0_norm = 0.0, 0.0, None
+    """One optimizer step over `grad_accum` micro-batches: this rank's mean lm_loss, reg_loss, grad norm.
+
+    Losses are summed on the device and read once per step, so the host does not wait on every micro-batch."""
+    lm_sum = torch.zeros((), dtype=torch.float32, device=device)
+    reg_sum = torch.zeros((), dtype=torch.float32, device=device)
+    stage0_norm = None
     for micro in range(grad_accum):
-        ids = next(batches)["input_ids"].to(device)
+        ids = next(batches)["input_ids"].to(device, non_blocking=True)
         lm_loss = engine(input_ids=ids, labels=ids).loss
         loss = lm_loss
         if use_l1:
             reg = l1_penalty(engine.module)
             loss = lm_loss + l1_lambda * reg
-            reg_sum += reg.detach().float().item()
+            reg_sum += reg.detach().float()
         engine.backward(loss)
         if micro == grad_accum - 1:
             stage0_norm = boundary_grad_norm(engine)
         engine.step()     # DeepSpeed updates only at the accumulation boundary
-        lm_sum += lm_loss.detach().float().item()
-    return lm_sum / grad_accum, reg_sum / grad_accum, step_grad_norm(engine, stage0_norm)
+        lm_sum += lm_loss.detach().float()
+    return (lm_sum / grad_accum).item(), (reg_sum / grad_accum).item(), step_grad_norm(engine, stage0_norm)
 
 
 def train(cfg: RecipeConfig, on_end=None) -> TrainResult:
