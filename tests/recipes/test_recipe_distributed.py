@@ -85,8 +85,9 @@ def test_sigkill_after_checkpoint_then_resume_gives_the_same_losses(two_rank_run
 
 def test_sigterm_checkpoints_at_the_next_step_and_exits_zero(tmp_path):
     run_dir = tmp_path / "run"
-    proc = start_train(["tiny", "train.steps=200", "train.checkpoint_every=0", "train.zero_stage=3",
-                        f"output_dir={run_dir}"], tmp_path)
+    # Also the activation-checkpointing path (non-reentrant, so the L1 term keeps its gradient).
+    proc = start_train(["tiny", "train.steps=200", "train.checkpoint_every=0", "train.activation_checkpointing=true",
+                        "l1.stages=[[0, 1], [0.05, 2], [0.5, 200]]", f"output_dir={run_dir}"], tmp_path)
     wait_for(lambda: (run_dir / "metrics.jsonl").exists() and len(read_metrics(run_dir)[0]) >= 3, proc)
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
@@ -96,6 +97,7 @@ def test_sigterm_checkpoints_at_the_next_step_and_exits_zero(tmp_path):
     assert 3 <= stopped_at < 200
     assert latest(run_dir) == f"global_step{stopped_at}"
     assert "stopped at step" in output
+    assert steps[-1]["l1_lambda"] > 0 and steps[-1]["reg_loss"] > 0
 
 
 GATHER_SCRIPT = '''
