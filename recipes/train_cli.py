@@ -21,7 +21,6 @@ import sys
 
 from .errors import ConfigError
 
-LAUNCHER_VARIABLES = ("RANK", "SLURM_PROCID")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -67,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"actsparse train: {err}", file=sys.stderr)
         return 2
-    launched = any(v in os.environ for v in LAUNCHER_VARIABLES)
-    if args.nproc_per_node > 1 and not launched:
+    # Under torchrun / the deepspeed launcher (RANK set) each process is already one rank. Under srun
+    # with one task per GPU, leave --nproc-per-node at 1; with N > 1 (e.g. inside a one-node sbatch
+    # script, where SLURM_PROCID is set too) we start the N local ranks ourselves.
+    if args.nproc_per_node > 1 and "RANK" not in os.environ:
         return spawn_local_ranks([args.config, *args.overrides], args.nproc_per_node)
 
     from .continue_pretrain import train

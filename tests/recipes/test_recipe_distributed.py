@@ -135,3 +135,24 @@ def test_consolidated_checkpoint_equals_live_gathered_weights(tmp_path):
         assert torch.equal(consolidated[name], tensor), name
     assert [m.activation for m in sparse_mlps(model)] == ["relu", "relu"]
     assert tokenizer.eos_token_id == model.config.eos_token_id
+
+
+def test_runs_unchanged_under_srun_style_variables(tmp_path):
+    """Two processes that only have SLURM's variables (as `srun` sets them, no torchrun) form one job."""
+    from actsparse.recipes.distributed_env import free_port
+
+    from recipe_runs import TRAIN
+
+    run_dir, port = tmp_path / "run", free_port()
+    procs = []
+    for rank in range(2):
+        env = {k: v for k, v in train_env().items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+        env.update(SLURM_PROCID=str(rank), SLURM_NTASKS="2", SLURM_LOCALID=str(rank), SLURM_JOB_ID="4242",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen(TRAIN + ["tiny", "train.steps=3", "train.eval_batches=0", f"output_dir={run_dir}"],
+                                      cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=150)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    assert "on 2 CPU rank(s)" in outputs[0]
+    steps, _ = read_metrics(run_dir)
+    assert [r["step"] for r in steps] == [1, 2, 3] and steps[0]["tokens"] == 2 * 4 * 2 * 64
