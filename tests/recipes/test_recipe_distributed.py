@@ -124,7 +124,7 @@ def test_consolidated_checkpoint_equals_live_gathered_weights(tmp_path):
     live_file, run_dir = tmp_path / "live.pt", tmp_path / "run"
     from actsparse.recipes.distributed_env import free_port
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}", str(script),
-           str(live_file), "train.steps=3", "train.eval_batches=0", f"output_dir={run_dir}"]
+           str(live_file), "train.steps=3", "train.eval_batches=0", "train.export_at_end=true", f"output_dir={run_dir}"]
     result = subprocess.run(cmd, cwd=tmp_path, env=train_env(), capture_output=True, text=True, timeout=150)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     live = torch.load(live_file)
@@ -135,6 +135,10 @@ def test_consolidated_checkpoint_equals_live_gathered_weights(tmp_path):
         assert torch.equal(consolidated[name], tensor), name
     assert [m.activation for m in sparse_mlps(model)] == ["relu", "relu"]
     assert tokenizer.eos_token_id == model.config.eos_token_id
+    from safetensors.torch import load_file                 # the end-of-run export: the same weights
+    exported = load_file(run_dir / "export" / "model.safetensors")
+    for name, tensor in exported.items():
+        assert torch.equal(tensor, live[name]), name
 
 
 def test_runs_unchanged_under_srun_style_variables(tmp_path):
