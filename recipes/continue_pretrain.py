@@ -251,6 +251,7 @@ def _loop(cfg, engine, batches, heldout, l1_schedule, stats, logger, stop, start
                 stats.reset()
             logger.log(record)
             window_start, window_steps = time.perf_counter(), 0
+        paused_at = time.perf_counter()   # evaluation and checkpoint time is not training throughput
         if heldout and (step == train_cfg.steps or (train_cfg.eval_every and step % train_cfg.eval_every == 0)):
             logger.log({"step": step, **evaluate(engine, heldout, stats, device)})
         logger.advance()
@@ -259,7 +260,7 @@ def _loop(cfg, engine, batches, heldout, l1_schedule, stats, logger, stop, start
             save_checkpoint(engine, ckpt_dir, step, {"step": step, "l1_lambda": l1_lambda, "data": batches.state_dict()},
                             train_cfg.keep_checkpoints)
             saved_step = step
-            window_start = time.perf_counter()   # checkpoint time is not training throughput
+        window_start += time.perf_counter() - paused_at
         if stop_now:
             log.warning("stop requested (%s): checkpoint saved at step %d, exiting", stop.signal_name or "peer", step)
             return step, True
