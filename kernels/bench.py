@@ -164,6 +164,8 @@ def main(argv=None) -> int:
                 case = bench_case(shape, d, f, batch, sparsity, sets, dtype, args.reps, bandwidth, gen)
                 records += case
                 print(markdown_table(case).split("\n", 2)[2], flush=True)
+                out_dir.mkdir(parents=True, exist_ok=True)  # completed cases survive a time limit
+                (out_dir / "bench_kernels.json").write_text(json.dumps({"meta": meta, "records": records}))
         del sets
         torch.cuda.empty_cache()
     write_report(records, out_dir, meta)

