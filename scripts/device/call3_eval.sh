@@ -19,7 +19,7 @@ quality:
 output: $OUT/eval_smollm2.json
 YAML
 cd /tmp
-/usr/bin/time -f "eval wall %e s" timeout ${EVAL_S:-200} python3 -m actsparse.launch.cli eval /root/eval_device.yaml \
+[ -n "${SKIP_EVAL:-}" ] || /usr/bin/time -f "eval wall %e s" timeout ${EVAL_S:-200} python3 -m actsparse.launch.cli eval /root/eval_device.yaml \
   > "$OUT/eval.log" 2>&1; echo "eval rc $?"; tail -4 "$OUT/eval.log"
 python3 - <<PY
 import numpy as np, torch
@@ -27,13 +27,14 @@ ids = torch.from_numpy(np.load("$R/.carry/corpus/corpus.tokens.npz")["input_ids"
 rows = ids[: ids.numel() // 512 * 512].view(-1, 512); k = int(rows.shape[0] * 0.9)
 torch.save(rows[:k].clone(), "/root/calib.pt"); torch.save(rows[k:].clone(), "/root/heldout.pt")
 PY
-P=(--config $R/modeling/predictors/configs/prosparse_7b.yaml model=$CKPT dtype=bfloat16 collect.seq_len=512
+C=(--config $R/modeling/predictors/configs/prosparse_7b.yaml)
+P=(model=$CKPT dtype=bfloat16 collect.seq_len=512
    train.rank=56 eval.reference_d_model=576 eval.reference_d_ff=1536 eval.ppl_seq_len=512 eval.ppl_max_tokens=20000)
-{ timeout 60 python3 -m actsparse.launch.cli predictors collect "${P[@]}" collect.data=/root/calib.pt collect.max_tokens=200000 &&
-  timeout 40 python3 -m actsparse.launch.cli predictors collect "${P[@]}" collect.data=/root/heldout.pt \
+{ timeout 60 python3 -m actsparse.launch.cli predictors "${C[@]}" collect "${P[@]}" collect.data=/root/calib.pt collect.max_tokens=200000 &&
+  timeout 40 python3 -m actsparse.launch.cli predictors "${C[@]}" collect "${P[@]}" collect.data=/root/heldout.pt \
     collect.out_dir=/root/heldout_acts collect.max_tokens=20000 &&
-  timeout ${PRED_TRAIN_S:-120} python3 -m actsparse.launch.cli predictors train "${P[@]}" &&
-  timeout 60 python3 -m actsparse.launch.cli predictors eval "${P[@]}" eval.data_dir=/root/heldout_acts \
+  timeout ${PRED_TRAIN_S:-120} python3 -m actsparse.launch.cli predictors "${C[@]}" train "${P[@]}" &&
+  timeout 60 python3 -m actsparse.launch.cli predictors "${C[@]}" eval "${P[@]}" eval.data_dir=/root/heldout_acts \
     eval.ppl_data=/root/heldout.pt eval.out_json=$OUT/predictors_eval.json; } > "$OUT/predictors.log" 2>&1
 echo "predictors rc $?"; tail -12 "$OUT/predictors.log"
 timeout ${DEC_S:-90} python3 -m actsparse.eval.predictor_decode --model $CKPT --ppl-data /root/heldout.pt --backend triton \

@@ -9,6 +9,6 @@ for d in .carry/whl_*; do
     --target /tmp/site "$d"/*.whl 2>&1 | grep -v "^WARNING: Target directory" || true
 done
 if ! (cd /tmp && python3 -c "import actsparse.kernels, actsparse.modeling" 2>/dev/null); then
-  python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . || { echo "install failed"; exit 1; }
+  python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --upgrade --target /tmp/site . || { echo "install failed"; exit 1; }
 fi
 { date -u +%FT%TZ; nvidia-smi -L; python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"; } | tee -a "$OUT/device.txt"
