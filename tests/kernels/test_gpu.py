@@ -42,8 +42,12 @@ def test_matches_float64(dtype, d, f, tokens, mode):
         first = ffn(x, active)
         assert torch.isfinite(first).all()
         assert float((first.double() - ref).norm() / ref.norm()) < tol
-        for _ in range(5):  # a race would move the error between identical calls
-            torch.testing.assert_close(ffn(x, active), first, rtol=1e-3, atol=1e-3)
+        # A race would move the result between identical calls. The compacted neuron lists are built with
+        # atomics, so their order (hence the fp32 summation order) can differ between calls: allow one
+        # rounding step of the output dtype (seen on an H100: one bf16 element of 20480 off by 1 ulp).
+        ulp = torch.finfo(dtype).eps
+        for _ in range(5):
+            torch.testing.assert_close(ffn(x, active), first, rtol=ulp, atol=ulp)
 
 
 def test_cuda_graph_capture_and_replay():
