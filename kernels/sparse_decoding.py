@@ -107,7 +107,10 @@ def greedy_decode(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int
     position = torch.tensor([prompt], device=dev)
     step = lambda: _next_token(model, token, cache, position)  # noqa: E731
     if cuda_graph:
+        counters = _write_counters(cache)
         step = _captured(step, dev)
+        for counter, value in counters:  # the warm-up steps advanced them; the first replay writes at `prompt`
+            counter.copy_(value)
     start = _mark(dev)
     for _ in range(max_new_tokens - 1):
         nxt = step()
@@ -119,6 +122,17 @@ def greedy_decode(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int
     return torch.cat([input_ids, *generated], 1)
 
 
+def _write_counters(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(counter, saved value) of every cache layer that keeps its own write position.
+
+    transformers' StaticLayer writes new keys / values at `cumulative_length` (a device tensor it advances in
+    place), not at the `cache_position` the model is given. Warm-up and capture run the decode step several
+    times, so without a reset the replays write past the end of the cache (a device-side assert in
+    `index_copy_`, seen on an H100 with transformers 5.17)."""
+    return [(layer.cumulative_length, layer.cumulative_length.clone()) for layer in getattr(cache, "layers", [])
+            if torch.is_tensor(getattr(layer, "cumulative_length", None))]
+
+
 def _captured(step, dev: torch.device):
     """A CUDA graph of `step`; warm-up on a side stream first (autotuning, lazy allocations)."""
     if dev.type != "cuda":
@@ -126,7 +140,7 @@ def _captured(step, dev: torch.device):
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        for _ in range(3):  # recomputes the first decode step: same token, same cache slot, same values
+        for _ in range(3):  # the first decode step, thrice (the caller resets the caches' write counters)
             step()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()

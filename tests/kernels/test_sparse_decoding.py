@@ -54,6 +54,22 @@ def test_static_cache_loop_matches_generate(dense_and_ids):
     assert timing["steps"] == NEW_TOKENS - 1 and timing["decode_ms"] > 0
 
 
+def test_graph_warmup_does_not_shift_cache_writes(dense_and_ids, monkeypatch):
+    """CUDA-graph mode runs the decode step during warm-up and capture; HF's StaticLayer writes at its own
+    counter, which those runs advance. Stand-in for the graph on CPU: run the step 4 times, then replay it
+    eagerly. Greedy output must still equal `generate`'s (without the counter reset it writes past the
+    prompt's slots, then past the cache end: the device-side assert seen on an H100)."""
+    from actsparse.kernels import sparse_decoding
+    model, ids, dense_out = dense_and_ids
+
+    def eager_capture(step, dev):
+        for _ in range(4):
+            step()
+        return step
+    monkeypatch.setattr(sparse_decoding, "_captured", eager_capture)
+    assert torch.equal(sparse_decoding.greedy_decode(model, ids, NEW_TOKENS, cuda_graph=True), dense_out)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 def test_generate_triton_backend_matches_dense(dense_and_ids):
     model, ids, dense_out = dense_and_ids
