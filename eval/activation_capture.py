@@ -88,9 +88,12 @@ def capture_x1(model: nn.Module, batches: list[Batch], max_tokens: int = DEFAULT
     kept: list[list[torch.Tensor]] = [[] for _ in ffns]
     zeros, entries = [0] * len(ffns), [0] * len(ffns)
     rows = {"index": None}
+    weights: list[torch.Tensor | None] = [None] * len(ffns)
 
     def keep(layer: int):
         def hook(module, args):
+            if weights[layer] is None:  # read here, where a ZeRO-3 partitioned weight is gathered for the forward
+                weights[layer] = module.weight.detach().to("cpu", torch.float64)
             x1 = args[0]
             flat = x1.reshape(-1, x1.shape[-1])
             kept[layer].append(flat[rows["index"].to(flat.device)].to("cpu", storage_dtype))
@@ -109,6 +112,7 @@ def capture_x1(model: nn.Module, batches: list[Batch], max_tokens: int = DEFAULT
         for h in handles:
             h.remove()
     x1 = [torch.cat(parts) for parts in kept]
-    weights = [ffn.down_proj.weight.detach().to("cpu", torch.float64) for ffn in ffns]
+    weights = [w if w is not None else ffn.down_proj.weight.detach().to("cpu", torch.float64)
+               for w, ffn in zip(weights, ffns)]
     zero_fraction = [float(z) / e for z, e in zip(zeros, entries)]
     return CapturedActivations(x1, weights, nll_sum, nll_tokens, zero_fraction)

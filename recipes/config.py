@@ -120,13 +120,17 @@ class TrainConfig:
     eval_every: int = 0                       # held-out loss every N steps (0: start and end only)
     eval_batches: int = 8
     sparsity_stats: bool = True               # count zeros of x1 (off only to measure their cost)
+    cett_every: int = 0                       # log CETT sparsity of one held-out batch every N steps (0: off)
+    cett_target: float = 0.2                  # the CETT value for that log ("ReLU² Wins": 0.2)
     export_at_end: bool = False               # write RUN_DIR/export (consolidated HF folder)
 
     def check(self, where: str) -> None:
         for name in ("steps", "micro_batch_size", "grad_accum", "log_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{where}: train.{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("checkpoint_every", "eval_every", "eval_batches"):
+        if not 0.0 < self.cett_target < 1.0:
+            raise ConfigError(f"{where}: train.cett_target: must be in (0, 1), got {self.cett_target}")
+        for name in ("checkpoint_every", "eval_every", "eval_batches", "cett_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{where}: train.{name}: must be >= 0, got {getattr(self, name)}")
 

@@ -122,6 +122,13 @@ def evaluate(engine, batches, stats: SparsityStats | None, device) -> dict:
     return result
 
 
+def heldout_cett_sparsity(engine, batch, cett: float) -> float:
+    """CETT sparsity of one held-out batch (train.cett_every). Every rank runs it on the same batch: under
+    ZeRO-3 the forward gathers the partitioned weights, and the capture reads W_down inside that forward."""
+    from actsparse.eval.cett import cett_sparsity_on_batch
+    return cett_sparsity_on_batch(engine.module, batch, cett)
+
+
 def mean_over_ranks(values: list[float], device) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64 if device.type == "cpu" else torch.float32, device=device)
     if dist.is_initialized():
@@ -254,6 +261,9 @@ def _loop(cfg, engine, batches, heldout, l1_schedule, stats, logger, stop, start
         paused_at = time.perf_counter()   # evaluation and checkpoint time is not training throughput
         if heldout and (step == train_cfg.steps or (train_cfg.eval_every and step % train_cfg.eval_every == 0)):
             logger.log({"step": step, **evaluate(engine, heldout, stats, device)})
+        if heldout and train_cfg.cett_every and step % train_cfg.cett_every == 0:
+            logger.log({"step": step, "cett_sparsity": heldout_cett_sparsity(engine, heldout[0], train_cfg.cett_target),
+                        "cett_target": train_cfg.cett_target})
         logger.advance()
         stop_now = stop.requested(device)
         if stop_now or step == train_cfg.steps or (train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0):

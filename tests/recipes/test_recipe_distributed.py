@@ -65,6 +65,32 @@ def test_two_rank_zero3_loss_falls_lambda_follows_schedule_sparsity_rises(two_ra
     assert len(shards) == 2                                   # ZeRO: one optimizer shard per rank
 
 
+def test_in_loop_cett_under_zero3_matches_the_checkpoint_on_cpu(tmp_path):
+    """train.cett_every: the CETT sparsity logged under ZeRO-3, every parameter partitioned (persistence
+    threshold 0, so W_down exists whole only inside its forward), equals the same metric computed afterwards
+    on the consolidated final weights and the same held-out batch, in one process."""
+    import json
+    from actsparse.eval.cett import cett_sparsity_on_batch
+    from actsparse.recipes.config import load_recipe
+    from actsparse.recipes.consolidate import load_run_model
+    from actsparse.recipes.data import build_datasets, heldout_batches
+    ds_json = tmp_path / "partition_all.json"
+    ds_json.write_text(json.dumps({"zero_optimization": {"stage3_param_persistence_threshold": 0}}))
+    run_dir = tmp_path / "run"
+    result = run_train(["--nproc-per-node", "2", *TINY, "train.steps=4", "train.cett_every=2",
+                        f"train.deepspeed_json={ds_json}", f"output_dir={run_dir}"], tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    cett = {r["step"]: r["cett_sparsity"] for r in records if "cett_sparsity" in r}
+    assert sorted(cett) == [2, 4] and all(0.0 < v < 1.0 for v in cett.values())
+    model, tokenizer = load_run_model(run_dir)
+    cfg = load_recipe(run_dir / "recipe.yaml")
+    batch = next(heldout_batches(build_datasets(cfg.data, tokenizer).heldout, cfg.train.micro_batch_size, 1))
+    assert cett[4] == pytest.approx(cett_sparsity_on_batch(model, batch, 0.2), abs=1e-6)
+    _, heldout = read_metrics(run_dir)        # same batch (eval_batches=1): CETT zeroes at least the exact zeros
+    assert cett[4] >= heldout[-1]["heldout_sparsity"] - 1e-9
+
+
 def test_sigkill_after_checkpoint_then_resume_gives_the_same_losses(two_rank_run, tmp_path):
     run_dir = tmp_path / "run"
     args = ["--nproc-per-node", "2", *TINY, f"output_dir={run_dir}"]
