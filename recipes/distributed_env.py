@@ -12,6 +12,8 @@ import os
 import socket
 from dataclasses import dataclass
 
+from actsparse.launch.slurm_env import master_port
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -37,7 +39,7 @@ def read_dist_env(environ=None) -> DistEnv:
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         job_id = int(env.get("SLURM_JOB_ID", "0") or 0)
         addr = env.get("MASTER_ADDR") or env.get("SLURM_LAUNCH_NODE_IPADDR") or "127.0.0.1"
-        port = int(env.get("MASTER_PORT") or 10000 + job_id % 50000)
+        port = int(env.get("MASTER_PORT") or master_port(job_id))   # the sbatch script's rule (launch/slurm_env.py)
         return DistEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
                        addr, port, "slurm")
     return DistEnv(0, 1, 0, "127.0.0.1", free_port(), "single")
