@@ -65,7 +65,7 @@ def test_launcher_variables():
     slurm = read_dist_env({"SLURM_PROCID": "5", "SLURM_NTASKS": "6", "SLURM_LOCALID": "2",
                            "SLURM_JOB_ID": "123456", "SLURM_LAUNCH_NODE_IPADDR": "10.0.0.7"})
     assert (slurm.rank, slurm.world_size, slurm.local_rank, slurm.master_addr, slurm.master_port,
-            slurm.launcher) == (5, 6, 2, "10.0.0.7", 10000 + 123456 % 50000, "slurm")
+            slurm.launcher) == (5, 6, 2, "10.0.0.7", 10000 + 123456 % 20000, "slurm")  # launch.slurm_env.master_port
     single = read_dist_env({})
     assert (single.rank, single.world_size, single.launcher) == (0, 1, "single") and single.master_port > 0
 
