@@ -19,16 +19,22 @@ def doc_key(text: str) -> int:
     return int.from_bytes(digest, "little") >> 1   # 63 bits: an int64 column holds it
 
 
+# What the fingerprint tokenizes: words, code, digits, runs of spaces and newlines, accents, CJK, emoji.
+FINGERPRINT_PROBE = ("The quick brown fox jumps over the lazy dog.\n\n    def f(x):  return x ** 2  # 3.14159\n"
+                     "naïve café, Straße; 東京は晴れ。 🙂 <|endoftext|> \t\tend")
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
-    """A hash of what the tokenizer does (vocab, merges, normalizer, EOS), not of its runtime state."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        state = json.loads(backend.to_str())
-        state.pop("truncation", None)   # set by callers' truncation/padding: not part of the mapping
-        state.pop("padding", None)
-    else:
-        state = sorted(tokenizer.get_vocab().items())
-    content = json.dumps([type(tokenizer).__name__, tokenizer.eos_token_id, state], sort_keys=True)
+    """A hash of what the tokenizer does: its vocabulary, its EOS id and its ids for a probe text.
+
+    Behaviour, not serialization: the same tokenizer files loaded by another transformers / tokenizers
+    version (another class name, another JSON layout) give the same fingerprint, so a corpus tokenized on
+    one machine is accepted on another (seen: the GPU image's transformers 5.17 against 5.23 here)."""
+    vocab = sorted(tokenizer.get_vocab().items())
+    backend = getattr(tokenizer, "backend_tokenizer", None)   # the Rust tokenizer: what the mapping really is
+    probe = (backend.encode(FINGERPRINT_PROBE, add_special_tokens=False).ids if backend is not None
+             else tokenizer.encode(FINGERPRINT_PROBE, add_special_tokens=False))
+    content = json.dumps([tokenizer.eos_token_id, vocab, probe])
     return hashlib.sha256(content.encode("utf-8")).hexdigest()[:16]
 
 

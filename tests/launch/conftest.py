@@ -1,13 +1,25 @@
-"""A real SLURM on localhost for the launch tests: munged, slurmctld and one slurmd per "node".
+"""A real SLURM for the launch tests: munged, slurmctld and one slurmd per "node" (n1, n2).
+
+Two modes, chosen once per session (the terminal summary and the 2-node test say which one ran):
+- netns (root, and `ip netns add` works): a Linux bridge in this namespace carries slurmctld's address;
+  each node gets its own network namespace, joined to the bridge by a veth, holding only its own address
+  (NodeAddr) and a loopback, and its slurmd runs inside it (`ip netns exec NS slurmd`). Everything a job
+  starts on a node (batch script, srun task, torchrun, trainers) inherits that namespace, so a
+  torch.distributed rendezvous between n1 and n2 crosses hosts over the bridge. The interface inside
+  every namespace has the same name (`GLOO_SOCKET_IFNAME`): the machine's hostname resolves to
+  127.0.0.1, and gloo would otherwise advertise loopback to the other node.
+- localhost (fallback): every slurmd on 127.0.0.1, one machine, "hosts" only by name.
+munge's socket is a filesystem path, so the one munged serves every namespace.
 
 `SlurmCluster` writes a slurm.conf into a temp dir (every state/spool/log/pid path inside it), starts
 munged on a private socket (so a system munged, if any, is left alone), slurmctld, and `slurmd -N n<i>`
-per node on its own port; all nodes are NodeAddr=127.0.0.1, so several "hosts" share one machine and a
-torch.distributed rendezvous over gloo crosses them through loopback. It stops every daemon it started,
-by PID, at the end of the session.
+per node. At the end of the session it cancels what is still queued, stops every daemon it started by
+PID, ends what jobs left in the namespaces (by PID, `ip netns pids`), then deletes namespaces, veths
+and bridge.
 
 Debian's `slurm-wlm` and `munge` are installed on first use when missing (CI is root on Debian); the
-fixture skips with the reason when not root or without apt-get.
+fixture skips with the reason when not root or without apt-get. ACTSPARSE_TEST_SLURM_NETNS=0 forces
+the localhost mode (to run the fallback on a machine where namespaces work).
 """
 from __future__ import annotations
 
@@ -60,6 +72,100 @@ def ensure_munge_key(path: Path = Path("/etc/munge/munge.key")) -> None:
         pass  # no munge user: munged started by root with --force reads it as root
 
 
+def _ip(*args: str) -> None:
+    done = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"`ip {' '.join(args)}` failed: {done.stderr.strip()}")
+
+
+@dataclass
+class NodeNetwork:
+    """Where the controller and each node's slurmd listen. The localhost form needs no set-up."""
+
+    node_names: list[str]
+    mode: str = "localhost"
+    controller_addr: str = "127.0.0.1"
+    node_addrs: dict[str, str] = field(default_factory=dict)
+    netns: dict[str, str] = field(default_factory=dict)   # node -> namespace name (netns mode)
+    ifname: str | None = None      # the interface inside every namespace: GLOO_SOCKET_IFNAME for jobs
+    note: str = ""                 # why localhost was used, or what was built
+    _links: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.node_addrs = self.node_addrs or {n: "127.0.0.1" for n in self.node_names}
+
+    def command_on(self, node: str, cmd: list[str]) -> list[str]:
+        """`cmd` run inside `node`'s network namespace. nsenter execs it (the PID stays the command's) and,
+        unlike `ip netns exec`, leaves the mounts alone: that one remounts /sys, which hides the
+        cgroup filesystem slurmd 22.05 insists on initializing."""
+        return ["nsenter", f"--net=/run/netns/{self.netns[node]}", *cmd] if node in self.netns else cmd
+
+    def build_namespaces(self) -> bool:
+        """Bridge + one namespace and veth per node; False (with `note` saying why) when netns is unusable."""
+        if os.geteuid() != 0 or not (shutil.which("ip") and shutil.which("nsenter")):
+            self.note = "network namespaces need root, iproute2's `ip` and util-linux's `nsenter`"
+            return False
+        tag = str(os.getpid())
+        first_ns = f"actsparse_{self.node_names[0]}_{tag}"
+        probe = subprocess.run(["ip", "netns", "add", first_ns], capture_output=True, text=True)
+        if probe.returncode != 0:
+            self.note = f"`ip netns add` failed: {probe.stderr.strip()}"
+            return False
+        self.netns[self.node_names[0]] = first_ns
+        subnet = _unused_subnet(int(tag))
+        bridge, self.ifname = f"asbr{tag}", "asp0"    # interface names: at most 15 characters
+        _ip("link", "add", bridge, "type", "bridge")
+        self._links.append(bridge)
+        _ip("addr", "add", f"{subnet}.1/24", "dev", bridge)
+        _ip("link", "set", bridge, "up")
+        self.controller_addr = f"{subnet}.1"
+        for index, node in enumerate(self.node_names):
+            ns = self.netns.setdefault(node, f"actsparse_{node}_{tag}")
+            if index > 0:
+                _ip("netns", "add", ns)
+            host_end = f"as{tag}{node}"
+            _ip("link", "add", host_end, "type", "veth", "peer", "name", self.ifname, "netns", ns)
+            self._links.append(host_end)
+            _ip("link", "set", host_end, "master", bridge, "up")
+            self.node_addrs[node] = f"{subnet}.{11 + index}"
+            _ip("-n", ns, "addr", "add", f"{self.node_addrs[node]}/24", "dev", self.ifname)
+            _ip("-n", ns, "link", "set", self.ifname, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+        self.mode = "netns"
+        self.note = (f"bridge {bridge} {self.controller_addr} (slurmctld); "
+                     + ", ".join(f"{n} {self.node_addrs[n]} in {self.netns[n]}" for n in self.node_names))
+        return True
+
+    def teardown(self) -> None:
+        """End what is left in each namespace (by PID), delete the namespaces, veths and bridge."""
+        for ns in self.netns.values():
+            out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout
+            for pid in map(int, out.split()):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + 5
+            while out.split() and time.monotonic() < deadline:
+                time.sleep(0.1)
+                out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        for link in reversed(self._links):   # a veth pair goes with its namespace; deleting is a no-op then
+            subprocess.run(["ip", "link", "del", link], capture_output=True)
+        self.netns.clear()
+        self._links.clear()
+
+
+def _unused_subnet(seed: int) -> str:
+    """A 10.201.X /24 no interface here has an address in (several test sessions may run at once)."""
+    taken = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True).stdout
+    for step in range(250):
+        subnet = f"10.201.{(seed + step) % 250 + 1}"
+        if f" {subnet}." not in taken:
+            return subnet
+    raise RuntimeError("no free 10.201.X.0/24 subnet for the test bridge")
+
+
 @dataclass
 class SlurmCluster:
     """Daemons of a throwaway cluster. `env` holds SLURM_CONF for clients (sbatch, squeue, scontrol)."""
@@ -68,6 +174,11 @@ class SlurmCluster:
     node_count: int = 2
     cpus_per_node: int = 2
     pids: dict[str, int] = field(default_factory=dict)
+    network: NodeNetwork | None = None     # None: localhost (every slurmd on 127.0.0.1)
+    summary: list[str] = field(default_factory=list)   # lines for pytest's terminal summary
+
+    def __post_init__(self) -> None:
+        self.network = self.network or NodeNetwork(self.node_names)
 
     @property
     def conf_path(self) -> Path:
@@ -85,14 +196,16 @@ class SlurmCluster:
         r = self.root
         for sub in ("state", "spool", "log", "munge"):
             (r / sub).mkdir(parents=True, exist_ok=True)
+        net = self.network
         node_lines = "\n".join(
-            f"NodeName={n} NodeHostname=localhost NodeAddr=127.0.0.1 Port={_free_port()} "
+            f"NodeName={n} NodeHostname=localhost NodeAddr={net.node_addrs[n]} Port={_free_port()} "
             f"CPUs={self.cpus_per_node} RealMemory=2000 State=UNKNOWN"
             for n in self.node_names
         )
         self.conf_path.write_text(f"""\
 ClusterName=actsparse-test
-SlurmctldHost=localhost
+# localhost(ADDR): slurmctld accepts "localhost" as its own name; clients and slurmds dial ADDR.
+SlurmctldHost=localhost({net.controller_addr})
 SlurmctldPort={_free_port()}
 SlurmUser=root
 SlurmdUser=root
@@ -125,6 +238,7 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """)
 
     def _spawn(self, name: str, cmd: list[str]) -> None:
+        """Start a foreground daemon (stdout/stderr to log/NAME.out) and remember its PID."""
         with open(self.root / "log" / f"{name}.out", "w") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
         self.pids[name] = proc.pid
@@ -142,7 +256,8 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         self._wait_for(lambda: (m / "munge.socket").exists(), "munged socket")
         self._spawn("slurmctld", ["slurmctld", "-D", "-i", "-f", str(self.conf_path)])
         for node in self.node_names:
-            self._spawn(f"slurmd-{node}", ["slurmd", "-D", "-N", node, "-f", str(self.conf_path)])
+            self._spawn(f"slurmd-{node}", self.network.command_on(
+                node, ["slurmd", "-D", "-N", node, "-f", str(self.conf_path)]))
         self._wait_for(self._nodes_idle, "all nodes idle", timeout_s=60)
         return self
 
@@ -160,6 +275,28 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         raise TimeoutError(f"SLURM test cluster: {what} not reached in {timeout_s:.0f}s; logs in {self.root / 'log'}")
 
     def stop(self) -> None:
+        """Cancel leftover jobs, stop our daemons, then take the namespaces, veths and bridge down."""
+        try:
+            self._cancel_jobs()
+        finally:
+            try:
+                self._stop_daemons()
+            finally:
+                self.network.teardown()
+
+    def _cancel_jobs(self, timeout_s: float = 15) -> None:
+        """A test that failed mid-job leaves it running: cancel it so its processes end with it."""
+        if "slurmctld" not in self.pids:
+            return
+        subprocess.run(["scancel", "--user=root"], capture_output=True, env=self.env)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:   # squeue lists pending, running and completing jobs
+            active = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, env=self.env)
+            if active.returncode != 0 or not active.stdout.strip():
+                return
+            time.sleep(0.3)
+
+    def _stop_daemons(self) -> None:
         """SIGTERM each daemon we started (by PID, reverse start order), SIGKILL what is left after 10 s."""
         for name, pid in reversed(list(self.pids.items())):
             try:
@@ -209,15 +346,33 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
-    """A running 2-node SLURM cluster (n1, n2 on 127.0.0.1); skipped with a reason where it cannot run."""
+    """A running 2-node SLURM cluster (n1, n2 in their own network namespaces where possible, else both on
+    127.0.0.1: `cluster.network.mode`); skipped with a reason where SLURM cannot run."""
     reason = install_slurm_if_missing()
     if reason:
         pytest.skip(reason)
     if os.geteuid() != 0:
         pytest.skip("SLURM tests run slurmd as root (SlurmdUser=root); not root here")
     cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    STARTED_CLUSTERS.append(cluster)
     try:
+        if os.environ.get(NETNS_SWITCH) == "0":
+            cluster.network.note = f"{NETNS_SWITCH}=0"
+        elif not cluster.network.build_namespaces():
+            cluster.network.note = f"all slurmds on 127.0.0.1 ({cluster.network.note})"
+        cluster.summary.append(f"mode {cluster.network.mode}: {cluster.network.note}")
         cluster.start()
         yield cluster
     finally:
         cluster.stop()
+
+
+NETNS_SWITCH = "ACTSPARSE_TEST_SLURM_NETNS"   # =0: localhost mode even where namespaces work (debugging)
+STARTED_CLUSTERS: list[SlurmCluster] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Which network mode the SLURM cluster ran in, and what the tests recorded about it."""
+    for cluster in STARTED_CLUSTERS:
+        for line in cluster.summary:
+            terminalreporter.write_line(f"SLURM test cluster {line}")
