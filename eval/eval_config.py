@@ -123,14 +123,15 @@ def _build(cls, raw: Any, src: str, prefix: str):
     if not isinstance(raw, dict):
         raise EvalConfigError(f"{src}: {prefix or 'top level'}: expected a mapping, got {raw!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields) - {"source"})
+    top_level = cls is EvalConfig   # its `source` is set by the loader (the YAML path), never read from YAML
+    unknown = sorted(set(raw) - set(fields) - ({"source"} if top_level else set()))
     if unknown:
         raise EvalConfigError(f"{src}: {prefix}{unknown[0]}: unknown field; known: {', '.join(fields)}")
     values = {}
     for name, value in raw.items():
         if name in SECTIONS and cls is EvalConfig:
             values[name] = _build(SECTIONS[name], value or {}, src, f"{name}.")
-        elif name != "source":
+        elif not (top_level and name == "source"):
             values[name] = _check_type(value, fields[name].type, f"{src}: {prefix}{name}")
     missing = [n for n, f in fields.items() if f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING and n not in values]

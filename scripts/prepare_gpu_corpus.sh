@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# A larger English corpus for GPU runs (~4M SmolLM2 tokens), from what the package registry serves: the
-# documentation shipped in the source archives of Django, SymPy, SQLAlchemy and Celery, plus the stdlib
-# docstrings. Pre-tokenized into one .tokens.npz that fits a device call's carry.
+# A larger English corpus for GPU runs (3.7M SmolLM2 tokens), from what the package registry serves: the
+# documentation shipped in the source archives of Django, SymPy and SQLAlchemy, plus the stdlib
+# docstrings (3.7M tokens), pre-tokenized into one .tokens.npz that fits a device call's carry; Celery's docs
+# become held-out text (heldout.txt) for `actsparse eval`.
 #
 #   scripts/prepare_gpu_corpus.sh TOKENIZER_DIR [OUT_DIR]      # OUT_DIR default: .carry/corpus_docs
 #
@@ -16,8 +17,9 @@ SOURCES=(
   "django==5.2.8 docs BSD-3-Clause"
   "sympy==1.14.0 doc BSD-3-Clause"
   "sqlalchemy==2.0.44 doc/build MIT"
-  "celery==5.5.3 docs BSD-3-Clause"
 )
+# Held out from training: Celery's docs, as plain text for `actsparse eval` (data.source: txt).
+HELDOUT="celery==5.5.3 docs BSD-3-Clause"
 INCLUDES=()
 for entry in "${SOURCES[@]}"; do
   read -r spec folder license <<<"$entry"
@@ -30,4 +32,18 @@ for entry in "${SOURCES[@]}"; do
   INCLUDES+=(--include "$dir/$folder=$license")
 done
 actsparse prepare-data --tokenizer "$TOK" --out "$OUT" "${INCLUDES[@]}"
+# The same text, compressed, for machines whose tokenizer build differs (re-tokenize there; no registry).
+TEXT=$(mktemp -d); : > "$TEXT/includes.txt"
+for entry in "${SOURCES[@]}"; do
+  read -r spec folder license <<<"$entry"; name=${spec%%==*}; version=${spec##*==}
+  (cd "$CACHE/$name-$version" && find "$folder" \( -name "*.rst" -o -name "*.txt" -o -name "*.md" \) -print0 |
+     tar --null -T - -cf - | tar -xf - -C "$TEXT" --transform "s,^,$name/,")
+  echo "$name/$folder=$license" >> "$TEXT/includes.txt"
+done
+tar -C "$TEXT" -cJf "$OUT/docs_text.tar.xz" . && rm -rf "$TEXT"
+read -r spec folder license <<<"$HELDOUT"
+name=${spec%%==*}; version=${spec##*==}; dir="$CACHE/$name-$version"
+[ -d "$dir" ] || { python3 -m pip download -q --no-deps --no-binary :all: -d "$CACHE" "$spec" && tar xzf "$CACHE/$name-$version.tar.gz" -C "$CACHE"; }
+find "$dir/$folder" -name "*.rst" -o -name "*.txt" | sort | xargs cat > "$OUT/heldout.txt"
+echo "held-out text: $OUT/heldout.txt ($name $version $folder, $license), $(wc -c < "$OUT/heldout.txt") bytes"
 du -sh "$OUT"

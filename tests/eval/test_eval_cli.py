@@ -220,3 +220,18 @@ def test_calibration_windows_follow_the_token_stream(tmp_path):
     assert info["documents"] == 3 and info["tokens"] == 20 and info["name"] == f"txt:{text}"
     with pytest.raises(ValueError, match="need num_batches"):
         calibration_batches(DataConfig(source="txt", path=str(text), seq_len=5, batch_size=4, num_batches=3), tok, True)
+
+
+def test_yaml_data_source_is_read_not_the_stdlib_default(tmp_path):
+    """A config's `data.source: txt` must reach the loader (a section's `source` is a field, not the
+    config-file name the top level keeps in its own `source`): once it was dropped and stdlib used."""
+    text = tmp_path / "heldout.txt"
+    text.write_text("some held-out text\n")
+    config = tmp_path / "eval.yaml"
+    config.write_text(yaml.safe_dump({"model": str(tmp_path), "data": {"source": "txt", "path": str(text)}}))
+    cfg = load_eval_config(str(config))
+    assert (cfg.data.source, cfg.data.path, cfg.source) == ("txt", str(text), str(config))
+    with pytest.raises(Exception, match="data.source"):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(yaml.safe_dump({"model": str(tmp_path), "data": {"source": "parquet-ish", "path": str(text)}}))
+        load_eval_config(str(bad))

