@@ -105,6 +105,7 @@ class NodeNetwork:
         if os.geteuid() != 0 or not (shutil.which("ip") and shutil.which("nsenter")):
             self.note = "network namespaces need root, iproute2's `ip` and util-linux's `nsenter`"
             return False
+        _remove_stale_networks()
         tag = str(os.getpid())
         first_ns = f"actsparse_{self.node_names[0]}_{tag}"
         probe = subprocess.run(["ip", "netns", "add", first_ns], capture_output=True, text=True)
@@ -154,6 +155,22 @@ class NodeNetwork:
             subprocess.run(["ip", "link", "del", link], capture_output=True)
         self.netns.clear()
         self._links.clear()
+
+
+def _remove_stale_networks() -> None:
+    """Namespaces and bridges named after a test session that is gone (killed before its teardown ran)."""
+    def gone(pid: str) -> bool:
+        return pid.isdigit() and not Path("/proc", pid).exists()
+
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split("\n")
+    for ns in (line.split()[0] for line in namespaces if line.startswith("actsparse_")):
+        if gone(ns.rsplit("_", 1)[-1]) and not subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
+                                                               text=True).stdout.split():
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    links = subprocess.run(["ip", "-o", "link", "show", "type", "bridge"], capture_output=True, text=True).stdout
+    for name in (line.split(":")[1].strip() for line in links.splitlines()):
+        if name.startswith("asbr") and gone(name[4:]):
+            subprocess.run(["ip", "link", "del", name], capture_output=True)
 
 
 def _unused_subnet(seed: int) -> str:
