@@ -61,6 +61,8 @@ def process_group(on_gpu: bool):
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", verbose=False)
     try:
         yield dist_env
+        if dist.is_initialized():
+            dist.barrier()   # leave together: rank 0 may still be exporting while the others tear down
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

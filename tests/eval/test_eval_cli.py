@@ -3,7 +3,6 @@
 The local YAML tasks in data/ stand in for lm-eval's; the Hub and datasets are offline. Sparsity and
 dense perplexity in the results JSON are checked against counts and a float64 NLL computed here.
 """
-import glob
 import json
 import math
 import os
@@ -18,10 +17,10 @@ from actsparse.eval.cli import main  # noqa: E402
 from actsparse.eval.eval_config import load_eval_config  # noqa: E402
 from actsparse.eval.eval_data import calibration_batches  # noqa: E402
 from actsparse.modeling import load_pretrained  # noqa: E402
+from task_tokenizer import task_words_tokenizer  # noqa: E402
 from tiny_models import tiny_llama  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
-SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -40,22 +39,7 @@ def no_env_report(monkeypatch):
     monkeypatch.setattr(lm_eval.evaluator, "add_env_info", lambda results: None)
 
 
-def tiny_tokenizer():
-    """WordLevel tokenizer over the test tasks' words (`tokenizers`), wrapped as a fast HF tokenizer."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = set()
-    for path in glob.glob(os.path.join(DATA, "*.jsonl")):
-        for line in open(path, encoding="utf-8"):
-            row = json.loads(line)
-            words.update(" ".join([row.get("question", ""), " ".join(row.get("choices", [])),
-                                   row.get("text", "")]).split())
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + sorted(words))}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>", pad_token="<pad>")
+tiny_tokenizer = task_words_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 References are computed by hand from the model's float64 logits: choice log-likelihoods for the
 multiple-choice task and the summed token log-probabilities for the rolling perplexity task.
 """
-import glob
 import json
 import math
 import os
@@ -16,10 +15,10 @@ pytest.importorskip("lm_eval")
 from actsparse.eval.lm_eval_adapter import (MissingTaskData, run_task_groups, summarize, task_key,  # noqa: E402
                                             wrap_model)
 from actsparse.eval.task_groups import Suite, TaskGroup, TaskSpec, load_task_groups  # noqa: E402
+from task_tokenizer import task_words_tokenizer  # noqa: E402
 from tiny_models import tiny_llama  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
-SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -38,22 +37,7 @@ def no_env_report(monkeypatch):
     monkeypatch.setattr(lm_eval.evaluator, "add_env_info", lambda results: None)
 
 
-def tiny_tokenizer():
-    """WordLevel tokenizer over the words of the test tasks; no post-processor, so no BOS of its own."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = set()
-    for path in glob.glob(os.path.join(DATA, "*.jsonl")):
-        for line in open(path, encoding="utf-8"):
-            row = json.loads(line)
-            words.update(" ".join([row.get("question", ""), " ".join(row.get("choices", [])),
-                                   row.get("text", "")]).split())
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + sorted(words))}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>", pad_token="<pad>")
+tiny_tokenizer = task_words_tokenizer
 
 
 @pytest.fixture(scope="module")
