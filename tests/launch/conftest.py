@@ -113,6 +113,17 @@ class NodeNetwork:
             self.note = f"`ip netns add` failed: {probe.stderr.strip()}"
             return False
         self.netns[self.node_names[0]] = first_ns
+        try:
+            self._wire(tag)
+        except RuntimeError as err:   # e.g. no bridge support in this kernel: say so, undo, use localhost
+            self.teardown()
+            self.mode, self.controller_addr, self.ifname = "localhost", "127.0.0.1", None
+            self.node_addrs = {n: "127.0.0.1" for n in self.node_names}
+            self.note = f"namespace network could not be built: {err}"
+            return False
+        return True
+
+    def _wire(self, tag: str) -> None:
         subnet = _unused_subnet(int(tag))
         bridge, self.ifname = f"asbr{tag}", "asp0"    # interface names: at most 15 characters
         _ip("link", "add", bridge, "type", "bridge")
@@ -135,7 +146,6 @@ class NodeNetwork:
         self.mode = "netns"
         self.note = (f"bridge {bridge} {self.controller_addr} (slurmctld); "
                      + ", ".join(f"{n} {self.node_addrs[n]} in {self.netns[n]}" for n in self.node_names))
-        return True
 
     def teardown(self) -> None:
         """End what is left in each namespace (by PID), delete the namespaces, veths and bridge."""
