@@ -27,6 +27,8 @@ def test_sparsify_l1_and_stats_under_zero3(tmp_path):
     pytest.importorskip("deepspeed")
     out = tmp_path / "result.json"
     env = {**os.environ, "DS_ACCELERATOR": "cpu",
+           # the worker imports tests/support/tiny_models.py: its folder is on sys.path only without PYTHONSAFEPATH
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(WORKER.parent), os.environ.get("PYTHONPATH")])),
            # DeepSpeed JIT-builds deepspeed_shm_comm on first use (~35 s); keep it in a persistent cache.
            "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR",
                                                   str(Path.home() / ".cache" / "torch_extensions"))}
