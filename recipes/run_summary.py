@@ -3,8 +3,9 @@
     PYTHONSAFEPATH=1 python3 -m actsparse.recipes.run_summary RUN_DIR [RUN_DIR ...] [--skip 50] [--json OUT]
 
 Per run: median tokens/s and MFU over the logged steps after `--skip` (warm-up, compilation and
-allocator growth excluded), the implied step time, last lm_loss / sparsity / lambda. With two runs, the
-second's step-time overhead relative to the first (e.g. L1 term + sparsity counters on vs off).
+allocator growth excluded), the implied step time, last lm_loss / sparsity / lambda. Runs given in pairs
+(baseline, variant, baseline, variant, ...), e.g. L1 term + sparsity counters off / on: each pair's step-time
+overhead, their mean, and the noise it must beat (the spread of the baseline's step time across its repeats).
 """
 from __future__ import annotations
 
@@ -30,6 +31,18 @@ def summarize(run_dir: Path, skip: int) -> dict:
             "last_lm_loss": last["lm_loss"], "last_sparsity": last.get("sparsity"), "last_l1_lambda": last["l1_lambda"]}
 
 
+def pair_overheads(rows: list[dict]) -> dict:
+    """Runs as (baseline, variant) pairs: per-pair overhead, its mean, and the baseline's relative spread."""
+    if len(rows) < 2 or len(rows) % 2:
+        return {}
+    base = [r["median_step_s"] for r in rows[0::2]]
+    pairs = [v["median_step_s"] / b["median_step_s"] - 1.0 for b, v in zip(rows[0::2], rows[1::2])]
+    out = {"pair_overheads": pairs, "step_time_overhead": sum(pairs) / len(pairs)}
+    if len(base) > 1:
+        out["baseline_spread"] = (max(base) - min(base)) / statistics.mean(base)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="run_summary", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+")
@@ -43,9 +56,12 @@ def main(argv: list[str] | None = None) -> int:
               f"MFU {mfu}, loss {row['last_lm_loss']:.3f}, sparsity {row['last_sparsity']}, "
               f"lambda {row['last_l1_lambda']:g} ({row['steps_measured']} steps)")
     result = {"runs": rows}
-    if len(rows) == 2:
-        result["step_time_overhead"] = rows[1]["median_step_s"] / rows[0]["median_step_s"] - 1.0
-        print(f"step-time overhead of run 2 vs run 1: {100 * result['step_time_overhead']:+.2f}%")
+    result.update(pair_overheads(rows))
+    if "step_time_overhead" in result:
+        print(f"step-time overhead, variant vs baseline: {100 * result['step_time_overhead']:+.2f}% "
+              f"(pairs: {', '.join(f'{100 * o:+.2f}%' for o in result['pair_overheads'])}"
+              + (f"; baseline repeats spread {100 * result['baseline_spread']:.2f}%)" if "baseline_spread" in result
+                 else ")"))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0

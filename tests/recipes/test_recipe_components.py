@@ -124,3 +124,24 @@ def test_byte_tokenizer_round_trips_any_text():
     ids = tok(text).input_ids
     assert ids == list(text.encode("utf-8")) and tok.decode(ids) == text
     assert len(tok) == 257 and tok.eos_token_id == 256
+
+
+def test_run_summary_pairs_overhead_and_baseline_spread(tmp_path):
+    """off/on/off/on: per-pair step-time overhead from median tokens/s, their mean, the baseline's spread."""
+    import json
+    from actsparse.recipes.run_summary import main
+    tokens_per_step = 1000
+    medians = {"off1": 100.0, "on1": 98.0, "off2": 110.0, "on2": 100.0}   # tokens/s after the skipped steps
+    for name, tps in medians.items():
+        (tmp_path / name).mkdir()
+        rows = [{"step": s, "tokens": s * tokens_per_step, "tokens_per_s": (1.0 if s <= 10 else tps) * (1 + 0.01 * (s % 3 - 1)),
+                 "lm_loss": 1.0, "l1_lambda": 0.0, "mfu": None} for s in range(10, 60, 10)]
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "summary.json"
+    assert main([str(tmp_path / n) for n in ("off1", "on1", "off2", "on2")] + ["--skip", "10", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    step = {n: tokens_per_step / tps for n, tps in medians.items()}     # medians land on the middle value
+    expected = [step["on1"] / step["off1"] - 1, step["on2"] / step["off2"] - 1]
+    assert result["pair_overheads"] == pytest.approx(expected)
+    assert result["step_time_overhead"] == pytest.approx(sum(expected) / 2)
+    assert result["baseline_spread"] == pytest.approx((step["off1"] - step["off2"]) / ((step["off1"] + step["off2"]) / 2))
