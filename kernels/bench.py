@@ -23,7 +23,7 @@ from .dispatch import DispatchConfig
 from .sparse_ffn import SparseFFN
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-PREDICTED = ("ours_predicted_union", "ours_predicted_per_token")
+PREDICTED = ("ours_predicted_union", "ours_predicted_per_token", "ours_predicted_fused")
 
 
 def parse_args(argv):
@@ -52,9 +52,11 @@ def _index_select(ws, x, rows):
 
 def _methods(sets, xs, masks, batch, calib_x):
     """(name -> list of zero-argument calls, one per weight set; the path the dispatcher picks)."""
-    def ffn(ws, mode):
-        return SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, activation="relu", dispatch=DispatchConfig(batch_mode=mode))
+    def ffn(ws, mode, predicted_kernel="lists"):
+        return SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, activation="relu",
+                         dispatch=DispatchConfig(batch_mode=mode, predicted_kernel=predicted_kernel))
     union = [ffn(ws, "union") for ws in sets]
+    fused = [ffn(ws, "union", "fused") for ws in sets]  # Version 2 predicted path, timed beside Version 1
     dispatched = [ffn(ws, "union") for ws in sets]
     for f in dispatched:
         f.calibrate(calib_x)
@@ -64,13 +66,14 @@ def _methods(sets, xs, masks, batch, calib_x):
         "index_select": [lambda ws=ws, x=x, r=r: _index_select(ws, x, r) for ws, x, r in zip(sets, xs, rows)],
         "ours_union": [lambda f=f, x=x: f(x) for f, x in zip(union, xs)],
         "ours_predicted_union": [lambda f=f, x=x, m=m: f(x, m) for f, x, m in zip(union, xs, masks)],
+        "ours_predicted_fused": [lambda f=f, x=x, m=m: f(x, m) for f, x, m in zip(fused, xs, masks)],
         "ours_dispatch": [lambda f=f, x=x: f(x) for f, x in zip(dispatched, xs)],
     }
     if batch > 1:
         per_token = [ffn(ws, "per_token") for ws in sets]
         methods["ours_per_token"] = [lambda f=f, x=x: f(x) for f, x in zip(per_token, xs)]
         methods["ours_predicted_per_token"] = [lambda f=f, x=x, m=m: f(x, m) for f, x, m in zip(per_token, xs, masks)]
-    return methods, dispatched[0]._plan(batch, None).path
+    return methods, dispatched[0]._plan(batch, False).path
 
 
 def _check(name, call, ws, x, mask) -> float:

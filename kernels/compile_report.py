@@ -26,6 +26,12 @@ KERNEL_ARGS = {
                         partial_ptr="*fp32", tickets_ptr="*i32", out_ptr="*{dt}", n_tokens="i32", d_model="i32",
                         d_ff="i32"),
     "compact_kernel": dict(mask_ptr="*u8", counts_ptr="*i32", idx_ptr="*i32", n_rows="i32", d_ff="i32"),
+    "pred_up_kernel": dict(x_ptr="*{dt}", wg_ptr="*{dt}", bg_ptr="*{dt}", wu_ptr="*{dt}", bu_ptr="*{dt}",
+                           mask_ptr="*u8", idx_ptr="*i32", x1_ptr="*fp32", n_tokens="i32", n_pos="i32",
+                           d_model="i32", d_ff="i32", threshold="fp32"),
+    "pred_down_kernel": dict(x1_ptr="*fp32", wdt_ptr="*{dt}", bd_ptr="*{dt}", idx_ptr="*i32", partial_ptr="*fp32",
+                             tickets_ptr="*i32", out_ptr="*{dt}", n_tokens="i32", n_pos="i32", d_model="i32",
+                             d_ff="i32"),
 }
 
 
@@ -39,6 +45,11 @@ def variants(name: str, block_t: int):
                      PER_TOKEN=False, IEEE=False) for fg in (False, True)]
     if name == "down_kernel":
         return [dict(common, HAS_BIAS=False, PER_TOKEN=False, IEEE=False, FENCE=True)]
+    if name == "pred_up_kernel":  # mask [1, d_ff], mask [T, d_ff], index list
+        return [dict(common, ACT=0, HAS_BG=False, HAS_BU=False, HAS_IDX=hi, MASK_PER_TOKEN=mp, IEEE=False)
+                for hi, mp in ((False, False), (False, True), (True, False))]
+    if name == "pred_down_kernel":
+        return [dict(common, HAS_BIAS=False, HAS_IDX=hi, IEEE=False, FENCE=True) for hi in (False, True)]
     return [dict(common, PER_TOKEN=False)]
 
 
@@ -78,14 +89,18 @@ def resources(compiled) -> dict:
     return out
 
 
-def report(arch: int, dtype: str, quick: bool) -> list[dict]:
-    from . import configs, triton_gate, triton_up_down
+def report(arch: int, dtype: str, quick: bool, only: list[str] | None = None) -> list[dict]:
+    from . import configs, triton_gate, triton_predicted, triton_up_down
     kernels = {"gate_kernel": (triton_gate.gate_kernel, configs.GATE_CONFIGS),
                "up_kernel": (triton_up_down.up_kernel, configs.UP_CONFIGS),
                "down_kernel": (triton_up_down.down_kernel, configs.DOWN_CONFIGS),
-               "compact_kernel": (triton_gate.compact_kernel, configs.COMPACT_CONFIGS)}
+               "compact_kernel": (triton_gate.compact_kernel, configs.COMPACT_CONFIGS),
+               "pred_up_kernel": (triton_predicted.pred_up_kernel, configs.PRED_UP_CONFIGS),
+               "pred_down_kernel": (triton_predicted.pred_down_kernel, configs.PRED_DOWN_CONFIGS)}
     rows = []
     for name, (kernel, cfgs) in kernels.items():
+        if only and name not in only:
+            continue
         arg_types = {k: v.format(dt=dtype) for k, v in KERNEL_ARGS[name].items()}
         for block_t in ((1,) if quick else (1, 16, 64)):
             kept = configs._prune_for_tokens(cfgs, {}, BLOCK_T=block_t)
@@ -116,11 +131,12 @@ def main(argv=None) -> int:
     p.add_argument("--arch", type=int, default=90)
     p.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
     p.add_argument("--quick", action="store_true", help="one config and variant per kernel")
+    p.add_argument("--kernels", default=None, help="comma list of kernel names (default: all)")
     args = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("compile_report compiles for a GPU target: unset TRITON_INTERPRET", file=sys.stderr)
         return 2
-    rows = report(args.arch, args.dtype, args.quick)
+    rows = report(args.arch, args.dtype, args.quick, args.kernels.split(",") if args.kernels else None)
     failed = [r for r in rows if "error" in r]
     print(f"{len(rows)} compiled, {len(failed)} failed; spills in {sum(1 for r in rows if r.get('local'))}")
     return 1 if failed and len(failed) == len(rows) else 0

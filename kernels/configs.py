@@ -50,6 +50,25 @@ DOWN_CONFIGS = [
 DOWN_FIXED = dict(BLOCK_D=64, BLOCK_J=32, SPLITS=2)
 MAX_SPLITS = max(c.kwargs["SPLITS"] for c in DOWN_CONFIGS)
 
+# Version 2 predicted path (triton_predicted.py). Up: program p reads the gate and up rows of the active
+# neurons among positions [p*BLOCK_N, (p+1)*BLOCK_N); small BLOCK_N gives many programs (688 at 16 for
+# d_ff=11008), so ~1100 active rows at 90% sparsity spread over every SM in one wave.
+PRED_UP_CONFIGS = [
+    _cfg(w, s, BLOCK_N=n, BLOCK_K=k)
+    for n, k, w, s in [(8, 512, 4, 3), (16, 256, 4, 3), (16, 512, 4, 3), (16, 1024, 8, 2), (32, 256, 4, 3),
+                       (32, 128, 4, 4), (64, 128, 4, 4), (64, 256, 8, 3)]
+]
+PRED_UP_FIXED = dict(BLOCK_N=32, BLOCK_K=32)  # interpreter: several programs and K steps at tiny shapes
+# Down: BLOCK_D columns x SPLITS position ranges per column block (128 x 16 at d=4096: 512 programs);
+# BLOCK_J positions per step, mostly inactive at 90% (their row loads are predicated off), hence large.
+PRED_DOWN_CONFIGS = [
+    _cfg(w, s, BLOCK_D=dd, BLOCK_J=j, SPLITS=sp)
+    for dd, j, sp, w, s in [(128, 64, 8, 4, 3), (128, 128, 8, 4, 3), (128, 64, 16, 4, 3), (128, 32, 16, 4, 3),
+                            (256, 64, 8, 8, 3), (256, 128, 16, 8, 3), (64, 64, 16, 4, 3), (64, 128, 32, 4, 3)]
+]
+PRED_DOWN_FIXED = dict(BLOCK_D=32, BLOCK_J=32, SPLITS=2)  # interpreter
+PRED_MAX_SPLITS = max(c.kwargs["SPLITS"] for c in PRED_DOWN_CONFIGS)
+
 # Mask -> index-list compaction (predicted active sets).
 COMPACT_CONFIGS = [_cfg(4, 1, BLOCK_N=n) for n in (256, 1024)]
 COMPACT_FIXED = dict(BLOCK_N=128)

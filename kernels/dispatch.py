@@ -22,6 +22,7 @@ import torch
 log = logging.getLogger(__name__)
 
 BATCH_MODES = ("union", "per_token", "auto")
+PREDICTED_KERNELS = ("lists", "fused")
 
 
 @dataclass
@@ -35,8 +36,15 @@ class DispatchConfig:
     max_byte_ratio: float = 0.8
     # Above this many tokens (prefill) the FFN runs dense.
     max_sparse_tokens: int = 64
+    # Kernels of the predicted-set path: "lists" (Version 1: compaction, fused gate/up, split-K down; three
+    # launches) or "fused" (Version 2, triton_predicted.py: mask or index slices scanned in place, two
+    # launches, union mode only). Default "lists" until the GPU benchmark has timed both side by side.
+    predicted_kernel: str = "lists"
 
     def __post_init__(self):
+        if self.predicted_kernel not in PREDICTED_KERNELS:
+            raise ValueError(f"DispatchConfig.predicted_kernel={self.predicted_kernel!r}; supported: "
+                             f"{', '.join(PREDICTED_KERNELS)}")
         if self.batch_mode not in BATCH_MODES:
             raise ValueError(f"DispatchConfig.batch_mode={self.batch_mode!r}; supported: {', '.join(BATCH_MODES)}")
         if not 0.0 <= self.max_byte_ratio <= 1.0:
@@ -71,8 +79,8 @@ def choose_plan(config: DispatchConfig, n_tokens: int, neuron_prob: torch.Tensor
     per_token = n_tokens > 1 and (
         config.batch_mode == "per_token"
         or (config.batch_mode == "auto" and n_tokens <= config.per_token_max_batch))
-    if predicted and mask_rows == 1:
-        per_token = False  # one shared set: every token's list would be the same list
+    if predicted and (mask_rows == 1 or config.predicted_kernel == "fused"):
+        per_token = False  # one shared set: every token's list would be the same list; "fused": union only
     if neuron_prob is None:
         return Plan("sparse", per_token)
     ratio = byte_ratio(expected_fraction(neuron_prob, n_tokens, per_token), predicted)

@@ -104,27 +104,37 @@ class SparseFFN(nn.Module):
         if x.dim() != 2 or x.shape[1] != self.w_gate.shape[1]:
             raise ValueError(f"x must be (tokens, {self.w_gate.shape[1]}), got {tuple(x.shape)}")
         x = x.to(self.w_gate.dtype).contiguous()
-        mask = None if active is None else self._as_mask(active, x.shape[0])
-        plan = self._plan(x.shape[0], mask)
+        fused = active is not None and self.backend == "triton" and self.dispatch.predicted_kernel == "fused"
+        # The fused kernels read an index list as given (no mask built from it: two launches fewer).
+        idx = active if fused and self._is_index(active) else None
+        mask = None if active is None or idx is not None else self._as_mask(active, x.shape[0])
+        plan = self._plan(x.shape[0], active is not None, 1 if mask is None else mask.shape[0])
         if self.neuron_prob is None:
             warn_once("SparseFFN: not calibrated, so no dense fallback at low sparsity (call calibrate())")
         if plan.path == "dense":
-            return self.dense(x, mask)
+            return self.dense(x, mask if idx is None else self._as_mask(idx, x.shape[0]))
         args = (x, self.w_gate, self.w_up, self.w_down_t, self.b_gate, self.b_up, self.b_down)
         if self.backend == "torch":
             return sparse_ffn_torch(*args, self.act_fn, self.activation == "drelu", mask, plan.per_token)
+        if fused:
+            from .triton_predicted import predicted_ffn
+            return predicted_ffn(*args, self.activation, self.threshold, mask, idx, self._ticket_buffer(x),
+                                 self.workspace_alloc)
         from .triton_ffn import triton_sparse_ffn  # triton is needed only for this backend
         return triton_sparse_ffn(*args, self.activation, self.threshold, mask, plan.per_token, self._ticket_buffer(x),
                                  self.workspace_alloc)
 
-    def _plan(self, n_tokens: int, mask: torch.Tensor | None):
+    def _plan(self, n_tokens: int, predicted: bool, mask_rows: int = 1):
         """The dispatcher's choice, cached per (tokens, predicted, mask rows): host-only, no sync.
         Assign a new DispatchConfig (rather than editing fields of the old one) to change the choice."""
-        key = (n_tokens, mask is not None, 1 if mask is None else mask.shape[0], id(self.neuron_prob),
-               id(self.dispatch))
+        key = (n_tokens, predicted, mask_rows, id(self.neuron_prob), id(self.dispatch))
         if key not in self._plans:
             self._plans[key] = choose_plan(self.dispatch, n_tokens, self.neuron_prob, key[1], key[2])
         return self._plans[key]
+
+    @staticmethod
+    def _is_index(active: torch.Tensor) -> bool:
+        return active.dim() == 1 and active.dtype != torch.bool and not active.is_floating_point()
 
     def _as_mask(self, active: torch.Tensor, n_tokens: int) -> torch.Tensor:
         """active -> bool mask [1, d_ff] (shared set) or [tokens, d_ff]."""
@@ -135,7 +145,7 @@ class SparseFFN(nn.Module):
                 return active.contiguous()
             raise ValueError(f"bool active must be [{self.d_ff}] or [{n_tokens}, {self.d_ff}], "
                              f"got {tuple(active.shape)}")
-        if active.dim() == 1 and not active.is_floating_point():
+        if self._is_index(active):
             mask = torch.zeros(self.d_ff, dtype=torch.bool, device=active.device)
             return mask.index_fill_(0, active.long(), True)[None]
         raise ValueError(f"active must be a bool mask or a 1-D index tensor, got {active.dtype} "

@@ -30,3 +30,15 @@ def test_choose_plan():
     assert not choose_plan(DispatchConfig(batch_mode="per_token"), 4, None, True, 1).per_token  # shared set
     with pytest.raises(ValueError, match="batch_mode"):
         DispatchConfig(batch_mode="fast")
+
+
+def test_predicted_kernel_choice():
+    """Version 1 ("lists") stays the default; "fused" runs per-token masks in union mode."""
+    assert DispatchConfig().predicted_kernel == "lists"
+    per_token = DispatchConfig(batch_mode="per_token")
+    assert choose_plan(per_token, 4, None, True, 4).per_token
+    fused = DispatchConfig(batch_mode="per_token", predicted_kernel="fused")
+    assert not choose_plan(fused, 4, None, True, 4).per_token
+    assert choose_plan(fused, 4, None, False, 1).per_token  # no predictor: unchanged
+    with pytest.raises(ValueError, match="predicted_kernel"):
+        DispatchConfig(predicted_kernel="persistent")

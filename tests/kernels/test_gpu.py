@@ -50,6 +50,32 @@ def test_matches_float64(dtype, d, f, tokens, mode):
             torch.testing.assert_close(ffn(x, active), first, rtol=ulp, atol=ulp)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("d,f", [(4096, 11008), (1000, 3001)])
+@pytest.mark.parametrize("tokens", [1, 5, 8])
+@pytest.mark.parametrize("kind", ["mask", "index"])
+def test_fused_predicted_matches_float64(dtype, d, f, tokens, kind):
+    """Version 2 predicted path: against float64, and identical bits between calls (fixed split order)."""
+    gen = torch.Generator(device="cuda").manual_seed(tokens)
+    ws = make_weight_sets(d, f, dtype, "cuda", 1)[0]
+    set_gate_bias(ws, neuron_probabilities(f, 0.9, torch.Generator().manual_seed(0)))
+    x = make_inputs(tokens, d, dtype, "cuda", gen)
+    ffn = SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, dispatch=DispatchConfig(predicted_kernel="fused"))
+    ffn.workspace_alloc = _poisoned
+    mask = true_active(ws, x) & (torch.rand(tokens, f, device="cuda", generator=gen) < 0.7)
+    if kind == "index":
+        mask = mask.any(0, keepdim=True)
+        active = torch.nonzero(mask[0]).flatten()
+    else:
+        active = mask
+    ref = _reference(ws, x, mask)
+    first = ffn(x, active)
+    assert torch.isfinite(first).all()
+    assert float((first.double() - ref).norm() / ref.norm()) < (2e-3 if dtype == torch.float16 else 1e-2)
+    for _ in range(5):
+        assert torch.equal(ffn(x, active), first)
+
+
 def test_cuda_graph_capture_and_replay():
     ws = make_weight_sets(512, 1536, torch.float16, "cuda", 1)[0]
     set_gate_bias(ws, neuron_probabilities(1536, 0.9, torch.Generator().manual_seed(0)))
@@ -62,6 +88,15 @@ def test_cuda_graph_capture_and_replay():
     for _ in range(3):
         graph.replay()
         torch.testing.assert_close(out, expected, rtol=1e-3, atol=1e-3)
+    mask = torch.rand(1536, device="cuda") < 0.1
+    fused = SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, dispatch=DispatchConfig(predicted_kernel="fused"))
+    expected = fused(x, mask).clone()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fused(x, mask)
+    for _ in range(3):
+        graph.replay()
+        assert torch.equal(out, expected)
 
 
 def test_sparse_decoding_with_cuda_graph_matches_dense():

@@ -153,3 +153,73 @@ def test_half_precision(dtype, tokens, tol, mode):
     y = ffn(x)
     assert y.dtype == dtype and torch.isfinite(y).all()
     assert rel_err(y, reference_ffn(x, w_gate, w_up, w_down, "relu")) < tol
+
+
+# Version 2 predicted path (DispatchConfig(predicted_kernel="fused"), triton_predicted.py): union mode only.
+FUSED_SHAPES = [(40, 100, 1), (24, 72, 5)]
+
+
+def _fused_only(monkeypatch):
+    """Make the Version 1 kernels unreachable, so a passing test did run the fused ones."""
+    from actsparse.kernels import triton_ffn
+
+    def version_1(*args, **kwargs):
+        raise AssertionError("predicted_kernel='fused' ran the Version 1 kernels")
+    monkeypatch.setattr(triton_ffn, "triton_sparse_ffn", version_1)
+
+
+@pytest.mark.parametrize("biases", [True, False])
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("kind", ["mask1d", "mask2d", "index"])
+@pytest.mark.parametrize("activation,threshold", ACTIVATIONS)
+@pytest.mark.parametrize("d,f,tokens", FUSED_SHAPES)
+def test_fused_predicted_matches_float64(d, f, tokens, activation, threshold, kind, fraction, biases, monkeypatch):
+    _fused_only(monkeypatch)
+    ffn, _ = make_ffn(d, f, activation, threshold, "union", 0.0, seed=f + tokens, biases=biases)
+    ffn.dispatch = DispatchConfig(predicted_kernel="fused")
+    if not biases:
+        ffn.b_gate = None  # no bias anywhere (make_ffn always gives the gate one)
+    x = torch.randn(tokens, d, generator=torch.Generator().manual_seed(3))
+    active, mask = _active(kind, fraction, tokens, f, seed=tokens + 1)
+    expected = reference_ffn(x, ffn.w_gate, ffn.w_up, ffn.w_down_t.T, activation, threshold, ffn.b_gate, ffn.b_up,
+                             ffn.b_down, mask)
+    y = ffn(x, active)
+    if fraction == 0.0 and not biases:
+        assert torch.equal(y, torch.zeros_like(y))  # nothing active, no bias: exactly zero (poison overwritten)
+    else:
+        check(y, expected)
+    assert torch.equal(ffn(x, active), y)  # fixed summation order: identical bits on a repeat
+
+
+def test_fused_per_token_config_and_dense_fallback(monkeypatch):
+    """batch_mode='per_token' runs the fused kernels in union mode (same result); calibrated at ~100% active
+    the dispatcher goes dense, with an index list too."""
+    _fused_only(monkeypatch)
+    ffn, ref = make_ffn(40, 100, "relu", 0.0, "per_token", 0.0, seed=11, biases=True)
+    ffn.dispatch = DispatchConfig(batch_mode="per_token", predicted_kernel="fused")
+    x = torch.randn(3, 40, generator=torch.Generator().manual_seed(4))
+    active, mask = _active("mask2d", 0.3, 3, 100, seed=5)
+    check(ffn(x, active), ref(x, mask))
+    ffn.b_gate = ffn.b_gate + 50.0  # every neuron on: calibration measures 100%
+    assert ffn.calibrate(x) == 1.0
+    idx, mask1 = _active("index", 0.5, 3, 100, seed=6)
+    expected = reference_ffn(x, ffn.w_gate, ffn.w_up, ffn.w_down_t.T, "relu", 0.0, ffn.b_gate, ffn.b_up,
+                             ffn.b_down, mask1)
+    check(ffn(x, idx), expected)
+
+
+@pytest.mark.parametrize("tokens", [1, 5])
+def test_fused_half_precision(tokens, monkeypatch):
+    """fp16 through the fused kernels (fp32 accumulation) against float64 of the same rounded values."""
+    _fused_only(monkeypatch)
+    g = torch.Generator().manual_seed(tokens)
+    d, f = 40, 100
+    w_gate, w_up = ((torch.randn(f, d, generator=g) / d ** 0.5).half() for _ in range(2))
+    w_down = (torch.randn(d, f, generator=g) / f ** 0.5).half()
+    ffn = SparseFFN(w_gate, w_up, w_down.T.contiguous(), dispatch=DispatchConfig(predicted_kernel="fused"))
+    ffn.workspace_alloc = poisoned_empty
+    x = torch.randn(tokens, d, generator=g).half()
+    mask = torch.rand(tokens, f, generator=g) < 0.3
+    y = ffn(x, mask)
+    assert y.dtype == torch.float16 and torch.isfinite(y).all()
+    assert rel_err(y, reference_ffn(x, w_gate, w_up, w_down, "relu", mask=mask)) < 2e-3
