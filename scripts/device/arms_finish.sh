@@ -21,7 +21,7 @@ data: {source: txt, path: /root/heldout.txt, seq_len: 512, batch_size: 8, num_ba
 quality: {task_groups: [tiny], task_groups_file: $R/tests/eval/data/task_groups.yaml, include_path: [$R/tests/eval/data], add_bos_token: false, skip_missing: true}
 output: /root/results/$arm.json
 YAML
-  (cd /tmp && timeout 150 python3 -m actsparse.launch.cli eval /root/eval_$arm.yaml --quiet) || echo "eval $arm failed"
+  (cd /tmp && timeout 300 python3 -m actsparse.launch.cli eval /root/eval_$arm.yaml --quiet) || echo "eval $arm failed (rc $?)"
 done
 (cd /tmp && python3 -m actsparse.launch.cli leaderboard /root/results/*.json --out /root/results/board \
    --runs /root/arms/{silu,relu,prosparse,drelu}/metrics.jsonl) | tail -20

