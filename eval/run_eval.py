@@ -59,6 +59,9 @@ def model_info(model, cfg: EvalConfig) -> dict:
 
 
 def _git_commit() -> str | None:
+    """The repo's HEAD; ACTSPARSE_COMMIT where the code runs from a copy without .git (a GPU machine)."""
+    if os.environ.get("ACTSPARSE_COMMIT"):
+        return os.environ["ACTSPARSE_COMMIT"]
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
