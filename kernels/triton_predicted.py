@@ -23,7 +23,7 @@ import triton.language as tl
 from . import configs
 from .configs import PRED_DOWN_CONFIGS, PRED_DOWN_FIXED, PRED_UP_CONFIGS, PRED_UP_FIXED, tuned
 from .triton_gate import ACT_CODES, dot_acc, gate_act, token_block
-from .triton_up_down import rows_times_x
+from .triton_up_down import reduce_splits, rows_times_x
 
 
 @tuned(PRED_UP_CONFIGS, PRED_UP_FIXED, key=["d_model", "d_ff", "BLOCK_T", "HAS_IDX", "MASK_PER_TOKEN"])
@@ -101,23 +101,8 @@ def pred_down_kernel(x1_ptr, wdt_ptr, bd_ptr, idx_ptr, partial_ptr, tickets_ptr,
         res = tl.sum(acc1, 0)[None, :]
     else:
         res = acc
-    out_mask = t_mask[:, None] & d_mask[None, :]
-    part_ptrs = partial_ptr + tokens[:, None] * d_model + offs_d[None, :]
-    part_stride = n_tokens * d_model
-    tl.store(part_ptrs + split * part_stride, res, mask=out_mask)
-    if FENCE:  # each thread's partial made visible GPU-wide before the ticket (not in the interpreter)
-        tl.inline_asm_elementwise("fence.acq_rel.gpu; mov.u32 $0, $1;", "=r,r", [tl.full([1], 0, tl.int32)],
-                                  dtype=tl.int32, is_pure=False, pack=1)
-    tl.debug_barrier()  # every thread's partial is stored before the ticket is taken (release below)
-    ticket_ptr = tickets_ptr + col_blk
-    if tl.atomic_add(ticket_ptr, 1, sem="acq_rel") == SPLITS - 1:
-        total = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
-        for s in range(SPLITS):  # fixed order: the result does not depend on who finished last
-            total += tl.load(part_ptrs + s * part_stride, mask=out_mask, other=0.0, cache_modifier=".cg")
-        if HAS_BIAS:
-            total += tl.load(bd_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)[None, :]
-        tl.store(out_ptr + tokens[:, None] * d_model + offs_d[None, :], total, mask=out_mask)
-        tl.atomic_xchg(ticket_ptr, 0)  # ready for the next call
+    reduce_splits(res, split, tokens, offs_d, t_mask[:, None] & d_mask[None, :], d_mask, n_tokens, d_model,
+                  partial_ptr, out_ptr, bd_ptr, tickets_ptr + col_blk, HAS_BIAS, FENCE, BLOCK_T, BLOCK_D, SPLITS)
 
 
 def predicted_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, idx, tickets,

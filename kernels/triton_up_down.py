@@ -127,29 +127,38 @@ def down_kernel(x1c_ptr, wdt_ptr, bd_ptr, counts_ptr, idx_ptr, partial_ptr, tick
         res = tl.sum(acc1, 0)[None, :]
     else:
         res = acc
-    out_ptrs = out_ptr + tokens[:, None] * d_model + offs_d[None, :]
     out_mask = t_mask[:, None] & d_mask[None, :]
     if SPLITS == 1:
         if HAS_BIAS:
             res += tl.load(bd_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)[None, :]
-        tl.store(out_ptrs, res, mask=out_mask)
+        tl.store(out_ptr + tokens[:, None] * d_model + offs_d[None, :], res, mask=out_mask)
     else:
-        part_ptrs = partial_ptr + tokens[:, None] * d_model + offs_d[None, :]
-        part_stride = n_tokens * d_model
-        tl.store(part_ptrs + split * part_stride, res, mask=out_mask)
-        if FENCE:  # each thread's partial made visible GPU-wide before the ticket (not in the interpreter)
-            tl.inline_asm_elementwise("fence.acq_rel.gpu; mov.u32 $0, $1;", "=r,r", [tl.full([1], 0, tl.int32)],
-                                      dtype=tl.int32, is_pure=False, pack=1)
-        tl.debug_barrier()  # every thread's partial is stored before the ticket is taken (release below)
-        ticket_ptr = tickets_ptr + lst * tl.num_programs(0) + col_blk
-        if tl.atomic_add(ticket_ptr, 1, sem="acq_rel") == SPLITS - 1:
-            total = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
-            for s in range(SPLITS):  # fixed order: the result does not depend on who finished last
-                total += tl.load(part_ptrs + s * part_stride, mask=out_mask, other=0.0, cache_modifier=".cg")
-            if HAS_BIAS:
-                total += tl.load(bd_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)[None, :]
-            tl.store(out_ptrs, total, mask=out_mask)
-            tl.atomic_xchg(ticket_ptr, 0)  # ready for the next call
+        reduce_splits(res, split, tokens, offs_d, out_mask, d_mask, n_tokens, d_model, partial_ptr, out_ptr, bd_ptr,
+                      tickets_ptr + lst * tl.num_programs(0) + col_blk, HAS_BIAS, FENCE, BLOCK_T, BLOCK_D, SPLITS)
+
+
+@triton.jit
+def reduce_splits(res, split, tokens, offs_d, out_mask, d_mask, n_tokens, d_model, partial_ptr, out_ptr, bd_ptr,
+                  ticket_ptr, HAS_BIAS: tl.constexpr, FENCE: tl.constexpr, BLOCK_T: tl.constexpr,
+                  BLOCK_D: tl.constexpr, SPLITS: tl.constexpr):
+    """Split-K epilogue shared by the down kernels: store this split's partial sums [BLOCK_T, BLOCK_D]; the last
+    of the SPLITS programs of a column block (ticket counter) adds them in split order, adds the bias, writes
+    the output and resets the ticket."""
+    part_ptrs = partial_ptr + tokens[:, None] * d_model + offs_d[None, :]
+    part_stride = n_tokens * d_model
+    tl.store(part_ptrs + split * part_stride, res, mask=out_mask)
+    if FENCE:  # each thread's partial made visible GPU-wide before the ticket (not in the interpreter)
+        tl.inline_asm_elementwise("fence.acq_rel.gpu; mov.u32 $0, $1;", "=r,r", [tl.full([1], 0, tl.int32)],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+    tl.debug_barrier()  # every thread's partial is stored before the ticket is taken (release below)
+    if tl.atomic_add(ticket_ptr, 1, sem="acq_rel") == SPLITS - 1:
+        total = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
+        for s in range(SPLITS):  # fixed order: the result does not depend on who finished last
+            total += tl.load(part_ptrs + s * part_stride, mask=out_mask, other=0.0, cache_modifier=".cg")
+        if HAS_BIAS:
+            total += tl.load(bd_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptr + tokens[:, None] * d_model + offs_d[None, :], total, mask=out_mask)
+        tl.atomic_xchg(ticket_ptr, 0)  # ready for the next call
 
 
 def launch_up(x, w_up, b_up, w_gate, b_gate, gate_act_in, mask, per_token, act, threshold, counts, idx, x1c,
