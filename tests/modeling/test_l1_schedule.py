@@ -1,28 +1,11 @@
 """ProgressiveL1Schedule against ProSparse Algorithm 1 written out independently."""
-import math
-
 import pytest
 
 from actsparse.modeling import ConstantL1Schedule, LinearL1Schedule, ProgressiveL1Schedule
+from prosparse_reference import algorithm_1
 
 # ProSparse-LLaMA2-7B stages (PAPERS.md (c) stage table): (lambda_i, accumulated T_i)
 STAGES_7B = [(0.0, 5000), (5e-3, 6000), (5e-2, 10000), (5e-2, 12000), (2e-1, 16000), (2e-1, 16500)]
-
-
-def algorithm_1(step, stages):
-    """Algorithm 1 as printed: warm-up constant, then lambda_{i-1} + eta (lambda_i - lambda_{i-1})."""
-    lams = [s[0] for s in stages]
-    ts = [s[1] for s in stages]
-    if step <= ts[0]:
-        return 0.0
-    if step <= ts[1]:
-        return lams[1]
-    for i in range(2, len(stages)):
-        if ts[i - 1] < step <= ts[i]:
-            p = (step - ts[i - 1]) / (ts[i] - ts[i - 1])
-            eta = 0.5 * (math.sin(-math.pi / 2 + math.pi * p) + 1)
-            return lams[i - 1] + eta * (lams[i] - lams[i - 1])
-    return lams[-1]
 
 
 def test_matches_algorithm_1_at_every_step():

@@ -6,7 +6,6 @@ for the consolidated checkpoint.
 """
 from __future__ import annotations
 
-import math
 import os
 import signal
 import subprocess
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from prosparse_reference import algorithm_1
 from recipe_runs import latest, read_metrics, run_train, start_train, train_env, wait_for
 
 pytestmark = pytest.mark.slow
@@ -25,20 +25,6 @@ STEPS = 12
 STAGES = [[0.0, 2], [0.05, 4], [0.5, 8], [1.0, 11]]
 TINY = ["tiny", f"train.steps={STEPS}", "train.checkpoint_every=4", "train.eval_batches=1",
         f"l1.stages={STAGES}", "optim.warmup_steps=2"]
-
-
-def algorithm_1(step: int, stages) -> float:
-    """ProSparse Algorithm 1 as printed: 0, then lambda_1 constant, then sine ramps, then lambda_S."""
-    lams, ts = [s[0] for s in stages], [s[1] for s in stages]
-    if step <= ts[0]:
-        return 0.0
-    if step <= ts[1]:
-        return lams[1]
-    for i in range(2, len(stages)):
-        if ts[i - 1] < step <= ts[i]:
-            p = (step - ts[i - 1]) / (ts[i] - ts[i - 1])
-            return lams[i - 1] + 0.5 * (math.sin(-math.pi / 2 + math.pi * p) + 1) * (lams[i] - lams[i - 1])
-    return lams[-1]
 
 
 @pytest.fixture(scope="module")
