@@ -29,15 +29,22 @@ def _poisoned(*shape, dtype=None, device=None):
 @pytest.mark.parametrize("d,f", [(4096, 11008), (1000, 3001)])
 @pytest.mark.parametrize("tokens", [1, 5, 32, 64])
 @pytest.mark.parametrize("mode", ["union", "per_token"])
-def test_matches_float64(dtype, d, f, tokens, mode):
+def _case(dtype, d, f, tokens, dispatch):
+    """90%-sparse weights, `tokens` inputs, a SparseFFN with poisoned workspaces, and a predicted set: the true
+    active neurons, each kept with probability 0.7."""
     gen = torch.Generator(device="cuda").manual_seed(tokens)
     ws = make_weight_sets(d, f, dtype, "cuda", 1)[0]
     set_gate_bias(ws, neuron_probabilities(f, 0.9, torch.Generator().manual_seed(0)))
     x = make_inputs(tokens, d, dtype, "cuda", gen)
-    ffn = SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, dispatch=DispatchConfig(batch_mode=mode))
+    ffn = SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, dispatch=dispatch)
     ffn.workspace_alloc = _poisoned
-    tol = 2e-3 if dtype == torch.float16 else 1e-2
     mask = true_active(ws, x) & (torch.rand(tokens, f, device="cuda", generator=gen) < 0.7)
+    return ws, x, ffn, mask
+
+
+def test_matches_float64(dtype, d, f, tokens, mode):
+    ws, x, ffn, mask = _case(dtype, d, f, tokens, DispatchConfig(batch_mode=mode))
+    tol = 2e-3 if dtype == torch.float16 else 1e-2
     for active, ref in ((None, _reference(ws, x)), (mask, _reference(ws, x, mask))):
         first = ffn(x, active)
         assert torch.isfinite(first).all()
@@ -56,13 +63,7 @@ def test_matches_float64(dtype, d, f, tokens, mode):
 @pytest.mark.parametrize("kind", ["mask", "index"])
 def test_fused_predicted_matches_float64(dtype, d, f, tokens, kind):
     """Version 2 predicted path: against float64, and identical bits between calls (fixed split order)."""
-    gen = torch.Generator(device="cuda").manual_seed(tokens)
-    ws = make_weight_sets(d, f, dtype, "cuda", 1)[0]
-    set_gate_bias(ws, neuron_probabilities(f, 0.9, torch.Generator().manual_seed(0)))
-    x = make_inputs(tokens, d, dtype, "cuda", gen)
-    ffn = SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, dispatch=DispatchConfig(predicted_kernel="fused"))
-    ffn.workspace_alloc = _poisoned
-    mask = true_active(ws, x) & (torch.rand(tokens, f, device="cuda", generator=gen) < 0.7)
+    ws, x, ffn, mask = _case(dtype, d, f, tokens, DispatchConfig(predicted_kernel="fused"))
     if kind == "index":
         mask = mask.any(0, keepdim=True)
         active = torch.nonzero(mask[0]).flatten()
