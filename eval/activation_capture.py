@@ -112,7 +112,5 @@ def capture_x1(model: nn.Module, batches: list[Batch], max_tokens: int = DEFAULT
         for h in handles:
             h.remove()
     x1 = [torch.cat(parts) for parts in kept]
-    weights = [w if w is not None else ffn.down_proj.weight.detach().to("cpu", torch.float64)
-               for w, ffn in zip(weights, ffns)]
     zero_fraction = [float(z) / e for z, e in zip(zeros, entries)]
     return CapturedActivations(x1, weights, nll_sum, nll_tokens, zero_fraction)

@@ -29,7 +29,8 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
     Behaviour, not serialization: the same tokenizer files loaded by another transformers / tokenizers
     version (another class name, another JSON layout) give the same fingerprint, so a corpus tokenized on
-    one machine is accepted on another (seen: the GPU image's transformers 5.17 against 5.23 here)."""
+    one machine is accepted on another. (The GPU image rejected a corpus tokenized here under the earlier,
+    serialization-based fingerprint; why its tokenizer differed was not established.)"""
     vocab = sorted(tokenizer.get_vocab().items())
     backend = getattr(tokenizer, "backend_tokenizer", None)   # the Rust tokenizer: what the mapping really is
     probe = (backend.encode(FINGERPRINT_PROBE, add_special_tokens=False).ids if backend is not None
