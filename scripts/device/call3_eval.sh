@@ -28,7 +28,7 @@ rows = ids[: ids.numel() // 512 * 512].view(-1, 512); k = int(rows.shape[0] * 0.
 torch.save(rows[:k].clone(), "/root/calib.pt"); torch.save(rows[k:].clone(), "/root/heldout.pt")
 PY
 C=(--config $R/modeling/predictors/configs/prosparse_7b.yaml)
-P=(model=$CKPT dtype=bfloat16 collect.seq_len=512
+P=(train.max_epochs=6 train.patience=3 model=$CKPT dtype=bfloat16 collect.seq_len=512
    train.rank=56 eval.reference_d_model=576 eval.reference_d_ff=1536 eval.ppl_seq_len=512 eval.ppl_max_tokens=20000)
 { timeout 60 python3 -m actsparse.launch.cli predictors "${C[@]}" collect "${P[@]}" collect.data=/root/calib.pt collect.max_tokens=200000 &&
   timeout 40 python3 -m actsparse.launch.cli predictors "${C[@]}" collect "${P[@]}" collect.data=/root/heldout.pt \
