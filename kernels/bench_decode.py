@@ -6,6 +6,9 @@ neuron fires with its own heavy-tailed probability p_j (mean 1 - sparsity) on th
 actually reach that layer. Dense and sparse run the same static-KV-cache greedy loop with the decode step
 captured in a CUDA graph, so launch overhead is removed alike. Several layer counts are timed so the
 per-layer cost (slope of ms/step vs layers) can be extrapolated when fewer layers than 32 are used.
+Paths: `exact` (no predictor, greedy output must equal dense), then `predicted_lists` / `predicted_fused`: a
+stand-in predictor per layer (bench_predictor.py: rank-358 SVD of the gate, 4% of the FFN's bytes, ~15% of
+neurons predicted) feeding the predicted-set kernels of Version 1 and Version 2 (kernels/NOTES.md).
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ from pathlib import Path
 import torch
 
 from actsparse.kernels.bench_data import neuron_probabilities
+from actsparse.kernels.bench_predictor import GateSVDPredictor, predictor_bytes_fraction
+from actsparse.kernels.dispatch import DispatchConfig
 from actsparse.kernels.sparse_decoding import calibrate, greedy_decode, swap_in_sparse_ffns
 from actsparse.modeling import sparse_mlps, sparsify
 
@@ -30,6 +35,10 @@ def parse_args(argv):
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16")
     p.add_argument("--no-cuda-graph", action="store_true")
+    p.add_argument("--predictor-rank", type=int, default=358,
+                   help="rank of the stand-in predictor (bench_predictor.py); 358 = 4%% of a 7B FFN's bytes; 0: none")
+    p.add_argument("--predicted-active", type=float, default=0.15,
+                   help="fraction of neurons the predictor selects (PAPERS.md (h): ~15%% incl. a safety margin)")
     p.add_argument("--out", default="runs/bench-decode/bench_decode.json")
     return p.parse_args(argv)
 
@@ -73,30 +82,68 @@ def tokens_per_s(model, ids, new_tokens, cuda_graph) -> tuple[float, torch.Tenso
     return ids.shape[0] * timing["steps"] / (timing["decode_ms"] / 1e3), out
 
 
+@torch.no_grad()
+def build_predictors(model, rank: int, predicted_active: float, sample_ids: torch.Tensor) -> tuple[list, list]:
+    """One GateSVDPredictor per FFN, margins set on the FFN inputs of `sample_ids`; and each one's recall."""
+    mlps, inputs = list(sparse_mlps(model)), {}
+    def keep(i, x):   # a pre-hook that returns something replaces the module's input: return None
+        inputs[i] = x.reshape(-1, x.shape[-1])
+    hooks = [m.register_forward_pre_hook(lambda _m, a, i=i: keep(i, a[0])) for i, m in enumerate(mlps)]
+    model(input_ids=sample_ids)
+    for h in hooks:
+        h.remove()
+    predictors, recalls = [], []
+    for i, mlp in enumerate(mlps):
+        pred = GateSVDPredictor(mlp.gate_proj.weight, mlp.gate_proj.bias, rank)
+        pred.set_margin(inputs[i], predicted_active)
+        true = mlp.act_fn(mlp.gate_proj(inputs[i])) != 0
+        recalls.append(float((pred(inputs[i]) & true).sum() / true.sum().clamp(min=1)))
+        predictors.append(pred)
+    return predictors, recalls
+
+
 def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> list[dict]:
+    """Dense, then the exact sparse path, then (predictor_rank > 0) the predictor path with the predicted-set
+    kernels of Version 1 ("lists") and Version 2 ("fused"): one record per (path, batch)."""
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     model = build_model(n_layers, dtype, device, shape)
     vocab = model.config.vocab_size
     gen = torch.Generator(device=device).manual_seed(1)
     sample = torch.randint(0, vocab, (4, 64), device=device, generator=gen)
     set_gate_biases(model, args.sparsity, sample)
+    predictors, recalls = ([], []) if args.predictor_rank <= 0 else build_predictors(
+        model, args.predictor_rank, args.predicted_active, sample)
     prompts = {b: torch.randint(0, vocab, (b, args.prompt_len), device=device, generator=gen) for b in batches}
     dense = {b: tokens_per_s(model, prompts[b], args.new_tokens, not args.no_cuda_graph) for b in batches}
-    swap_in_sparse_ffns(model, backend="triton")
+    swapped = swap_in_sparse_ffns(model, backend="triton")
     per_layer_active = calibrate(model, sample)
+    paths = [("exact", None)] + [(f"predicted_{k}", k) for k in (("lists", "fused") if predictors else ())]
+    cfg = model.config
     records = []
-    for b in batches:
-        sparse_tps, sparse_out = tokens_per_s(model, prompts[b], args.new_tokens, not args.no_cuda_graph)
-        dense_tps, dense_out = dense[b]
-        same = (sparse_out == dense_out).all(1).float().mean().item()
-        records.append(dict(layers=n_layers, batch=b, dense_tok_s=dense_tps, sparse_tok_s=sparse_tps,
-                            speedup=sparse_tps / dense_tps, dense_ms_per_step=b * 1e3 / dense_tps,
-                            sparse_ms_per_step=b * 1e3 / sparse_tps, mean_active=sum(per_layer_active) / n_layers,
-                            per_layer_active=per_layer_active, greedy_sequences_identical=same,
-                            cuda_graph=not args.no_cuda_graph, dtype=args.dtype))
-        print(f"layers {n_layers} batch {b}: dense {dense_tps:.1f} tok/s, sparse {sparse_tps:.1f} tok/s, "
-              f"{sparse_tps / dense_tps:.2f}x, active {records[-1]['mean_active']:.3f}, "
-              f"identical greedy sequences {same:.2f}", flush=True)
+    for path, kernel in paths:
+        for m, pred in zip(swapped, predictors):
+            m.predictor = None if kernel is None else pred
+            if kernel is not None:
+                m.ffn.dispatch = DispatchConfig(predicted_kernel=kernel)
+        for b in batches:
+            sparse_tps, sparse_out = tokens_per_s(model, prompts[b], args.new_tokens, not args.no_cuda_graph)
+            dense_tps, dense_out = dense[b]
+            same = (sparse_out == dense_out).all(1).float().mean().item()
+            rec = dict(path=path, layers=n_layers, batch=b, dense_tok_s=dense_tps, sparse_tok_s=sparse_tps,
+                       speedup=sparse_tps / dense_tps, dense_ms_per_step=b * 1e3 / dense_tps,
+                       sparse_ms_per_step=b * 1e3 / sparse_tps, mean_active=sum(per_layer_active) / n_layers,
+                       per_layer_active=per_layer_active, greedy_sequences_identical=same,
+                       cuda_graph=not args.no_cuda_graph, dtype=args.dtype)
+            if kernel is not None:
+                rec.update(predictor_rank=args.predictor_rank, predicted_active=args.predicted_active,
+                           predictor_bytes_of_ffn=predictor_bytes_fraction(args.predictor_rank, cfg.hidden_size,
+                                                                           cfg.intermediate_size),
+                           predictor_recall=sum(recalls) / len(recalls))
+            records.append(rec)
+            extra = "" if kernel is None else f", predictor recall {rec['predictor_recall']:.3f}"
+            print(f"layers {n_layers} batch {b} {path}: dense {dense_tps:.1f} tok/s, sparse {sparse_tps:.1f} tok/s, "
+                  f"{sparse_tps / dense_tps:.2f}x, active {rec['mean_active']:.3f}, "
+                  f"identical greedy sequences {same:.2f}{extra}", flush=True)
     del model
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -104,13 +151,14 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
 
 
 def per_layer_slopes(records) -> list[dict]:
-    """ms/step per layer (slope between the smallest and largest layer count), dense and sparse."""
+    """ms/step per layer (slope between the smallest and largest layer count), dense and sparse, per path."""
     out = []
-    for b in sorted({r["batch"] for r in records}):
-        rs = sorted((r for r in records if r["batch"] == b), key=lambda r: r["layers"])
+    for path, b in sorted({(r.get("path", "exact"), r["batch"]) for r in records}):
+        rs = sorted((r for r in records if r["batch"] == b and r.get("path", "exact") == path), key=lambda r: r["layers"])
         if len(rs) >= 2 and rs[-1]["layers"] > rs[0]["layers"]:
             dl = rs[-1]["layers"] - rs[0]["layers"]
-            out.append(dict(batch=b, dense_ms_per_layer=(rs[-1]["dense_ms_per_step"] - rs[0]["dense_ms_per_step"]) / dl,
+            out.append(dict(path=path, batch=b,
+                            dense_ms_per_layer=(rs[-1]["dense_ms_per_step"] - rs[0]["dense_ms_per_step"]) / dl,
                             sparse_ms_per_layer=(rs[-1]["sparse_ms_per_step"] - rs[0]["sparse_ms_per_step"]) / dl))
     return out
 
@@ -127,7 +175,7 @@ def main(argv=None) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     for s in result["per_layer"]:
-        print(f"batch {s['batch']}: per layer dense {s['dense_ms_per_layer']:.3f} ms, "
+        print(f"{s['path']} batch {s['batch']}: per layer dense {s['dense_ms_per_layer']:.3f} ms, "
               f"sparse {s['sparse_ms_per_layer']:.3f} ms")
     return 0
 

@@ -16,8 +16,10 @@ from actsparse.kernels.bench_data import make_weight_sets, neuron_probabilities 
 def test_cpu_exits_with_code_2(capsys):
     if torch.cuda.is_available():
         pytest.skip("has a GPU")
-    assert bench.main([]) == 2
-    assert "needs a CUDA GPU" in capsys.readouterr().err
+    from actsparse.kernels import bench_breakdown, bench_decode
+    for main in (bench.main, bench_breakdown.main, bench_decode.main):
+        assert main([]) == 2
+        assert "needs a CUDA GPU" in capsys.readouterr().err
 
 
 def test_neuron_probabilities_mean_and_heavy_tail():
@@ -60,7 +62,26 @@ def test_bench_decode_flow_on_a_tiny_model():
     args.dtype = "fp32"
     shape = dict(hidden_size=32, intermediate_size=400, num_attention_heads=4, num_key_value_heads=2,
                  vocab_size=97, max_position_embeddings=64)
-    (rec,) = bench_decode.run(2, [1], args, device="cpu", shape=shape)
+    args.predictor_rank = 8
+    exact, lists, fused = bench_decode.run(2, [1], args, device="cpu", shape=shape)
+    assert [r["path"] for r in (exact, lists, fused)] == ["exact", "predicted_lists", "predicted_fused"]
+    for r in (lists, fused):
+        assert 0 < r["predictor_recall"] <= 1 and r["sparse_tok_s"] > 0
+    rec = exact
     assert len(rec["per_layer_active"]) == 2
     assert all(0.1 < a < 0.3 for a in rec["per_layer_active"]), rec["per_layer_active"]  # target 0.2
     assert rec["greedy_sequences_identical"] == 1.0 and rec["sparse_tok_s"] > 0
+
+
+def test_gate_svd_predictor_selects_the_requested_fraction_and_full_rank_is_the_gate():
+    """At full rank the stand-in predictor is the gate's sign (the SVD is exact); the margin hits the fraction."""
+    from actsparse.kernels.bench_predictor import GateSVDPredictor, predictor_bytes_fraction
+    g = torch.Generator().manual_seed(0)
+    w, b, x = torch.randn(60, 16, generator=g), torch.randn(60, generator=g), torch.randn(200, 16, generator=g)
+    full = GateSVDPredictor(w, b, rank=16)
+    gate_sign = (x.double() @ w.double().t() + b.double()) > 0
+    assert (full(x) != gate_sign).float().mean() < 2e-3   # only logits within fp32 error of 0 may differ
+    low = GateSVDPredictor(w, b, rank=4)
+    low.set_margin(x, 0.15)
+    assert abs(low(x).float().mean().item() - 0.15) < 0.01
+    assert abs(predictor_bytes_fraction(358, 4096, 11008) - 0.04) < 0.001

@@ -1,0 +1,80 @@
+"""Where one sparse-FFN call's time goes: device microseconds per kernel, from the PyTorch profiler (GPU).
+
+`bench-kernels` times whole calls as CUDA-graph replays. This runs the same calls (same weight sets rotated
+past L2, same inputs and masks, bench.py's methods) eagerly under torch.profiler and reports each kernel's
+device time per call. The sum over kernels is the time the GPU spent computing; a graph-timed call that is
+longer than that sum spends the rest between dependent launches.
+
+    cd /tmp && python -m actsparse.kernels.bench_breakdown --shape llama2-7b --batch 1 --sparsity 0.9
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from .bench import DTYPES, _methods
+from .bench_data import SHAPES, make_inputs, make_weight_sets, neuron_probabilities, set_gate_bias, true_active
+
+METHODS = ("dense", "ours_union", "ours_predicted_union", "ours_predicted_fused")
+
+
+def kernel_times_us(calls, reps: int) -> dict[str, float]:
+    """Device microseconds per call of each kernel name, `calls` run `reps` times in turn (eager)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    for call in calls:   # compile and autotune outside the profile
+        call()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            for call in calls:
+                call()
+        torch.cuda.synchronize()
+    n = reps * len(calls)
+    return {e.key: e.device_time_total / n for e in prof.key_averages()
+            if e.device_type == DeviceType.CUDA and e.device_time_total > 0}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="bench_breakdown", description=__doc__.split("\n")[0])
+    p.add_argument("--shape", default="llama2-7b", choices=list(SHAPES))
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--sparsity", type=float, default=0.9)
+    p.add_argument("--dtype", choices=list(DTYPES), default="fp16")
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--out", default=None, help="JSON file")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_breakdown needs a CUDA GPU (none found)", file=sys.stderr)
+        return 2
+    d, f = SHAPES[args.shape]
+    dtype = DTYPES[args.dtype]
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    sets = make_weight_sets(d, f, dtype, "cuda", 120 << 20)
+    probs = neuron_probabilities(f, args.sparsity, torch.Generator().manual_seed(int(args.sparsity * 1000)))
+    for ws in sets:
+        set_gate_bias(ws, probs)
+    xs = [make_inputs(args.batch, d, dtype, "cuda", gen) for _ in sets]
+    masks = [true_active(ws, x) for ws, x in zip(sets, xs)]
+    methods, _ = _methods(sets, xs, masks, args.batch, make_inputs(512, d, dtype, "cuda", gen))
+    result = dict(shape=args.shape, batch=args.batch, sparsity=args.sparsity, dtype=args.dtype,
+                  device=torch.cuda.get_device_name(), methods={})
+    for name in args.methods.split(","):
+        kernels = kernel_times_us(methods[name], args.reps)
+        result["methods"][name] = dict(kernels_us=kernels, sum_us=sum(kernels.values()))
+        print(f"{name}: {sum(kernels.values()):.1f} us of kernels per call", flush=True)
+        for k, us in sorted(kernels.items(), key=lambda kv: -kv[1]):
+            print(f"    {us:8.2f} us  {k[:90]}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
