@@ -2,6 +2,9 @@
 # Issue 7, last call: arms still running get SIGUSR1 (checkpoint and exit); every arm is exported, FATReLU
 # t=0.01 applied to the ProSparse arm, each evaluated (zero fraction, CETT, CETT-PPL-1%, held-out perplexity on
 # Celery's docs, the offline tiny tasks), then the leaderboard table and plots. Brings back results, not weights.
+# The five evals run side by side (each ~31 s on an H100 for a 135M model, most of it model load and CETT
+# passes); the metrics files go to $OUT first, so a call cut short still brings back the training curves.
+#   carry: .carry/whl_eval          env: EVAL_S (per eval, default 150)
 set -uo pipefail
 source scripts/device/env.sh
 R=$PWD
@@ -11,6 +14,7 @@ for arm in silu relu prosparse drelu; do
   [ -f /root/arms/$arm/export/config.json ] || (cd /tmp && python3 -m actsparse.launch.cli export /root/arms/$arm /root/arms/$arm/export)
 done
 (cd /tmp && python3 -m actsparse.launch.cli export /root/arms/prosparse /root/arms/fatrelu_export --threshold 0.01)
+for arm in silu relu prosparse drelu; do cp /root/arms/$arm/metrics.jsonl $OUT/metrics_$arm.jsonl; done
 for arm in silu relu prosparse drelu fatrelu; do
   model=/root/arms/$arm/export; [ $arm = fatrelu ] && model=/root/arms/fatrelu_export
   cat > /root/eval_$arm.yaml <<YAML
@@ -21,8 +25,10 @@ data: {source: txt, path: /root/heldout.txt, seq_len: 512, batch_size: 8, num_ba
 quality: {task_groups: [tiny], task_groups_file: $R/tests/eval/data/task_groups.yaml, include_path: [$R/tests/eval/data], add_bos_token: false, skip_missing: true}
 output: /root/results/$arm.json
 YAML
-  (cd /tmp && timeout 300 python3 -m actsparse.launch.cli eval /root/eval_$arm.yaml --quiet) || echo "eval $arm failed (rc $?)"
+  (cd /tmp && timeout ${EVAL_S:-150} python3 -m actsparse.launch.cli eval /root/eval_$arm.yaml --quiet \
+     > /root/eval_$arm.log 2>&1 || echo "eval $arm failed (rc $?): $(tail -2 /root/eval_$arm.log)") &
 done
+wait
 (cd /tmp && python3 -m actsparse.launch.cli leaderboard /root/results/*.json --out /root/results/board \
    --runs /root/arms/{silu,relu,prosparse,drelu}/metrics.jsonl) | tail -20
 for arm in silu relu prosparse drelu; do cp /root/arms/$arm/metrics.jsonl /root/results/metrics_$arm.jsonl; done

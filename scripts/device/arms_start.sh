@@ -3,7 +3,11 @@
 # Assembles the GGUF, tokenizes the docs corpus with the device's tokenizer, and starts the four training arms
 # (SiLU, ReLU, ProSparse, dReLU) from SmolLM2-135M side by side on the GPU as setsid background processes,
 # same data, same steps. FATReLU comes after, from the ProSparse arm (arms_finish.sh).
-#   carry: .carry/gguf_b .carry/whl_train .carry/corpus_docs        env: STEPS (default 1000)
+#   carry: .carry/gguf_b .carry/whl_train .carry/corpus_docs        env: STEPS (default 1000), MICRO (default 4)
+# Run it with its output to a file, not a pipe (`bash arms_start.sh > /tmp/as.log 2>&1 < /dev/null; tail
+# /tmp/as.log`): on 2026-11-23 a call piping it into `tail` hung until its time limit.
+# Memory: four arms at 8 x 2048 tokens did not fit one 80 GB H100 (two died out of memory); at 4 x 2048 they
+# took 64 GB, at ~1.7 steps/s each.
 set -uo pipefail
 source scripts/device/env.sh
 R=$PWD; STEPS=${STEPS:-1000}
@@ -19,9 +23,9 @@ k, stages, last = $STEPS / c.train.steps, [], 0
 for lam, t in c.l1.stages:   # scaled, kept strictly increasing (short dry runs round boundaries together)
     last = max(last + 1, round(t * k)); stages.append([lam, last])
 print(stages)")
-# 8 x 2048 = 16k tokens a step: 1000 steps are 16M tokens, 4.4 passes over the 3.7M-token corpus (repeating
+# 4 x 2048 = 8k tokens a step: 1000 steps are 8M tokens, 2.2 passes over the 3.7M-token corpus (repeating
 # data up to ~4 epochs is about as good as fresh data: Muennighoff et al. 2023, "Scaling Data-Constrained LMs").
-COMMON=(--nproc-per-node 1 train.steps=$STEPS train.micro_batch_size=8 train.grad_accum=1 train.log_every=10
+COMMON=(--nproc-per-node 1 train.steps=$STEPS train.micro_batch_size=${MICRO:-4} train.grad_accum=1 train.log_every=10
   train.eval_every=$((STEPS / 5)) train.checkpoint_every=$((STEPS / 5)) train.export_at_end=true train.cett_every=$((STEPS / 5))
   optim.warmup_steps=$((STEPS / 20)) "data.sources=[{path: /root/corpus_docs/corpus.tokens.npz}]")
 [ -n "${ARMS_EXTRA:-}" ] && eval "COMMON+=($ARMS_EXTRA)"    # e.g. a tiny model for a CPU dry run of this script
