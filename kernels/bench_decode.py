@@ -22,7 +22,8 @@ import torch
 from actsparse.kernels.bench_data import neuron_probabilities
 from actsparse.kernels.bench_predictor import GateSVDPredictor, predictor_bytes_fraction
 from actsparse.kernels.dispatch import DispatchConfig
-from actsparse.kernels.sparse_decoding import calibrate, greedy_decode, swap_in_sparse_ffns
+from actsparse.kernels.sparse_decoding import (calibrate, greedy_decode, logit_agreement, swap_in_sparse_ffns,
+                                              teacher_forced_logits)
 from actsparse.modeling import sparse_mlps, sparsify
 
 
@@ -115,6 +116,7 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
         model, args.predictor_rank, args.predicted_active, sample)
     prompts = {b: torch.randint(0, vocab, (b, args.prompt_len), device=device, generator=gen) for b in batches}
     dense = {b: tokens_per_s(model, prompts[b], args.new_tokens, not args.no_cuda_graph) for b in batches}
+    dense_tf = {b: teacher_forced_logits(model, dense[b][1], args.prompt_len) for b in batches}
     swapped = swap_in_sparse_ffns(model, backend="triton")
     per_layer_active = calibrate(model, sample)
     paths = [("exact", None)] + [(f"predicted_{k}", k) for k in (("lists", "fused") if predictors else ())]
@@ -129,10 +131,14 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
             sparse_tps, sparse_out = tokens_per_s(model, prompts[b], args.new_tokens, not args.no_cuda_graph)
             dense_tps, dense_out = dense[b]
             same = (sparse_out == dense_out).all(1).float().mean().item()
+            # Greedy sequences of a random-weight model can part on a near-tie; teacher forcing on the dense
+            # sequence compares every step on its own.
+            tf = logit_agreement(dense_tf[b], teacher_forced_logits(model, dense_out, args.prompt_len))
             rec = dict(path=path, layers=n_layers, batch=b, dense_tok_s=dense_tps, sparse_tok_s=sparse_tps,
                        speedup=sparse_tps / dense_tps, dense_ms_per_step=b * 1e3 / dense_tps,
                        sparse_ms_per_step=b * 1e3 / sparse_tps, mean_active=sum(per_layer_active) / n_layers,
                        per_layer_active=per_layer_active, greedy_sequences_identical=same,
+                       teacher_forced=tf,
                        cuda_graph=not args.no_cuda_graph, dtype=args.dtype)
             if kernel is not None:
                 rec.update(predictor_rank=args.predictor_rank, predicted_active=args.predicted_active,
@@ -143,7 +149,9 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
             extra = "" if kernel is None else f", predictor recall {rec['predictor_recall']:.3f}"
             print(f"layers {n_layers} batch {b} {path}: dense {dense_tps:.1f} tok/s, sparse {sparse_tps:.1f} tok/s, "
                   f"{sparse_tps / dense_tps:.2f}x, active {rec['mean_active']:.3f}, "
-                  f"identical greedy sequences {same:.2f}{extra}", flush=True)
+                  f"identical greedy sequences {same:.2f}, teacher-forced argmax agreement "
+                  f"{tf['argmax_agreement']:.4f} (max logit diff {tf['max_abs_diff']:.2e}, "
+                  f"{tf['near_tie_disagreements']:.2f} of flips at near-ties){extra}", flush=True)
     del model
     if device == "cuda":
         torch.cuda.empty_cache()

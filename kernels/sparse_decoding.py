@@ -122,6 +122,38 @@ def greedy_decode(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int
     return torch.cat([input_ids, *generated], 1)
 
 
+@torch.no_grad()
+def teacher_forced_logits(model: nn.Module, sequence: torch.Tensor, prompt_len: int) -> torch.Tensor:
+    """float32 [batch, steps, vocab]: the logits that chose each token after the prompt, with `sequence`'s own
+    tokens fed back one at a time (static KV cache, no graph). Two models given the same sequence can be
+    compared step by step, without one early difference changing everything after it."""
+    dev = sequence.device
+    cache = _static_cache(model, sequence.shape[1])
+    logits = [model(input_ids=sequence[:, :prompt_len], past_key_values=cache, use_cache=True,
+                    cache_position=torch.arange(prompt_len, device=dev)).logits[:, -1].float()]
+    for pos in range(prompt_len, sequence.shape[1] - 1):
+        logits.append(model(input_ids=sequence[:, pos:pos + 1], past_key_values=cache, use_cache=True,
+                            cache_position=torch.tensor([pos], device=dev)).logits[:, -1].float())
+    return torch.stack(logits, 1)
+
+
+def logit_agreement(reference: torch.Tensor, other: torch.Tensor) -> dict:
+    """Step-by-step comparison of two teacher-forced logit tensors [batch, steps, vocab].
+
+    `argmax_agreement`: share of steps choosing the same token; `max_abs_diff`: largest logit difference;
+    `typical_diff`: median over steps of each step's largest difference (the rounding level);
+    `near_tie_disagreements`: share of the disagreeing steps whose reference top-2 gap is within twice the
+    typical difference (flips that rounding alone explains; a real error flips clear winners too)."""
+    same = reference.argmax(-1) == other.argmax(-1)
+    diff = (reference - other).abs().amax(-1)
+    typical = diff.flatten().median()
+    top2 = reference.topk(2, dim=-1).values
+    near_tie = (top2[..., 0] - top2[..., 1]) <= 2 * typical
+    flips = (~same).sum()
+    return dict(argmax_agreement=float(same.float().mean()), max_abs_diff=float(diff.max()),
+                typical_diff=float(typical), near_tie_disagreements=float((near_tie & ~same).sum() / flips) if flips else 1.0)
+
+
 def _write_counters(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(counter, saved value) of every cache layer that keeps its own write position.
 

@@ -71,6 +71,7 @@ def test_bench_decode_flow_on_a_tiny_model():
     assert len(rec["per_layer_active"]) == 2
     assert all(0.1 < a < 0.3 for a in rec["per_layer_active"]), rec["per_layer_active"]  # target 0.2
     assert rec["greedy_sequences_identical"] == 1.0 and rec["sparse_tok_s"] > 0
+    assert rec["teacher_forced"]["argmax_agreement"] == 1.0 and rec["teacher_forced"]["max_abs_diff"] < 1e-3
 
 
 def test_gate_svd_predictor_selects_the_requested_fraction_and_full_rank_is_the_gate():
@@ -85,3 +86,18 @@ def test_gate_svd_predictor_selects_the_requested_fraction_and_full_rank_is_the_
     low.set_margin(x, 0.15)
     assert abs(low(x).float().mean().item() - 0.15) < 0.01
     assert abs(predictor_bytes_fraction(358, 4096, 11008) - 0.04) < 0.001
+
+
+def test_logit_agreement_counts_flips_and_near_ties():
+    from actsparse.kernels.sparse_decoding import logit_agreement
+    ref = torch.tensor([[[3.0, 1.0, 0.0], [1.0, 0.99, 0.0], [0.0, 2.0, 5.0], [0.0, 4.0, 1.0]]])
+    other = ref.clone()
+    other[0, 0, 0] = 3.01    # rounding-level differences where nothing flips
+    other[0, 2, 2] = 5.01
+    other[0, 1, 1] = 1.005   # near tie (gap 0.01, diff 0.015): flips
+    other[0, 3, 0] = 5.0     # far from a tie (gap 3, diff 5): flips
+    res = logit_agreement(ref, other)
+    assert res["argmax_agreement"] == 0.5 and res["max_abs_diff"] == 5.0
+    assert abs(res["typical_diff"] - 0.01) < 1e-6
+    assert res["near_tie_disagreements"] == 0.5
+    assert logit_agreement(ref, ref)["argmax_agreement"] == 1.0
