@@ -2,14 +2,17 @@
 
 The module reuses the original `gate_proj` / `up_proj` / `down_proj` submodules (so state-dict keys,
 tensor-parallel or ZeRO-3 partitioned parameters and hooks on them stay as they were) and replaces only
-the activation. Nothing extra is kept alive for the L1 term: `vector_norm(x1, 1)` saves `x1`, which
-`down_proj` already saves for its own backward, so autograd holds the same storage once.
+the activation. The L1 term and the zero count of `x1` come from one read of `x1` (`l1_fused.py`: one
+Triton kernel on CUDA); nothing extra is kept alive for them: the L1 term saves `x1`, which `down_proj`
+already saves for its own backward, so autograd holds the same storage once.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .l1_fused import l1_with_zero_count, zero_count
 
 L1_NORMALIZATIONS = ("mean", "token_mean", "sum")
 
@@ -21,22 +24,27 @@ def _in_backward() -> bool:
 
 
 def l1_of(x1: torch.Tensor, normalization: str) -> torch.Tensor:
-    """L1 norm of `x1`, normalized as configured, accumulated in fp32.
+    """L1 norm of `x1`, normalized as configured, accumulated in fp32 (plain PyTorch, graph-connected).
 
     - `mean` (default): sum |x1| / number of elements (tokens * d_ff).
     - `token_mean`: sum |x1| / number of tokens (sum over d_ff, mean over tokens).
     - `sum`: sum |x1| (scales with batch and sequence length; only for matching other code).
     ProSparse does not state its normalization (PAPERS.md (c)); lambda up to 0.2 suggests a mean.
+    `SparseGatedMLP` computes the same through `l1_fused` (one pass over x1, fused with the zero count).
     """
     # Accumulate half precision in fp32 (without materializing an fp32 copy of x1); keep fp64 as is.
     acc_dtype = torch.float64 if x1.dtype == torch.float64 else torch.float32
-    norm = torch.linalg.vector_norm(x1, 1, dtype=acc_dtype)
+    return normalize_l1(torch.linalg.vector_norm(x1, 1, dtype=acc_dtype), x1, normalization)
+
+
+def normalize_l1(abs_sum: torch.Tensor, x1: torch.Tensor, normalization: str) -> torch.Tensor:
+    """sum |x1| -> the L1 term for `normalization` (see `l1_of`)."""
     if normalization == "mean":
-        return norm / x1.numel()
+        return abs_sum / x1.numel()
     if normalization == "token_mean":
-        return norm / (x1.numel() // x1.shape[-1])
+        return abs_sum / (x1.numel() // x1.shape[-1])
     if normalization == "sum":
-        return norm
+        return abs_sum
     raise ValueError(f"unknown L1 normalization {normalization!r}; supported: {', '.join(L1_NORMALIZATIONS)}")
 
 
@@ -69,10 +77,15 @@ class SparseGatedMLP(nn.Module):
         if self.relu_on_up:
             up = F.relu(up)
         x1 = self.act_fn(self.gate_proj(x)) * up
+        # A checkpoint recompute (inside backward) must not count again; its L1 term stays graph-connected.
+        count = self.zero_counter is not None and not _in_backward()
         if self.l1_normalization is not None:
-            self.l1_term = l1_of(x1, self.l1_normalization)
-        if self.zero_counter is not None and not _in_backward():
-            self.zero_counter.add(self.layer_index, x1)
+            x1, abs_sum, zeros = l1_with_zero_count(x1, count_zeros=count)
+            self.l1_term = normalize_l1(abs_sum, x1, self.l1_normalization)
+        elif count:
+            zeros = zero_count(x1)
+        if count:
+            self.zero_counter.add_counts(self.layer_index, zeros, x1.numel())
         return self.down_proj(x1)
 
     def extra_repr(self) -> str:

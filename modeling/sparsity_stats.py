@@ -34,11 +34,16 @@ class SparsityStats:
             mlp.zero_counter = self
 
     def add(self, layer_index: int, x1: torch.Tensor) -> None:
-        if self._zeros is None or self._zeros.device != x1.device:
-            self._allocate(x1.device)
         with torch.no_grad():
-            self._zeros[layer_index] += (x1 == 0).sum()
-            self._entries[layer_index] += x1.numel()
+            self.add_counts(layer_index, (x1 == 0).sum(), x1.numel())
+
+    def add_counts(self, layer_index: int, zeros: torch.Tensor, entries: int) -> None:
+        """Add a zero count already taken on the device (an int scalar tensor) and the entries it covers."""
+        if self._zeros is None or self._zeros.device != zeros.device:
+            self._allocate(zeros.device)
+        # select + add_: one in-place launch each (indexed `+=` would add a copy back).
+        self._zeros.select(0, layer_index).add_(zeros)
+        self._entries.select(0, layer_index).add_(entries)
 
     def _allocate(self, device: torch.device) -> None:
         old_z, old_e = self._zeros, self._entries
