@@ -52,10 +52,12 @@ def _index_select(ws, x, rows):
 
 def _methods(sets, xs, masks, batch, calib_x):
     """(name -> list of zero-argument calls, one per weight set; the path the dispatcher picks)."""
-    def ffn(ws, mode, predicted_kernel="lists"):
+    def ffn(ws, mode, predicted_kernel="lists", exact_kernel="split"):
         return SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, activation="relu",
-                         dispatch=DispatchConfig(batch_mode=mode, predicted_kernel=predicted_kernel))
+                         dispatch=DispatchConfig(batch_mode=mode, predicted_kernel=predicted_kernel,
+                                                 exact_kernel=exact_kernel))
     union = [ffn(ws, "union") for ws in sets]
+    gate_up = [ffn(ws, "union", exact_kernel="gate_up") for ws in sets]  # exact path, two launches
     fused = [ffn(ws, "union", "fused") for ws in sets]  # Version 2 predicted path, timed beside Version 1
     dispatched = [ffn(ws, "union") for ws in sets]
     for f in dispatched:
@@ -65,6 +67,7 @@ def _methods(sets, xs, masks, batch, calib_x):
         "dense": [lambda ws=ws, x=x: _dense(ws, x) for ws, x in zip(sets, xs)],
         "index_select": [lambda ws=ws, x=x, r=r: _index_select(ws, x, r) for ws, x, r in zip(sets, xs, rows)],
         "ours_union": [lambda f=f, x=x: f(x) for f, x in zip(union, xs)],
+        "ours_union_gate_up": [lambda f=f, x=x: f(x) for f, x in zip(gate_up, xs)],
         "ours_predicted_union": [lambda f=f, x=x, m=m: f(x, m) for f, x, m in zip(union, xs, masks)],
         "ours_predicted_fused": [lambda f=f, x=x, m=m: f(x, m) for f, x, m in zip(fused, xs, masks)],
         "ours_dispatch": [lambda f=f, x=x: f(x) for f, x in zip(dispatched, xs)],

@@ -19,7 +19,7 @@ import torch
 from .bench import DTYPES, _methods
 from .bench_data import SHAPES, make_inputs, make_weight_sets, neuron_probabilities, set_gate_bias, true_active
 
-METHODS = ("dense", "ours_union", "ours_predicted_union", "ours_predicted_fused")
+METHODS = ("dense", "ours_union", "ours_union_gate_up", "ours_predicted_union", "ours_predicted_fused")
 
 
 def kernel_times_us(calls, reps: int) -> dict[str, float]:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 KERNEL_ARGS = {
     "gate_kernel": dict(x_ptr="*{dt}", wg_ptr="*{dt}", bg_ptr="*{dt}", gact_ptr="*fp32", counts_ptr="*i32",
-                        idx_ptr="*i32", n_tokens="i32", d_model="i32", d_ff="i32", threshold="fp32"),
+                        idx_ptr="*i32", wu_ptr="*{dt}", bu_ptr="*{dt}", x1c_ptr="*fp32", n_tokens="i32",
+                        d_model="i32", d_ff="i32", threshold="fp32"),
     "up_kernel": dict(x_ptr="*{dt}", wu_ptr="*{dt}", bu_ptr="*{dt}", wg_ptr="*{dt}", bg_ptr="*{dt}", gact_ptr="*fp32",
                       mask_ptr="*u8", counts_ptr="*i32", idx_ptr="*i32", x1c_ptr="*fp32", n_tokens="i32",
                       d_model="i32", d_ff="i32", threshold="fp32"),
@@ -39,7 +40,8 @@ def variants(name: str, block_t: int):
     """Constexpr flags of the variants the module launches (ReLU, no biases)."""
     common = dict(BLOCK_T=block_t)
     if name == "gate_kernel":
-        return [dict(common, ACT=0, HAS_BIAS=False, PER_TOKEN=pt, IEEE=False) for pt in (False, True)]
+        return [dict(common, ACT=0, HAS_BIAS=False, PER_TOKEN=pt, IEEE=False, FUSE_UP=fu, HAS_BU=False)
+                for pt, fu in ((False, False), (True, False), (False, True))]
     if name == "up_kernel":
         return [dict(common, ACT=0, FUSE_GATE=fg, HAS_BU=False, HAS_BG=False, MASK_PER_TOKEN=False,
                      PER_TOKEN=False, IEEE=False) for fg in (False, True)]

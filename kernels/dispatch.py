@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 BATCH_MODES = ("union", "per_token", "auto")
 PREDICTED_KERNELS = ("lists", "fused")
+EXACT_KERNELS = ("split", "gate_up")
 
 
 @dataclass
@@ -40,11 +41,17 @@ class DispatchConfig:
     # launches) or "fused" (Version 2, triton_predicted.py: mask or index slices scanned in place, two
     # launches, union mode only). Default "lists" until the GPU benchmark has timed both side by side.
     predicted_kernel: str = "lists"
+    # Kernels of the exact (no predictor) union path: "split" (gate, up, down: three launches, timed) or
+    # "gate_up" (the gate kernel reads its active neurons' up rows too: two launches; not yet timed).
+    exact_kernel: str = "split"
 
     def __post_init__(self):
         if self.predicted_kernel not in PREDICTED_KERNELS:
             raise ValueError(f"DispatchConfig.predicted_kernel={self.predicted_kernel!r}; supported: "
                              f"{', '.join(PREDICTED_KERNELS)}")
+        if self.exact_kernel not in EXACT_KERNELS:
+            raise ValueError(f"DispatchConfig.exact_kernel={self.exact_kernel!r}; supported: "
+                             f"{', '.join(EXACT_KERNELS)}")
         if self.batch_mode not in BATCH_MODES:
             raise ValueError(f"DispatchConfig.batch_mode={self.batch_mode!r}; supported: {', '.join(BATCH_MODES)}")
         if not 0.0 <= self.max_byte_ratio <= 1.0:

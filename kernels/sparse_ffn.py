@@ -122,7 +122,7 @@ class SparseFFN(nn.Module):
                                  self.workspace_alloc)
         from .triton_ffn import triton_sparse_ffn  # triton is needed only for this backend
         return triton_sparse_ffn(*args, self.activation, self.threshold, mask, plan.per_token, self._ticket_buffer(x),
-                                 self.workspace_alloc)
+                                 self.workspace_alloc, fuse_up=self.dispatch.exact_kernel == "gate_up")
 
     def _plan(self, n_tokens: int, predicted: bool, mask_rows: int = 1):
         """The dispatcher's choice, cached per (tokens, predicted, mask rows): host-only, no sync.

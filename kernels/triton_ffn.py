@@ -19,9 +19,10 @@ def _n_programs(device: torch.device) -> int:
 
 
 def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, per_token,
-                      tickets, alloc=torch.empty):
+                      tickets, alloc=torch.empty, fuse_up=False):
     """x [T, d] -> [T, d]. mask: None (dense gate decides), [1, d_ff] or [T, d_ff] bool (predicted set).
-    `alloc` makes the float workspaces and the output (tests poison them with NaN)."""
+    `alloc` makes the float workspaces and the output (tests poison them with NaN). `fuse_up` (no mask, union
+    mode): the gate kernel also computes x1, one launch fewer."""
     if x.device.type != "cuda" and not configs.INTERPRET:
         raise RuntimeError("the Triton backend needs a CUDA tensor (or TRITON_INTERPRET=1 set before importing "
                            "triton); use backend='torch' on CPU")
@@ -32,14 +33,17 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
     counts = torch.zeros(n_lists, dtype=torch.int32, device=dev)
     idx = torch.empty(n_lists, d_ff, dtype=torch.int32, device=dev)
     x1c = alloc(n_tokens, d_ff, dtype=torch.float32, device=dev)
-    if mask is None:
-        gate_act = alloc(n_tokens, d_ff, dtype=torch.float32, device=dev)
-        launch_gate(x, w_gate, b_gate, activation, threshold, per_token, gate_act, counts, idx)
+    if mask is None and fuse_up and not per_token:
+        launch_gate(x, w_gate, b_gate, activation, threshold, False, None, counts, idx, up=(w_up, b_up, x1c))
     else:
-        gate_act = None
-        compact_mask(mask, per_token, counts, idx)
-    launch_up(x, w_up, b_up, w_gate, b_gate, gate_act, mask, per_token, activation, threshold, counts, idx, x1c,
-              _n_programs(dev))
+        if mask is None:
+            gate_act = alloc(n_tokens, d_ff, dtype=torch.float32, device=dev)
+            launch_gate(x, w_gate, b_gate, activation, threshold, per_token, gate_act, counts, idx)
+        else:
+            gate_act = None
+            compact_mask(mask, per_token, counts, idx)
+        launch_up(x, w_up, b_up, w_gate, b_gate, gate_act, mask, per_token, activation, threshold, counts, idx,
+                  x1c, _n_programs(dev))
     splits = configs.DOWN_FIXED["SPLITS"] if configs.INTERPRET else configs.MAX_SPLITS
     partials = alloc(splits * n_tokens * d_model, dtype=torch.float32, device=dev)
     out = alloc(n_tokens, d_model, dtype=x.dtype, device=dev)

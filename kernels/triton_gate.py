@@ -8,6 +8,9 @@ non-zero activation to index lists through one atomic counter per list:
 - per-token mode: one list per token.
 List order depends on which program reaches the counter first; the kernels that follow do not care.
 The same compaction turns a predicted active mask into lists (`compact_mask`).
+With FUSE_UP (union mode; `DispatchConfig(exact_kernel="gate_up")`) each program also reads the up rows of
+its own active neurons right away and writes x1 = act(gate) * up at their list positions, so the separate
+up kernel, its launch and the act(gate) buffer are not needed (the down kernel follows as before).
 """
 from __future__ import annotations
 
@@ -41,6 +44,32 @@ def dot_acc(acc, a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
+def rows_times_x(w_ptr, rows, i_mask, x_ptr, tokens, t_mask, d_model, IEEE: tl.constexpr,
+                 BLOCK_T: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
+    """[BLOCK_T, BLOCK_J] fp32: x[tokens] . w[rows] over the full d_model."""
+    row_ptrs = w_ptr + rows.to(tl.int64)[:, None] * d_model
+    if BLOCK_T == 1:
+        acc = tl.zeros([BLOCK_J, BLOCK_K], dtype=tl.float32)
+        for k0 in range(0, d_model, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_mask = offs_k < d_model
+            w = tl.load(row_ptrs + offs_k[None, :], mask=i_mask[:, None] & k_mask[None, :], other=0.0)
+            xv = tl.load(x_ptr + tokens * d_model + offs_k, mask=k_mask & t_mask, other=0.0)
+            acc += w.to(tl.float32) * xv.to(tl.float32)[None, :]
+        return tl.sum(acc, 1)[None, :]
+    else:
+        res = tl.zeros([BLOCK_T, BLOCK_J], dtype=tl.float32)
+        for k0 in range(0, d_model, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_mask = offs_k < d_model
+            w = tl.load(row_ptrs + offs_k[None, :], mask=i_mask[:, None] & k_mask[None, :], other=0.0)
+            xt = tl.load(x_ptr + tokens[:, None] * d_model + offs_k[None, :],
+                         mask=t_mask[:, None] & k_mask[None, :], other=0.0)
+            res = dot_acc(res, xt, tl.trans(w), IEEE)
+        return res
+
+
+@triton.jit
 def append_active(active, tokens, offs_n, counts_ptr, idx_ptr, d_ff, PER_TOKEN: tl.constexpr):
     """Append the neurons `offs_n` where `active` ([BLOCK_T, BLOCK_N] bool) to the index lists."""
     if PER_TOKEN:
@@ -55,41 +84,42 @@ def append_active(active, tokens, offs_n, counts_ptr, idx_ptr, d_ff, PER_TOKEN: 
         tl.store(idx_ptr + pos, offs_n, mask=flags > 0)
 
 
-@tuned(GATE_CONFIGS, GATE_FIXED, key=["d_model", "d_ff", "BLOCK_T", "PER_TOKEN"], reset_to_zero=["counts_ptr"])
+@tuned(GATE_CONFIGS, GATE_FIXED, key=["d_model", "d_ff", "BLOCK_T", "PER_TOKEN", "FUSE_UP"],
+       reset_to_zero=["counts_ptr"])
 @triton.jit
-def gate_kernel(x_ptr, wg_ptr, bg_ptr, gact_ptr, counts_ptr, idx_ptr, n_tokens, d_model, d_ff, threshold,
+def gate_kernel(x_ptr, wg_ptr, bg_ptr, gact_ptr, counts_ptr, idx_ptr, wu_ptr, bu_ptr, x1c_ptr,
+                n_tokens, d_model, d_ff, threshold,
                 ACT: tl.constexpr, HAS_BIAS: tl.constexpr, PER_TOKEN: tl.constexpr, IEEE: tl.constexpr,
+                FUSE_UP: tl.constexpr, HAS_BU: tl.constexpr,
                 BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < d_ff
     tokens = tl.arange(0, BLOCK_T)
     t_mask = tokens < n_tokens
-    rows = wg_ptr + offs_n.to(tl.int64)[:, None] * d_model
-    if BLOCK_T == 1:
-        # GEMV: elementwise products, one reduction at the end (no tensor cores needed at batch 1).
-        acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-        for k0 in range(0, d_model, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            k_mask = offs_k < d_model
-            w = tl.load(rows + offs_k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0)
-            xv = tl.load(x_ptr + offs_k, mask=k_mask, other=0.0)
-            acc += w.to(tl.float32) * xv.to(tl.float32)[None, :]
-        g = tl.sum(acc, 1)[None, :]
-    else:
-        g = tl.zeros([BLOCK_T, BLOCK_N], dtype=tl.float32)
-        for k0 in range(0, d_model, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            k_mask = offs_k < d_model
-            w = tl.load(rows + offs_k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0)
-            xt = tl.load(x_ptr + tokens[:, None] * d_model + offs_k[None, :],
-                         mask=t_mask[:, None] & k_mask[None, :], other=0.0)
-            g = dot_acc(g, xt, tl.trans(w), IEEE)
+    # Batch 1: elementwise products and one reduction (no tensor cores needed); else tl.dot.
+    g = rows_times_x(wg_ptr, offs_n, n_mask, x_ptr, tokens, t_mask, d_model, IEEE, BLOCK_T, BLOCK_N, BLOCK_K)
     if HAS_BIAS:
         g += tl.load(bg_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     a = gate_act(g, threshold, ACT)
     valid = t_mask[:, None] & n_mask[None, :]
-    tl.store(gact_ptr + tokens[:, None] * d_ff + offs_n[None, :], a, mask=valid)
-    append_active(valid & (a != 0.0), tokens, offs_n, counts_ptr, idx_ptr, d_ff, PER_TOKEN)
+    if FUSE_UP:  # union list; x1 of the listed neurons written compactly, as up_kernel would
+        live = tl.max((valid & (a != 0.0)).to(tl.int32), 0)
+        n_live = tl.sum(live, 0)
+        base = tl.atomic_add(counts_ptr, n_live)
+        pos = base + tl.cumsum(live, 0) - 1
+        tl.store(idx_ptr + pos, offs_n, mask=live > 0)
+        if n_live > 0:  # most programs at high sparsity: no up bytes, no up loop
+            up = rows_times_x(wu_ptr, offs_n, live > 0, x_ptr, tokens, t_mask, d_model, IEEE, BLOCK_T, BLOCK_N,
+                              BLOCK_K)
+            if HAS_BU:
+                up += tl.load(bu_ptr + offs_n, mask=live > 0, other=0.0).to(tl.float32)[None, :]
+            if ACT == 2:  # dReLU: relu on up as well
+                up = tl.maximum(up, 0.0)
+            tl.store(x1c_ptr + tokens[:, None] * d_ff + pos[None, :], a * up,
+                     mask=t_mask[:, None] & (live > 0)[None, :])
+    else:
+        tl.store(gact_ptr + tokens[:, None] * d_ff + offs_n[None, :], a, mask=valid)
+        append_active(valid & (a != 0.0), tokens, offs_n, counts_ptr, idx_ptr, d_ff, PER_TOKEN)
 
 
 @tuned(COMPACT_CONFIGS, COMPACT_FIXED, key=["d_ff", "BLOCK_T"], reset_to_zero=["counts_ptr"])
@@ -110,14 +140,22 @@ def token_block(n_tokens: int) -> int:
 
 
 def launch_gate(x: torch.Tensor, w_gate: torch.Tensor, b_gate: torch.Tensor | None, act: str, threshold: float,
-                per_token: bool, gate_act_out: torch.Tensor, counts: torch.Tensor, idx: torch.Tensor) -> None:
-    """gate_act_out[t, j] = act(x[t] . w_gate[j] + b[j]); active neurons appended to (counts, idx)."""
+                per_token: bool, gate_act_out: torch.Tensor | None, counts: torch.Tensor, idx: torch.Tensor,
+                up: tuple | None = None) -> None:
+    """gate_act_out[t, j] = act(x[t] . w_gate[j] + b[j]); active neurons appended to (counts, idx).
+    `up` = (w_up, b_up, x1c): union mode only; x1c[t, i] = act * up of the i-th listed neuron, no gate_act_out."""
     n_tokens, d_model = x.shape
     d_ff = w_gate.shape[0]
+    if up is not None and per_token:
+        raise ValueError("launch_gate: the fused up (up=...) writes one union list; per_token must be False")
+    w_up, b_up, x1c = up if up is not None else (w_gate, None, counts)
     grid = lambda meta: (triton.cdiv(d_ff, meta["BLOCK_N"]),)  # noqa: E731
-    gate_kernel[grid](x, w_gate, b_gate if b_gate is not None else w_gate, gate_act_out, counts, idx,
+    gate_kernel[grid](x, w_gate, b_gate if b_gate is not None else w_gate,
+                      gate_act_out if gate_act_out is not None else counts, counts, idx,
+                      w_up, b_up if b_up is not None else w_up, x1c,
                       n_tokens, d_model, d_ff, float(threshold), ACT=ACT_CODES[act], HAS_BIAS=b_gate is not None,
-                      PER_TOKEN=per_token, IEEE=x.dtype == torch.float32, BLOCK_T=token_block(n_tokens))
+                      PER_TOKEN=per_token, IEEE=x.dtype == torch.float32, FUSE_UP=up is not None,
+                      HAS_BU=b_up is not None, BLOCK_T=token_block(n_tokens))
 
 
 def compact_mask(mask: torch.Tensor, per_token: bool, counts: torch.Tensor, idx: torch.Tensor) -> None:

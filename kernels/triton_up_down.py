@@ -18,33 +18,7 @@ import triton.language as tl
 
 from . import configs
 from .configs import DOWN_CONFIGS, DOWN_FIXED, UP_CONFIGS, UP_FIXED, tuned
-from .triton_gate import ACT_CODES, dot_acc, gate_act, token_block
-
-
-@triton.jit
-def rows_times_x(w_ptr, rows, i_mask, x_ptr, tokens, t_mask, d_model, IEEE: tl.constexpr,
-                 BLOCK_T: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
-    """[BLOCK_T, BLOCK_J] fp32: x[tokens] . w[rows] over the full d_model."""
-    row_ptrs = w_ptr + rows.to(tl.int64)[:, None] * d_model
-    if BLOCK_T == 1:
-        acc = tl.zeros([BLOCK_J, BLOCK_K], dtype=tl.float32)
-        for k0 in range(0, d_model, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            k_mask = offs_k < d_model
-            w = tl.load(row_ptrs + offs_k[None, :], mask=i_mask[:, None] & k_mask[None, :], other=0.0)
-            xv = tl.load(x_ptr + tokens * d_model + offs_k, mask=k_mask & t_mask, other=0.0)
-            acc += w.to(tl.float32) * xv.to(tl.float32)[None, :]
-        return tl.sum(acc, 1)[None, :]
-    else:
-        res = tl.zeros([BLOCK_T, BLOCK_J], dtype=tl.float32)
-        for k0 in range(0, d_model, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            k_mask = offs_k < d_model
-            w = tl.load(row_ptrs + offs_k[None, :], mask=i_mask[:, None] & k_mask[None, :], other=0.0)
-            xt = tl.load(x_ptr + tokens[:, None] * d_model + offs_k[None, :],
-                         mask=t_mask[:, None] & k_mask[None, :], other=0.0)
-            res = dot_acc(res, xt, tl.trans(w), IEEE)
-        return res
+from .triton_gate import ACT_CODES, dot_acc, gate_act, rows_times_x, token_block
 
 
 @tuned(UP_CONFIGS, UP_FIXED, key=["d_model", "d_ff", "BLOCK_T", "FUSE_GATE", "PER_TOKEN"])

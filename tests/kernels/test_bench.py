@@ -41,7 +41,7 @@ def test_bench_case_runs_every_method_correctly(tmp_path):
     records = bench.bench_case("tiny", d, f, 3, 0.7, sets, torch.float32, 1, 100.0, torch.Generator().manual_seed(0),
                                timer=_one_pass_timer, device="cpu")
     methods = {r["method"] for r in records}
-    assert methods == {"dense", "index_select", "ours_union", "ours_predicted_union", "ours_predicted_fused", "ours_dispatch",
+    assert methods == {"dense", "index_select", "ours_union", "ours_union_gate_up", "ours_predicted_union", "ours_predicted_fused", "ours_dispatch",
                        "ours_per_token", "ours_predicted_per_token"}
     for r in records:
         assert "error" not in r and r["rel_err"] < 1e-4, r

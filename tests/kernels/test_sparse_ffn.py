@@ -59,6 +59,11 @@ ACTIVATIONS = [("relu", 0.0), ("fatrelu", 0.25), ("drelu", 0.0), ("relu2", 0.0)]
 PATTERNS = {"none": -50.0, "half": 0.0, "all": 50.0}
 
 
+# "union_gate_up": union lists with DispatchConfig(exact_kernel="gate_up") (the gate kernel computes x1 too).
+MODES = {"union": DispatchConfig(batch_mode="union"), "per_token": DispatchConfig(batch_mode="per_token"),
+         "union_gate_up": DispatchConfig(batch_mode="union", exact_kernel="gate_up")}
+
+
 def make_ffn(d, f, activation, threshold, mode, gate_bias, seed, biases=False):
     g = torch.Generator().manual_seed(seed)
     w_gate, w_up = (torch.randn(f, d, generator=g) / d ** 0.5 for _ in range(2))
@@ -67,7 +72,7 @@ def make_ffn(d, f, activation, threshold, mode, gate_bias, seed, biases=False):
     b_up = torch.randn(f, generator=g) * 0.5 if biases else None
     b_down = torch.randn(d, generator=g) if biases else None
     ffn = SparseFFN(w_gate, w_up, w_down.T.contiguous(), b_gate, b_up, b_down, activation, threshold,
-                    dispatch=DispatchConfig(batch_mode=mode))
+                    dispatch=MODES[mode])
     ffn.workspace_alloc = poisoned_empty
     ref = lambda x, mask=None: reference_ffn(x, w_gate, w_up, w_down, activation, threshold,  # noqa: E731
                                              b_gate, b_up, b_down, mask)
@@ -80,13 +85,41 @@ def check(y, ref):
 
 
 @pytest.mark.parametrize("pattern", list(PATTERNS))
-@pytest.mark.parametrize("mode", ["union", "per_token"])
+@pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("activation,threshold", ACTIVATIONS)
 @pytest.mark.parametrize("d,f,tokens", SHAPES)
-def test_no_predictor_matches_float64(d, f, tokens, activation, threshold, mode, pattern):
-    ffn, ref = make_ffn(d, f, activation, threshold, mode, PATTERNS[pattern], seed=d + f + tokens)
+def test_no_predictor_matches_float64(d, f, tokens, activation, threshold, mode, pattern, monkeypatch):
+    if mode == "union_gate_up":
+        _gate_up_only(monkeypatch)
+    ffn, ref = make_ffn(d, f, activation, threshold, mode, PATTERNS[pattern], seed=d + f + tokens,
+                        biases=mode == "union_gate_up")
     x = torch.randn(tokens, d, generator=torch.Generator().manual_seed(tokens))
     check(ffn(x), ref(x))
+
+
+def _gate_up_only(monkeypatch):
+    """Make the separate up kernel unreachable, so a passing exact_kernel="gate_up" test did fuse it."""
+    from actsparse.kernels import triton_ffn
+
+    def no_up(*_a, **_k):
+        raise AssertionError("exact_kernel='gate_up' launched the separate up kernel")
+    monkeypatch.setattr(triton_ffn, "launch_up", no_up)
+
+
+@pytest.mark.parametrize("dtype,tokens,tol", [(torch.float16, 1, 2e-3), (torch.float16, 3, 2e-3),
+                                              (torch.bfloat16, 1, 1e-2)])
+def test_gate_up_half_precision(dtype, tokens, tol, monkeypatch):
+    _gate_up_only(monkeypatch)
+    g = torch.Generator().manual_seed(tokens)
+    d, f = 40, 100
+    w_gate, w_up = ((torch.randn(f, d, generator=g) / d ** 0.5).to(dtype) for _ in range(2))
+    w_down = (torch.randn(d, f, generator=g) / f ** 0.5).to(dtype)
+    ffn = SparseFFN(w_gate, w_up, w_down.T.contiguous(), dispatch=MODES["union_gate_up"])
+    ffn.workspace_alloc = poisoned_empty
+    x = torch.randn(tokens, d, generator=g).to(dtype)
+    y = ffn(x)
+    assert y.dtype == dtype and torch.isfinite(y).all()
+    assert rel_err(y, reference_ffn(x, w_gate, w_up, w_down, "relu")) < tol
 
 
 def _active(kind, fraction, tokens, f, seed):
