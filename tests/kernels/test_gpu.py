@@ -25,10 +25,6 @@ def _poisoned(*shape, dtype=None, device=None):
     return t.fill_(float("nan")) if t.is_floating_point() else t
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("d,f", [(4096, 11008), (1000, 3001)])
-@pytest.mark.parametrize("tokens", [1, 5, 32, 64])
-@pytest.mark.parametrize("mode", ["union", "per_token"])
 def _case(dtype, d, f, tokens, dispatch):
     """90%-sparse weights, `tokens` inputs, a SparseFFN with poisoned workspaces, and a predicted set: the true
     active neurons, each kept with probability 0.7."""
@@ -42,8 +38,16 @@ def _case(dtype, d, f, tokens, dispatch):
     return ws, x, ffn, mask
 
 
+MODES = {"union": DispatchConfig(batch_mode="union"), "per_token": DispatchConfig(batch_mode="per_token"),
+         "union_gate_up": DispatchConfig(batch_mode="union", exact_kernel="gate_up")}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("d,f", [(4096, 11008), (1000, 3001)])
+@pytest.mark.parametrize("tokens", [1, 5, 32, 64])
+@pytest.mark.parametrize("mode", list(MODES))
 def test_matches_float64(dtype, d, f, tokens, mode):
-    ws, x, ffn, mask = _case(dtype, d, f, tokens, DispatchConfig(batch_mode=mode))
+    ws, x, ffn, mask = _case(dtype, d, f, tokens, MODES[mode])
     tol = 2e-3 if dtype == torch.float16 else 1e-2
     for active, ref in ((None, _reference(ws, x)), (mask, _reference(ws, x, mask))):
         first = ffn(x, active)
