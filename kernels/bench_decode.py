@@ -6,6 +6,8 @@ neuron fires with its own heavy-tailed probability p_j (mean 1 - sparsity) on th
 actually reach that layer. Dense and sparse run the same static-KV-cache greedy loop with the decode step
 captured in a CUDA graph, so launch overhead is removed alike. Several layer counts are timed so the
 per-layer cost (slope of ms/step vs layers) can be extrapolated when fewer layers than 32 are used.
+`--compile` compiles the model for dense and sparse alike (compiled_decoding.py), which fuses the attention
+block's small kernels; the CUDA graph then replays fewer, larger kernels.
 Paths: `exact` (no predictor, greedy output must equal dense), then `predicted_lists` / `predicted_fused`: a
 stand-in predictor per layer (bench_predictor.py: rank-358 SVD of the gate, 4% of the FFN's bytes, ~15% of
 neurons predicted) feeding the predicted-set kernels of Version 1 and Version 2 (kernels/NOTES.md).
@@ -21,6 +23,7 @@ import torch
 
 from actsparse.kernels.bench_data import neuron_probabilities
 from actsparse.kernels.bench_predictor import GateSVDPredictor, predictor_bytes_fraction
+from actsparse.kernels.compiled_decoding import compile_model, eager
 from actsparse.kernels.dispatch import DispatchConfig
 from actsparse.kernels.sparse_decoding import (calibrate, greedy_decode, logit_agreement, swap_in_sparse_ffns,
                                               teacher_forced_logits)
@@ -36,6 +39,10 @@ def parse_args(argv):
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16")
     p.add_argument("--no-cuda-graph", action="store_true")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (dense and sparse alike; the FFN kernels stay one opaque op each: "
+                        "compiled_decoding.py), so the non-FFN kernels of a step are fused")
+    p.add_argument("--compile-backend", default="inductor", help=argparse.SUPPRESS)
     p.add_argument("--predictor-rank", type=int, default=358,
                    help="rank of the stand-in predictor (bench_predictor.py); 358 = 4%% of a 7B FFN's bytes; 0: none")
     p.add_argument("--predicted-active", type=float, default=0.15,
@@ -115,10 +122,13 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
     predictors, recalls = ([], []) if args.predictor_rank <= 0 else build_predictors(
         model, args.predictor_rank, args.predicted_active, sample)
     prompts = {b: torch.randint(0, vocab, (b, args.prompt_len), device=device, generator=gen) for b in batches}
+    if args.compile:
+        compile_model(model, backend=args.compile_backend)
     dense = {b: tokens_per_s(model, prompts[b], args.new_tokens, not args.no_cuda_graph) for b in batches}
     dense_tf = {b: teacher_forced_logits(model, dense[b][1], args.prompt_len) for b in batches}
     swapped = swap_in_sparse_ffns(model, backend="triton")
-    per_layer_active = calibrate(model, sample)
+    with eager(model):  # calibration reads counts back to the host: not inside a compiled graph
+        per_layer_active = calibrate(model, sample)
     paths = [("exact", None)] + [(f"predicted_{k}", k) for k in (("lists", "fused") if predictors else ())]
     cfg = model.config
     records = []
@@ -139,7 +149,7 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
                        sparse_ms_per_step=b * 1e3 / sparse_tps, mean_active=sum(per_layer_active) / n_layers,
                        per_layer_active=per_layer_active, greedy_sequences_identical=same,
                        teacher_forced=tf,
-                       cuda_graph=not args.no_cuda_graph, dtype=args.dtype)
+                       cuda_graph=not args.no_cuda_graph, compiled=args.compile, dtype=args.dtype)
             if kernel is not None:
                 rec.update(predictor_rank=args.predictor_rank, predicted_active=args.predicted_active,
                            predictor_bytes_of_ffn=predictor_bytes_fraction(args.predictor_rank, cfg.hidden_size,

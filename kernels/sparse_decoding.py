@@ -14,6 +14,7 @@ from torch import nn
 
 from actsparse.modeling import SparseGatedMLP
 
+from .compiled_decoding import register_ffn, sparse_ffn_op
 from .dispatch import DispatchConfig
 from .sparse_ffn import SPARSE_ACTIVATIONS, SparseFFN
 
@@ -29,6 +30,7 @@ class SparseDecodingMLP(nn.Module):
     def __init__(self, ffn: SparseFFN, layer_index: int = 0):
         super().__init__()
         self.ffn = ffn
+        self.ffn_key = register_ffn(ffn)  # for compiled models (compiled_decoding.py)
         self.layer_index = layer_index
         self.predictor = None
         self.calibrating = False
@@ -38,7 +40,11 @@ class SparseDecodingMLP(nn.Module):
         if self.calibrating:
             self.ffn.calibrate(x)
         active = None if self.predictor is None else self.predictor(x)
-        return self.ffn(x, active).reshape(hidden.shape).to(hidden.dtype)
+        if torch.compiler.is_compiling():  # one opaque op: the kernels and the dispatch run as in eager mode
+            out = sparse_ffn_op(x, self.ffn_key, active)
+        else:
+            out = self.ffn(x, active)
+        return out.reshape(hidden.shape).to(hidden.dtype)
 
     def extra_repr(self) -> str:
         return f"activation={self.ffn.activation}, backend={self.ffn.backend}, layer_index={self.layer_index}"
@@ -129,10 +135,12 @@ def teacher_forced_logits(model: nn.Module, sequence: torch.Tensor, prompt_len: 
     compared step by step, without one early difference changing everything after it."""
     dev = sequence.device
     cache = _static_cache(model, sequence.shape[1])
-    logits = [model(input_ids=sequence[:, :prompt_len], past_key_values=cache, use_cache=True,
+    # Fresh slices with standard strides: a compiled model (compiled_decoding.py) recompiles for other strides.
+    fresh = lambda t: t.clone(memory_format=torch.contiguous_format)  # noqa: E731
+    logits = [model(input_ids=fresh(sequence[:, :prompt_len]), past_key_values=cache, use_cache=True,
                     cache_position=torch.arange(prompt_len, device=dev)).logits[:, -1].float()]
     for pos in range(prompt_len, sequence.shape[1] - 1):
-        logits.append(model(input_ids=sequence[:, pos:pos + 1], past_key_values=cache, use_cache=True,
+        logits.append(model(input_ids=fresh(sequence[:, pos:pos + 1]), past_key_values=cache, use_cache=True,
                             cache_position=torch.tensor([pos], device=dev)).logits[:, -1].float())
     return torch.stack(logits, 1)
 

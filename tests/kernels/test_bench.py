@@ -101,3 +101,23 @@ def test_logit_agreement_counts_flips_and_near_ties():
     assert abs(res["typical_diff"] - 0.01) < 1e-6
     assert res["near_tie_disagreements"] == 0.5
     assert logit_agreement(ref, ref)["argmax_agreement"] == 1.0
+
+
+@pytest.mark.skipif(not configs.INTERPRET, reason="needs TRITON_INTERPRET=1 (set by conftest.py)")
+def test_bench_decode_compiled_matches_eager_without_recompiling():
+    """--compile: the FFN stays one opaque custom op inside the compiled graph; exact greedy output equals dense;
+    a prefill and a decode variant only (a recompile per call would make the GPU run compile for minutes)."""
+    torch._dynamo.reset()
+    from actsparse.kernels import bench_decode
+    args = bench_decode.parse_args(["--sparsity", "0.8", "--prompt-len", "4", "--new-tokens", "3", "--no-cuda-graph",
+                                    "--compile", "--predictor-rank", "0"])
+    args.dtype, args.compile_backend = "fp32", "aot_eager"   # no code generation on CPU: what is traced is the point
+    shape = dict(hidden_size=32, intermediate_size=400, num_attention_heads=4, num_key_value_heads=2,
+                 vocab_size=97, max_position_embeddings=64)
+    (rec,) = bench_decode.run(2, [1], args, device="cpu", shape=shape)
+    assert rec["compiled"] and rec["greedy_sequences_identical"] == 1.0
+    assert rec["teacher_forced"]["argmax_agreement"] == 1.0
+    counters = torch._dynamo.utils.counters
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] <= 4   # dense and sparse, prefill and decode each
+    torch._dynamo.reset()

@@ -1,0 +1,65 @@
+"""torch.compile around the sparse FFNs, so a decode step's small non-FFN kernels are fused for dense and sparse alike.
+
+bench_decode on an H100 (docs/RESULTS.md, session 3): of a 7B-shaped model's 8.05 ms decode step (batch 1,
+CUDA graph), the FFNs take 3.5 ms and the rest 4.6 ms. Only 1.6 ms of that rest is projection bytes; the
+remainder is HF's eager per-layer kernels (norms, rotary, cache writes, residual adds), which a CUDA graph
+replays but does not merge. That part bounds the exact path at ~1.25x however fast the FFN kernels are.
+`compile_model(model)` compiles `model.forward` (inductor, static shapes). Inside a compiled region each
+`SparseDecodingMLP` calls its `SparseFFN` through one opaque custom op (`actsparse::sparse_ffn`), so the
+Triton kernels and the dispatcher's host-side choice run exactly as in eager mode. The dense model is
+compiled the same way, so the comparison stays like for like. Outside compiled regions nothing changes.
+"""
+import contextlib
+import itertools
+import logging
+from typing import Optional
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_FFNS: dict = {}
+_keys = itertools.count()
+
+
+def register_ffn(ffn) -> int:
+    """A key under which the custom op finds `ffn` (a SparseFFN) at run time."""
+    key = next(_keys)
+    _FFNS[key] = ffn
+    return key
+
+
+@torch.library.custom_op("actsparse::sparse_ffn", mutates_args=())
+def sparse_ffn_op(x: torch.Tensor, key: int, active: Optional[torch.Tensor]) -> torch.Tensor:
+    """The registered SparseFFN on x ([tokens, d_model]); a new tensor of x's shape and the FFN's dtype."""
+    return _FFNS[key](x, active)
+
+
+@sparse_ffn_op.register_fake
+def _sparse_ffn_fake(x, key, active):
+    return x.new_empty(x.shape, dtype=_FFNS[key].w_gate.dtype)
+
+
+def compile_model(model: torch.nn.Module, backend: str = "inductor", max_variants: int = 64) -> torch.nn.Module:
+    """Compile `model.forward` in place (static shapes: prefill and decode are two variants). Running out of
+    variants raises instead of silently falling back to eager (where the installed torch allows it)."""
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, max_variants)
+    if hasattr(torch._dynamo.config, "fail_on_cache_limit_hit"):
+        torch._dynamo.config.fail_on_cache_limit_hit = True
+    else:
+        log.warning("this torch cannot fail on dynamo's cache limit: a model recompiled more than %d times would "
+                    "run eagerly (look for 'cache_size_limit' in the log)", max_variants)
+    model._actsparse_eager_forward = model.forward
+    model.forward = torch.compile(model.forward, backend=backend, dynamic=False)
+    return model
+
+
+@contextlib.contextmanager
+def eager(model: torch.nn.Module):
+    """Run `model` uncompiled inside the block (e.g. calibration, which reads counts back to the host)."""
+    compiled = model.forward
+    model.forward = getattr(model, "_actsparse_eager_forward", compiled)
+    try:
+        yield model
+    finally:
+        model.forward = compiled
