@@ -39,6 +39,15 @@ def kernel_times_us(calls, reps: int) -> dict[str, float]:
             if e.device_type == DeviceType.CUDA and e.device_time_total > 0}
 
 
+def chosen_configs() -> dict[str, str]:
+    """The block sizes the autotuner picked for each kernel (its last key), e.g. 'BLOCK_J: 4, BLOCK_K: 512, ...'."""
+    from . import triton_gate, triton_predicted, triton_up_down
+    kernels = {"gate_kernel": triton_gate.gate_kernel, "compact_kernel": triton_gate.compact_kernel,
+               "up_kernel": triton_up_down.up_kernel, "down_kernel": triton_up_down.down_kernel,
+               "pred_up_kernel": triton_predicted.pred_up_kernel, "pred_down_kernel": triton_predicted.pred_down_kernel}
+    return {name: str(k.best_config) for name, k in kernels.items() if getattr(k, "best_config", None) is not None}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="bench_breakdown", description=__doc__.split("\n")[0])
     p.add_argument("--shape", default="llama2-7b", choices=list(SHAPES))
@@ -66,10 +75,12 @@ def main(argv=None) -> int:
                   device=torch.cuda.get_device_name(), methods={})
     for name in args.methods.split(","):
         kernels = kernel_times_us(methods[name], args.reps)
-        result["methods"][name] = dict(kernels_us=kernels, sum_us=sum(kernels.values()))
+        result["methods"][name] = dict(kernels_us=kernels, sum_us=sum(kernels.values()), configs=chosen_configs())
         print(f"{name}: {sum(kernels.values()):.1f} us of kernels per call", flush=True)
         for k, us in sorted(kernels.items(), key=lambda kv: -kv[1]):
             print(f"    {us:8.2f} us  {k[:90]}")
+        for k, cfg in result["methods"][name]["configs"].items():
+            print(f"    autotuned {k}: {cfg}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1))
