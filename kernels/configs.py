@@ -81,14 +81,16 @@ COMPACT_CONFIGS = [_cfg(4, 1, BLOCK_N=n) for n in (256, 1024)]
 COMPACT_FIXED = dict(BLOCK_N=128)
 
 
-def tuned(configs: list[triton.Config], fixed: dict, key: list[str], reset_to_zero: list[str] | None = None):
+def tuned(configs: list[triton.Config], fixed: dict, key: list[str], reset_to_zero: list[str] | None = None,
+          restore_value: list[str] | None = None):
     """Decorator: `triton.autotune(configs, key)` on a GPU; the `fixed` block sizes under the interpreter.
 
-    `reset_to_zero` names the atomic counters a timing run would otherwise leave incremented.
+    `reset_to_zero` names the atomic counters a timing run would otherwise leave incremented; `restore_value`
+    the inputs a timing run changes (the down kernel zeroes the list lengths it read).
     """
     if INTERPRET:
         return triton.heuristics({name: (lambda value: lambda _args: value)(v) for name, v in fixed.items()})
-    return triton.autotune(configs=configs, key=key, reset_to_zero=reset_to_zero,
+    return triton.autotune(configs=configs, key=key, reset_to_zero=reset_to_zero, restore_value=restore_value,
                            prune_configs_by={"early_config_prune": _prune_for_tokens})
 
 

@@ -53,6 +53,7 @@ class SparseFFN(nn.Module):
         self.neuron_prob: torch.Tensor | None = None  # set by calibrate(), on the host
         self._plans: dict = {}
         self._tickets: torch.Tensor | None = None
+        self._list_state: torch.Tensor | None = None  # list lengths + finish counter (triton_ffn.list_state)
         # Allocator of the Triton path's float workspaces and output; tests swap in a NaN-filling one.
         self.workspace_alloc = torch.empty
 
@@ -120,9 +121,12 @@ class SparseFFN(nn.Module):
             from .triton_predicted import predicted_ffn
             return predicted_ffn(*args, self.activation, self.threshold, mask, idx, self._ticket_buffer(x),
                                  self.workspace_alloc)
-        from .triton_ffn import triton_sparse_ffn  # triton is needed only for this backend
+        from .triton_ffn import list_state, triton_sparse_ffn  # triton is needed only for this backend
+        if self._list_state is None or self._list_state.device != x.device:
+            self._list_state = list_state(x.device)
         return triton_sparse_ffn(*args, self.activation, self.threshold, mask, plan.per_token, self._ticket_buffer(x),
-                                 self.workspace_alloc, fuse_up=self.dispatch.exact_kernel == "gate_up")
+                                 self.workspace_alloc, fuse_up=self.dispatch.exact_kernel == "gate_up",
+                                 state=self._list_state)
 
     def _plan(self, n_tokens: int, predicted: bool, mask_rows: int = 1):
         """The dispatcher's choice, cached per (tokens, predicted, mask rows): host-only, no sync.

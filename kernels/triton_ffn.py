@@ -18,11 +18,20 @@ def _n_programs(device: torch.device) -> int:
     return configs.PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
 
 
+MAX_LISTS = 64  # per-token mode: one list per token, at most 64 tokens (DispatchConfig.max_sparse_tokens)
+
+
+def list_state(device) -> torch.Tensor:
+    """int32 [MAX_LISTS + 1], zero: the list lengths and the down kernel's finish counter. A SparseFFN keeps one;
+    every call leaves it at zero again (the down kernel's last program resets it): no memset per call."""
+    return torch.zeros(MAX_LISTS + 1, dtype=torch.int32, device=device)
+
+
 def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, per_token,
-                      tickets, alloc=torch.empty, fuse_up=False):
+                      tickets, alloc=torch.empty, fuse_up=False, state=None):
     """x [T, d] -> [T, d]. mask: None (dense gate decides), [1, d_ff] or [T, d_ff] bool (predicted set).
     `alloc` makes the float workspaces and the output (tests poison them with NaN). `fuse_up` (no mask, union
-    mode): the gate kernel also computes x1, one launch fewer."""
+    mode): the gate kernel also computes x1, one launch fewer. `state`: a `list_state` buffer (None: a fresh one)."""
     if x.device.type != "cuda" and not configs.INTERPRET:
         raise RuntimeError("the Triton backend needs a CUDA tensor (or TRITON_INTERPRET=1 set before importing "
                            "triton); use backend='torch' on CPU")
@@ -30,7 +39,10 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
     d_ff = w_gate.shape[0]
     n_lists = n_tokens if per_token else 1
     dev = x.device
-    counts = torch.zeros(n_lists, dtype=torch.int32, device=dev)
+    if n_lists > MAX_LISTS:
+        raise ValueError(f"per-token mode takes at most {MAX_LISTS} tokens, got {n_lists}")
+    state = list_state(dev) if state is None else state
+    counts, done = state[:n_lists], state[MAX_LISTS:]
     idx = torch.empty(n_lists, d_ff, dtype=torch.int32, device=dev)
     x1c = alloc(n_tokens, d_ff, dtype=torch.float32, device=dev)
     if mask is None and fuse_up and not per_token:
@@ -47,5 +59,5 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
     splits = configs.DOWN_FIXED["SPLITS"] if configs.INTERPRET else configs.MAX_SPLITS
     partials = alloc(splits * n_tokens * d_model, dtype=torch.float32, device=dev)
     out = alloc(n_tokens, d_model, dtype=x.dtype, device=dev)
-    launch_down(x1c, w_down_t, b_down, per_token, counts, idx, partials, tickets, out)
+    launch_down(x1c, w_down_t, b_down, per_token, counts, idx, partials, tickets, out, done)
     return out

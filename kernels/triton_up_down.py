@@ -60,9 +60,9 @@ def up_kernel(x_ptr, wu_ptr, bu_ptr, wg_ptr, bg_ptr, gact_ptr, mask_ptr, counts_
         tl.store(x1c_ptr + tokens[:, None] * d_ff + offs_i[None, :], a * up, mask=valid)
 
 
-@tuned(DOWN_CONFIGS, DOWN_FIXED, key=["d_model", "d_ff", "BLOCK_T", "PER_TOKEN"])
+@tuned(DOWN_CONFIGS, DOWN_FIXED, key=["d_model", "d_ff", "BLOCK_T", "PER_TOKEN"], restore_value=["counts_ptr"])
 @triton.jit
-def down_kernel(x1c_ptr, wdt_ptr, bd_ptr, counts_ptr, idx_ptr, partial_ptr, tickets_ptr, out_ptr,
+def down_kernel(x1c_ptr, wdt_ptr, bd_ptr, counts_ptr, idx_ptr, partial_ptr, tickets_ptr, out_ptr, done_ptr,
                 n_tokens, d_model, d_ff, HAS_BIAS: tl.constexpr, PER_TOKEN: tl.constexpr, IEEE: tl.constexpr,
                 FENCE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_J: tl.constexpr, SPLITS: tl.constexpr):
     col_blk = tl.program_id(0)
@@ -109,6 +109,13 @@ def down_kernel(x1c_ptr, wdt_ptr, bd_ptr, counts_ptr, idx_ptr, partial_ptr, tick
     else:
         reduce_splits(res, split, tokens, offs_d, out_mask, d_mask, n_tokens, d_model, partial_ptr, out_ptr, bd_ptr,
                       tickets_ptr + lst * tl.num_programs(0) + col_blk, HAS_BIAS, FENCE, BLOCK_T, BLOCK_D, SPLITS)
+    # The last program to finish (every program read its list length at the start) zeroes the list lengths for
+    # the next call, so they need no memset launch: the buffer lives on the SparseFFN, zeroed once.
+    n_programs = tl.num_programs(0) * tl.num_programs(1) * tl.num_programs(2)
+    if tl.atomic_add(done_ptr, 1, sem="acq_rel") == n_programs - 1:
+        lists = tl.arange(0, 64)
+        tl.store(counts_ptr + lists, tl.zeros([64], dtype=tl.int32), mask=lists < tl.num_programs(2))
+        tl.atomic_xchg(done_ptr, 0)
 
 
 @triton.jit
@@ -152,13 +159,14 @@ def launch_up(x, w_up, b_up, w_gate, b_gate, gate_act_in, mask, per_token, act, 
                     IEEE=x.dtype == torch.float32, BLOCK_T=1 if per_token else token_block(n_tokens))
 
 
-def launch_down(x1c, w_down_t, b_down, per_token, counts, idx, partials, tickets, out) -> None:
-    """out[t] = sum over listed neurons i of x1c[t, i] * W_down^T[idx[i]] (+ bias)."""
+def launch_down(x1c, w_down_t, b_down, per_token, counts, idx, partials, tickets, out, done) -> None:
+    """out[t] = sum over listed neurons i of x1c[t, i] * W_down^T[idx[i]] (+ bias); then `counts` (<= 64 lists)
+    is zeroed by the last program to finish, with `done` (one int32, zero between calls) as its counter."""
     n_tokens, d_model = out.shape
     d_ff = w_down_t.shape[0]
     n_lists = n_tokens if per_token else 1
     grid = lambda meta: (triton.cdiv(d_model, meta["BLOCK_D"]), meta["SPLITS"], n_lists)  # noqa: E731
     down_kernel[grid](x1c, w_down_t, b_down if b_down is not None else w_down_t, counts, idx, partials, tickets,
-                      out, n_tokens, d_model, d_ff, HAS_BIAS=b_down is not None, PER_TOKEN=per_token,
+                      out, done, n_tokens, d_model, d_ff, HAS_BIAS=b_down is not None, PER_TOKEN=per_token,
                       FENCE=not configs.INTERPRET,
                       IEEE=out.dtype == torch.float32, BLOCK_T=1 if per_token else token_block(n_tokens))

@@ -256,3 +256,18 @@ def test_fused_half_precision(tokens, monkeypatch):
     y = ffn(x, mask)
     assert y.dtype == torch.float16 and torch.isfinite(y).all()
     assert rel_err(y, reference_ffn(x, w_gate, w_up, w_down, "relu", mask=mask)) < 2e-3
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_list_lengths_are_zero_again_after_every_call(mode):
+    """No memset per call: the down kernel's last program zeroes the list lengths it read. Calls with different
+    token counts, exact and predicted, on one SparseFFN each match float64, and leave its list state at zero."""
+    ffn, ref = make_ffn(40, 100, "relu", 0.0, mode, 0.0, seed=11, biases=True)
+    g = torch.Generator().manual_seed(12)
+    for tokens in (1, 3, 5, 1):
+        x = torch.randn(tokens, 40, generator=g)
+        check(ffn(x), ref(x))
+        assert ffn._list_state is not None and not ffn._list_state.any(), ffn._list_state
+        mask = torch.rand(tokens, 100, generator=g) < 0.4
+        check(ffn(x, mask), ref(x, mask))
+        assert not ffn._list_state.any(), ffn._list_state
