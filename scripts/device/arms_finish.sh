@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Issue 7, last call: arms still running get SIGUSR1 (checkpoint and exit); every arm is exported, FATReLU
 # t=0.01 applied to the ProSparse arm, each evaluated (zero fraction, CETT, CETT-PPL-1%, held-out perplexity on
-# Celery's docs, the offline tiny tasks), then the leaderboard table and plots. Brings back results, not weights.
+# Celery's docs, and lm-eval tasks built from those docs: eval/docs_tasks.py), then the leaderboard table and
+# plots. Brings back results, not weights.
 # The five evals run side by side (each ~31 s on an H100 for a 135M model, most of it model load and CETT
 # passes); the metrics files go to $OUT first, so a call cut short still brings back the training curves.
 #   carry: .carry/whl_eval          env: EVAL_S (per eval, default 150)
 set -uo pipefail
 source scripts/device/env.sh
-R=$PWD
 pkill -USR1 -f "actsparse.launch.cli train" && sleep 20
 mkdir -p /root/results
+(cd /tmp && python3 -m actsparse.eval.docs_tasks /root/heldout.txt --out /root/tasks)   # last word + next sentence
 for arm in silu relu prosparse drelu; do
   [ -f /root/arms/$arm/export/config.json ] || (cd /tmp && python3 -m actsparse.launch.cli export /root/arms/$arm /root/arms/$arm/export)
 done
@@ -22,7 +23,7 @@ model: $model
 name: smollm2-135m-$arm
 metrics: [zero_fraction, cett, ppl_p, perplexity, quality]
 data: {source: txt, path: /root/heldout.txt, seq_len: 512, batch_size: 8, num_batches: 10}
-quality: {task_groups: [tiny], task_groups_file: $R/tests/eval/data/task_groups.yaml, include_path: [$R/tests/eval/data], add_bos_token: false, skip_missing: true}
+quality: {task_groups: [docs], task_groups_file: /root/tasks/task_groups.yaml, include_path: [/root/tasks], add_bos_token: false}
 output: /root/results/$arm.json
 YAML
   (cd /tmp && timeout ${EVAL_S:-150} python3 -m actsparse.launch.cli eval /root/eval_$arm.yaml --quiet \
