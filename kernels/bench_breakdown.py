@@ -40,12 +40,22 @@ def kernel_times_us(calls, reps: int) -> dict[str, float]:
 
 
 def chosen_configs() -> dict[str, str]:
-    """The block sizes the autotuner picked for each kernel (its last key), e.g. 'BLOCK_J: 4, BLOCK_K: 512, ...'."""
+    """The block sizes the autotuner picked for each kernel (its last key), e.g. 'BLOCK_J: 4, BLOCK_K: 512, ...',
+    and, where it benchmarked in this process, every config's median µs (the whole sweep, fastest first)."""
     from . import triton_gate, triton_predicted, triton_up_down
     kernels = {"gate_kernel": triton_gate.gate_kernel, "compact_kernel": triton_gate.compact_kernel,
                "up_kernel": triton_up_down.up_kernel, "down_kernel": triton_up_down.down_kernel,
                "pred_up_kernel": triton_predicted.pred_up_kernel, "pred_down_kernel": triton_predicted.pred_down_kernel}
-    return {name: str(k.best_config) for name, k in kernels.items() if getattr(k, "best_config", None) is not None}
+    out = {}
+    for name, k in kernels.items():
+        if getattr(k, "best_config", None) is None:
+            continue
+        out[name] = str(k.best_config)
+        timings = getattr(k, "configs_timings", None) or {}
+        ranked = sorted(timings.items(), key=lambda kv: kv[1][0] if isinstance(kv[1], (list, tuple)) else kv[1])
+        out[name] += "".join(f"\n        {1e3 * (t[0] if isinstance(t, (list, tuple)) else t):8.1f} us  {c}"
+                             for c, t in ranked)
+    return out
 
 
 def main(argv=None) -> int:
