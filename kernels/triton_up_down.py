@@ -112,6 +112,7 @@ def down_kernel(x1c_ptr, wdt_ptr, bd_ptr, counts_ptr, idx_ptr, partial_ptr, tick
     # The last program to finish (every program read its list length at the start) zeroes the list lengths for
     # the next call, so they need no memset launch: the buffer lives on the SparseFFN, zeroed once.
     n_programs = tl.num_programs(0) * tl.num_programs(1) * tl.num_programs(2)
+    tl.debug_barrier()  # every warp of this program has read the list length before it counts as finished
     if tl.atomic_add(done_ptr, 1, sem="acq_rel") == n_programs - 1:
         lists = tl.arange(0, 64)
         tl.store(counts_ptr + lists, tl.zeros([64], dtype=tl.int32), mask=lists < tl.num_programs(2))
