@@ -23,7 +23,7 @@ from .dispatch import DispatchConfig
 from .sparse_ffn import SparseFFN
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-PREDICTED = ("ours_predicted_union", "ours_predicted_per_token", "ours_predicted_fused")
+PREDICTED = ("ours_predicted_union", "ours_predicted_per_token", "ours_predicted_fused", "ours_predicted_inline")
 
 
 def parse_args(argv):
@@ -72,6 +72,9 @@ def _methods(sets, xs, masks, batch, calib_x):
         "ours_predicted_fused": [lambda f=f, x=x, m=m: f(x, m) for f, x, m in zip(fused, xs, masks)],
         "ours_dispatch": [lambda f=f, x=x: f(x) for f, x in zip(dispatched, xs)],
     }
+    if batch == 1:  # Version 1's lists with the compaction inside the up kernel (batch 1 only)
+        inline = [ffn(ws, "union", "lists_inline") for ws in sets]
+        methods["ours_predicted_inline"] = [lambda f=f, x=x, m=m: f(x, m) for f, x, m in zip(inline, xs, masks)]
     if batch > 1:
         per_token = [ffn(ws, "per_token") for ws in sets]
         methods["ours_per_token"] = [lambda f=f, x=x: f(x) for f, x in zip(per_token, xs)]

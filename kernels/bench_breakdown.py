@@ -19,7 +19,8 @@ import torch
 from .bench import DTYPES, _methods
 from .bench_data import SHAPES, make_inputs, make_weight_sets, neuron_probabilities, set_gate_bias, true_active
 
-METHODS = ("dense", "ours_union", "ours_union_gate_up", "ours_predicted_union", "ours_predicted_fused")
+METHODS = ("dense", "ours_union", "ours_union_gate_up", "ours_predicted_union", "ours_predicted_inline",
+           "ours_predicted_fused")
 
 
 def kernel_times_us(calls, reps: int) -> dict[str, float]:
@@ -43,7 +44,9 @@ def chosen_configs() -> dict[str, str]:
     """The block sizes the autotuner picked for each kernel (its last key), e.g. 'BLOCK_J: 4, BLOCK_K: 512, ...',
     and, where it benchmarked in this process, every config's median µs (the whole sweep, fastest first)."""
     from . import triton_gate, triton_predicted, triton_up_down
+    from .triton_compact_up import compact_up_kernel
     kernels = {"gate_kernel": triton_gate.gate_kernel, "compact_kernel": triton_gate.compact_kernel,
+               "compact_up_kernel": compact_up_kernel,
                "up_kernel": triton_up_down.up_kernel, "down_kernel": triton_up_down.down_kernel,
                "pred_up_kernel": triton_predicted.pred_up_kernel, "pred_down_kernel": triton_predicted.pred_down_kernel}
     out = {}

@@ -26,6 +26,9 @@ KERNEL_ARGS = {
     "down_kernel": dict(x1c_ptr="*fp32", wdt_ptr="*{dt}", bd_ptr="*{dt}", counts_ptr="*i32", idx_ptr="*i32",
                         partial_ptr="*fp32", tickets_ptr="*i32", out_ptr="*{dt}", done_ptr="*i32", n_tokens="i32",
                         d_model="i32", d_ff="i32"),
+    "compact_up_kernel": dict(x_ptr="*{dt}", wg_ptr="*{dt}", bg_ptr="*{dt}", wu_ptr="*{dt}", bu_ptr="*{dt}",
+                              mask_ptr="*u8", counts_ptr="*i32", idx_ptr="*i32", x1c_ptr="*fp32", d_model="i32",
+                              d_ff="i32", threshold="fp32"),
     "compact_kernel": dict(mask_ptr="*u8", counts_ptr="*i32", idx_ptr="*i32", n_rows="i32", d_ff="i32"),
     "pred_up_kernel": dict(x_ptr="*{dt}", wg_ptr="*{dt}", bg_ptr="*{dt}", wu_ptr="*{dt}", bu_ptr="*{dt}",
                            mask_ptr="*u8", idx_ptr="*i32", x1_ptr="*fp32", n_tokens="i32", n_pos="i32",
@@ -47,6 +50,8 @@ def variants(name: str, block_t: int):
                      PER_TOKEN=False, IEEE=False) for fg in (False, True)]
     if name == "down_kernel":
         return [dict(common, HAS_BIAS=False, PER_TOKEN=False, IEEE=False, FENCE=True)]
+    if name == "compact_up_kernel":  # batch 1 only: no BLOCK_T
+        return [dict(ACT=0, HAS_BG=False, HAS_BU=False, IEEE=False)] if block_t == 1 else []
     if name == "pred_up_kernel":  # mask [1, d_ff], mask [T, d_ff], index list
         return [dict(common, ACT=0, HAS_BG=False, HAS_BU=False, HAS_IDX=hi, MASK_PER_TOKEN=mp, IEEE=False)
                 for hi, mp in ((False, False), (False, True), (True, False))]
@@ -92,8 +97,9 @@ def resources(compiled) -> dict:
 
 
 def report(arch: int, dtype: str, quick: bool, only: list[str] | None = None) -> list[dict]:
-    from . import configs, triton_gate, triton_predicted, triton_up_down
-    kernels = {"gate_kernel": (triton_gate.gate_kernel, configs.GATE_CONFIGS),
+    from . import configs, triton_compact_up, triton_gate, triton_predicted, triton_up_down
+    kernels = {"compact_up_kernel": (triton_compact_up.compact_up_kernel, configs.COMPACT_UP_CONFIGS),
+               "gate_kernel": (triton_gate.gate_kernel, configs.GATE_CONFIGS),
                "up_kernel": (triton_up_down.up_kernel, configs.UP_CONFIGS),
                "down_kernel": (triton_up_down.down_kernel, configs.DOWN_CONFIGS),
                "compact_kernel": (triton_gate.compact_kernel, configs.COMPACT_CONFIGS),
@@ -105,7 +111,7 @@ def report(arch: int, dtype: str, quick: bool, only: list[str] | None = None) ->
             continue
         arg_types = {k: v.format(dt=dtype) for k, v in KERNEL_ARGS[name].items()}
         for block_t in ((1,) if quick else (1, 16, 64)):
-            kept = configs._prune_for_tokens(cfgs, {}, BLOCK_T=block_t)
+            kept = cfgs if name == "compact_up_kernel" else configs._prune_for_tokens(cfgs, {}, BLOCK_T=block_t)
             for flags in variants(name, block_t)[: 1 if quick else None]:
                 for cfg in kept[: 1 if quick else None]:
                     row = dict(kernel=name, **flags, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)

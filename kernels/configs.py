@@ -76,6 +76,15 @@ PRED_DOWN_CONFIGS = [
 PRED_DOWN_FIXED = dict(BLOCK_D=32, BLOCK_J=32, SPLITS=2)  # interpreter
 PRED_MAX_SPLITS = max(c.kwargs["SPLITS"] for c in PRED_DOWN_CONFIGS)
 
+# Predicted set at batch 1, compaction inside the up kernel (triton_compact_up.py): BLOCK_N neurons of the mask
+# per program (~1.6 live at 90% for 16), their live rows BLOCK_R at a time, BLOCK_K of d per step.
+COMPACT_UP_CONFIGS = [
+    _cfg(w, s, BLOCK_N=n, BLOCK_R=r, BLOCK_K=k)
+    for n, r, k, w, s in [(16, 1, 2048, 4, 2), (16, 2, 2048, 4, 2), (16, 2, 1024, 4, 3), (32, 2, 1024, 4, 3),
+                          (32, 4, 1024, 4, 3), (16, 4, 512, 4, 3), (64, 4, 1024, 8, 3), (32, 1, 4096, 4, 1)]
+]
+COMPACT_UP_FIXED = dict(BLOCK_N=16, BLOCK_R=2, BLOCK_K=16)  # interpreter: several groups and K steps
+
 # Mask -> index-list compaction (predicted active sets).
 COMPACT_CONFIGS = [_cfg(4, 1, BLOCK_N=n) for n in (256, 1024)]
 COMPACT_FIXED = dict(BLOCK_N=128)

@@ -22,7 +22,7 @@ import torch
 log = logging.getLogger(__name__)
 
 BATCH_MODES = ("union", "per_token", "auto")
-PREDICTED_KERNELS = ("lists", "fused")
+PREDICTED_KERNELS = ("lists", "fused", "lists_inline")
 EXACT_KERNELS = ("split", "gate_up")
 
 
@@ -39,7 +39,9 @@ class DispatchConfig:
     max_sparse_tokens: int = 64
     # Kernels of the predicted-set path: "lists" (Version 1: compaction, fused gate/up, split-K down; three
     # launches) or "fused" (Version 2, triton_predicted.py: mask or index slices scanned in place, two
-    # launches, union mode only). Default "lists" until the GPU benchmark has timed both side by side.
+    # launches, union mode only; measured slower than "lists"), or "lists_inline" (Version 1's lists with the
+    # compaction inside the up kernel at batch 1, triton_compact_up.py: two launches; not yet timed; other
+    # batch sizes run "lists").
     predicted_kernel: str = "lists"
     # Kernels of the exact (no predictor) union path: "split" (gate, up, down: three launches, timed) or
     # "gate_up" (the gate kernel reads its active neurons' up rows too: two launches; not yet timed).

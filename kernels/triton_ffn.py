@@ -28,10 +28,11 @@ def list_state(device) -> torch.Tensor:
 
 
 def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, per_token,
-                      tickets, alloc=torch.empty, fuse_up=False, state=None):
+                      tickets, alloc=torch.empty, fuse_up=False, state=None, inline_compact=False):
     """x [T, d] -> [T, d]. mask: None (dense gate decides), [1, d_ff] or [T, d_ff] bool (predicted set).
     `alloc` makes the float workspaces and the output (tests poison them with NaN). `fuse_up` (no mask, union
-    mode): the gate kernel also computes x1, one launch fewer. `state`: a `list_state` buffer (None: a fresh one)."""
+    mode): the gate kernel also computes x1, one launch fewer. `state`: a `list_state` buffer (None: a fresh one).
+    `inline_compact` (one token, one mask row): compaction inside the up kernel (triton_compact_up.py)."""
     if x.device.type != "cuda" and not configs.INTERPRET:
         raise RuntimeError("the Triton backend needs a CUDA tensor (or TRITON_INTERPRET=1 set before importing "
                            "triton); use backend='torch' on CPU")
@@ -47,6 +48,9 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
     x1c = alloc(n_tokens, d_ff, dtype=torch.float32, device=dev)
     if mask is None and fuse_up and not per_token:
         launch_gate(x, w_gate, b_gate, activation, threshold, False, None, counts, idx, up=(w_up, b_up, x1c))
+    elif mask is not None and inline_compact and n_tokens == 1 and mask.shape[0] == 1:
+        from .triton_compact_up import launch_compact_up
+        launch_compact_up(x, w_gate, b_gate, w_up, b_up, mask, activation, threshold, counts, idx, x1c)
     else:
         if mask is None:
             gate_act = alloc(n_tokens, d_ff, dtype=torch.float32, device=dev)

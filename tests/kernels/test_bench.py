@@ -34,6 +34,21 @@ def _one_pass_timer(calls, reps):
     return {"us": 10.0, "us_p10": 9.0, "us_p90": 11.0}  # the stand-in timer's fixed figures, not measurements
 
 
+COMMON_METHODS = {"dense", "index_select", "ours_union", "ours_union_gate_up", "ours_predicted_union",
+                  "ours_predicted_fused", "ours_dispatch"}
+
+
+@pytest.mark.skipif(not configs.INTERPRET, reason="needs TRITON_INTERPRET=1 (set by conftest.py)")
+def test_bench_case_batch_1_has_the_inline_compaction_method():
+    d, f = 40, 100
+    sets = make_weight_sets(d, f, torch.float32, "cpu", min_total_bytes=1)
+    records = bench.bench_case("tiny", d, f, 1, 0.7, sets, torch.float32, 1, 100.0, torch.Generator().manual_seed(0),
+                               timer=_one_pass_timer, device="cpu")
+    assert {r["method"] for r in records} == COMMON_METHODS | {"ours_predicted_inline"}
+    for r in records:
+        assert "error" not in r and r["rel_err"] < 1e-4, r
+
+
 @pytest.mark.skipif(not configs.INTERPRET, reason="needs TRITON_INTERPRET=1 (set by conftest.py)")
 def test_bench_case_runs_every_method_correctly(tmp_path):
     d, f = 40, 100
@@ -41,8 +56,7 @@ def test_bench_case_runs_every_method_correctly(tmp_path):
     records = bench.bench_case("tiny", d, f, 3, 0.7, sets, torch.float32, 1, 100.0, torch.Generator().manual_seed(0),
                                timer=_one_pass_timer, device="cpu")
     methods = {r["method"] for r in records}
-    assert methods == {"dense", "index_select", "ours_union", "ours_union_gate_up", "ours_predicted_union", "ours_predicted_fused", "ours_dispatch",
-                       "ours_per_token", "ours_predicted_per_token"}
+    assert methods == COMMON_METHODS | {"ours_per_token", "ours_predicted_per_token"}
     for r in records:
         assert "error" not in r and r["rel_err"] < 1e-4, r
         assert 0 < r["active_per_token"] <= r["active_union"] <= 1

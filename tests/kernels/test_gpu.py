@@ -81,6 +81,20 @@ def test_fused_predicted_matches_float64(dtype, d, f, tokens, kind):
         assert torch.equal(ffn(x, active), first)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("d,f", [(4096, 11008), (1000, 3001)])
+def test_inline_compaction_matches_float64(dtype, d, f):
+    """predicted_kernel="lists_inline" at batch 1: against float64; repeated calls within one output ulp."""
+    ws, x, ffn, mask = _case(dtype, d, f, 1, DispatchConfig(predicted_kernel="lists_inline"))
+    ref = _reference(ws, x, mask)
+    first = ffn(x, mask)
+    assert torch.isfinite(first).all()
+    assert float((first.double() - ref).norm() / ref.norm()) < (2e-3 if dtype == torch.float16 else 1e-2)
+    ulp = torch.finfo(dtype).eps
+    for _ in range(5):
+        torch.testing.assert_close(ffn(x, mask), first, rtol=ulp, atol=ulp)
+
+
 def test_cuda_graph_capture_and_replay():
     ws = make_weight_sets(512, 1536, torch.float16, "cuda", 1)[0]
     set_gate_bias(ws, neuron_probabilities(1536, 0.9, torch.Generator().manual_seed(0)))

@@ -271,3 +271,39 @@ def test_list_lengths_are_zero_again_after_every_call(mode):
         mask = torch.rand(tokens, 100, generator=g) < 0.4
         check(ffn(x, mask), ref(x, mask))
         assert not ffn._list_state.any(), ffn._list_state
+
+
+# Predicted set at batch 1 with the compaction inside the up kernel (predicted_kernel="lists_inline").
+def _inline_compact_only(monkeypatch):
+    """Make the separate compaction and up kernels unreachable, so a passing test did run compact_up_kernel."""
+    from actsparse.kernels import triton_ffn
+
+    def unreachable(*_a, **_k):
+        raise AssertionError("predicted_kernel='lists_inline' at batch 1 ran the separate compaction / up kernel")
+    monkeypatch.setattr(triton_ffn, "compact_mask", unreachable)
+    monkeypatch.setattr(triton_ffn, "launch_up", unreachable)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("kind", ["mask1d", "mask2d", "index"])
+@pytest.mark.parametrize("activation,threshold", ACTIVATIONS)
+@pytest.mark.parametrize("d,f", [(24, 72), (40, 100)])
+def test_inline_compaction_matches_float64(d, f, activation, threshold, kind, fraction, monkeypatch):
+    _inline_compact_only(monkeypatch)
+    ffn, ref = make_ffn(d, f, activation, threshold, "union", 0.0, seed=f + 7, biases=True)
+    ffn.dispatch = DispatchConfig(predicted_kernel="lists_inline")
+    g = torch.Generator().manual_seed(d)
+    for _ in range(2):   # twice on one SparseFFN: the list lengths must be zero again in between
+        x = torch.randn(1, d, generator=g)
+        active, mask = _active(kind, fraction, 1, f, seed=int(torch.randint(0, 1000, (1,), generator=g)))
+        check(ffn(x, active), ref(x, mask))
+        assert not ffn._list_state.any()
+
+
+def test_inline_compaction_leaves_batches_to_version_1():
+    """Several tokens: "lists_inline" runs Version 1's kernels (the inline kernel is for one token)."""
+    ffn, ref = make_ffn(40, 100, "relu", 0.0, "union", 0.0, seed=3, biases=True)
+    ffn.dispatch = DispatchConfig(predicted_kernel="lists_inline")
+    x = torch.randn(3, 40, generator=torch.Generator().manual_seed(4))
+    mask = torch.rand(3, 100, generator=torch.Generator().manual_seed(5)) < 0.3
+    check(ffn(x, mask), ref(x, mask))
