@@ -10,7 +10,8 @@ per-layer cost (slope of ms/step vs layers) can be extrapolated when fewer layer
 block's small kernels; the CUDA graph then replays fewer, larger kernels.
 Paths: `exact` (no predictor, greedy output must equal dense), then `predicted_lists` / `predicted_fused`: a
 stand-in predictor per layer (bench_predictor.py: rank-358 SVD of the gate, 4% of the FFN's bytes, ~15% of
-neurons predicted) feeding the predicted-set kernels of Version 1 and Version 2 (kernels/NOTES.md).
+neurons predicted) feeding the predicted-set kernels: Version 1, Version 1 with the compaction inline (batch 1),
+and Version 2 (kernels/NOTES.md).
 """
 from __future__ import annotations
 
@@ -129,7 +130,8 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
     swapped = swap_in_sparse_ffns(model, backend="triton")
     with eager(model):  # calibration reads counts back to the host: not inside a compiled graph
         per_layer_active = calibrate(model, sample)
-    paths = [("exact", None)] + [(f"predicted_{k}", k) for k in (("lists", "fused") if predictors else ())]
+    kernels = ("lists", "lists_inline", "fused") if predictors else ()
+    paths = [("exact", None)] + [(f"predicted_{k}", k) for k in kernels]
     cfg = model.config
     records = []
     for path, kernel in paths:

@@ -77,9 +77,10 @@ def test_bench_decode_flow_on_a_tiny_model():
     shape = dict(hidden_size=32, intermediate_size=400, num_attention_heads=4, num_key_value_heads=2,
                  vocab_size=97, max_position_embeddings=64)
     args.predictor_rank = 8
-    exact, lists, fused = bench_decode.run(2, [1], args, device="cpu", shape=shape)
-    assert [r["path"] for r in (exact, lists, fused)] == ["exact", "predicted_lists", "predicted_fused"]
-    for r in (lists, fused):
+    exact, lists, inline, fused = bench_decode.run(2, [1], args, device="cpu", shape=shape)
+    assert [r["path"] for r in (exact, lists, inline, fused)] == ["exact", "predicted_lists", "predicted_lists_inline",
+                                                                  "predicted_fused"]
+    for r in (lists, inline, fused):
         assert 0 < r["predictor_recall"] <= 1 and r["sparse_tok_s"] > 0
     rec = exact
     assert len(rec["per_layer_active"]) == 2
