@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from .configs import COMPACT_UP_CONFIGS, COMPACT_UP_FIXED, tuned
-from .triton_gate import ACT_CODES, gate_act, rows_times_x
+from .triton_gate import ACT_CODES, gate_act, gate_and_up
 
 
 @tuned(COMPACT_UP_CONFIGS, COMPACT_UP_FIXED, key=["d_model", "d_ff"], reset_to_zero=["counts_ptr"])
@@ -39,14 +39,8 @@ def compact_up_kernel(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, mask_ptr, counts_pt
         r_mask = ranks < n_live
         pick = (rank[None, :] == ranks[:, None] + 1) & (live[None, :] > 0)
         rows = tl.sum(tl.where(pick, offs_n[None, :], 0), axis=1)  # the live neuron ids of this group
-        up = rows_times_x(wu_ptr, rows, r_mask, x_ptr, token, one, d_model, IEEE, 1, BLOCK_R, BLOCK_K)
-        g = rows_times_x(wg_ptr, rows, r_mask, x_ptr, token, one, d_model, IEEE, 1, BLOCK_R, BLOCK_K)
-        if HAS_BU:
-            up += tl.load(bu_ptr + rows, mask=r_mask, other=0.0).to(tl.float32)[None, :]
-        if HAS_BG:
-            g += tl.load(bg_ptr + rows, mask=r_mask, other=0.0).to(tl.float32)[None, :]
-        if ACT == 2:  # dReLU: relu on up as well
-            up = tl.maximum(up, 0.0)
+        g, up = gate_and_up(wg_ptr, bg_ptr, wu_ptr, bu_ptr, rows, r_mask, x_ptr, token, one, d_model, ACT, HAS_BG,
+                            HAS_BU, IEEE, 1, BLOCK_R, BLOCK_K)
         tl.store(x1c_ptr + base + ranks[None, :], gate_act(g, threshold, ACT) * up, mask=r_mask[None, :])
 
 

@@ -70,6 +70,23 @@ def rows_times_x(w_ptr, rows, i_mask, x_ptr, tokens, t_mask, d_model, IEEE: tl.c
 
 
 @triton.jit
+def gate_and_up(wg_ptr, bg_ptr, wu_ptr, bu_ptr, rows, r_mask, x_ptr, tokens, t_mask, d_model, ACT: tl.constexpr,
+                HAS_BG: tl.constexpr, HAS_BU: tl.constexpr, IEEE: tl.constexpr, BLOCK_T: tl.constexpr,
+                BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(gate, up) [BLOCK_T, BLOCK_J] fp32 of neurons `rows` (only rows with r_mask are read), biases added,
+    up through relu for dReLU (ACT 2)."""
+    up = rows_times_x(wu_ptr, rows, r_mask, x_ptr, tokens, t_mask, d_model, IEEE, BLOCK_T, BLOCK_J, BLOCK_K)
+    g = rows_times_x(wg_ptr, rows, r_mask, x_ptr, tokens, t_mask, d_model, IEEE, BLOCK_T, BLOCK_J, BLOCK_K)
+    if HAS_BU:
+        up += tl.load(bu_ptr + rows, mask=r_mask, other=0.0).to(tl.float32)[None, :]
+    if HAS_BG:
+        g += tl.load(bg_ptr + rows, mask=r_mask, other=0.0).to(tl.float32)[None, :]
+    if ACT == 2:  # dReLU: relu on up as well
+        up = tl.maximum(up, 0.0)
+    return g, up
+
+
+@triton.jit
 def append_active(active, tokens, offs_n, counts_ptr, idx_ptr, d_ff, PER_TOKEN: tl.constexpr):
     """Append the neurons `offs_n` where `active` ([BLOCK_T, BLOCK_N] bool) to the index lists."""
     if PER_TOKEN:

@@ -22,8 +22,8 @@ import triton.language as tl
 
 from . import configs
 from .configs import PRED_DOWN_CONFIGS, PRED_DOWN_FIXED, PRED_UP_CONFIGS, PRED_UP_FIXED, tuned
-from .triton_gate import ACT_CODES, dot_acc, gate_act, token_block
-from .triton_up_down import reduce_splits, rows_times_x
+from .triton_gate import ACT_CODES, dot_acc, gate_act, gate_and_up, token_block
+from .triton_up_down import reduce_splits
 
 
 @tuned(PRED_UP_CONFIGS, PRED_UP_FIXED, key=["d_model", "d_ff", "BLOCK_T", "HAS_IDX", "MASK_PER_TOKEN"])
@@ -48,14 +48,8 @@ def pred_up_kernel(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, mask_ptr, idx_ptr, x1_
         live = tl.load(mask_ptr + offs, mask=p_mask, other=0) != 0
         rows = offs
     # Only live rows are loaded (the masked loads of the others issue no memory traffic).
-    up = rows_times_x(wu_ptr, rows, live, x_ptr, tokens, t_mask, d_model, IEEE, BLOCK_T, BLOCK_N, BLOCK_K)
-    g = rows_times_x(wg_ptr, rows, live, x_ptr, tokens, t_mask, d_model, IEEE, BLOCK_T, BLOCK_N, BLOCK_K)
-    if HAS_BU:
-        up += tl.load(bu_ptr + rows, mask=live, other=0.0).to(tl.float32)[None, :]
-    if HAS_BG:
-        g += tl.load(bg_ptr + rows, mask=live, other=0.0).to(tl.float32)[None, :]
-    if ACT == 2:  # dReLU: relu on up as well
-        up = tl.maximum(up, 0.0)
+    g, up = gate_and_up(wg_ptr, bg_ptr, wu_ptr, bu_ptr, rows, live, x_ptr, tokens, t_mask, d_model, ACT, HAS_BG,
+                        HAS_BU, IEEE, BLOCK_T, BLOCK_N, BLOCK_K)
     keep_all = live[None, :] & t_mask[:, None]
     if MASK_PER_TOKEN:  # (never set with an index list)
         keep_all = keep_all & keep  # each token keeps only its own predicted neurons
