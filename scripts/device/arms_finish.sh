@@ -35,4 +35,5 @@ wait
 for arm in silu relu prosparse drelu; do cp /root/arms/$arm/metrics.jsonl /root/results/metrics_$arm.jsonl; done
 cp /root/results/board/{leaderboard.md,sparsity_vs_quality.png,training_curves.png} $OUT/ 2>/dev/null
 tar -C /root -czf $OUT/arms_results.tar.gz results    # result JSONs, metrics, every plot (8-file limit)
+rm -f $OUT/metrics_*.jsonl   # in the archive now; they were copied early only in case the call is cut
 ls $OUT
