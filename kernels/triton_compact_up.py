@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from .configs import COMPACT_UP_CONFIGS, COMPACT_UP_FIXED, tuned
-from .triton_gate import ACT_CODES, gate_act, gate_and_up
+from .triton_gate import ACT_CODES, append_union, gate_act, gate_of_rows, up_of_rows
 
 
 @tuned(COMPACT_UP_CONFIGS, COMPACT_UP_FIXED, key=["d_model", "d_ff"], reset_to_zero=["counts_ptr"])
@@ -29,9 +29,7 @@ def compact_up_kernel(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, mask_ptr, counts_pt
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     live = (tl.load(mask_ptr + offs_n, mask=offs_n < d_ff, other=0) != 0).to(tl.int32)
     n_live = tl.sum(live, 0)
-    base = tl.atomic_add(counts_ptr, n_live)
-    rank = tl.cumsum(live, 0)  # 1-based rank of each live neuron within the slice
-    tl.store(idx_ptr + base + rank - 1, offs_n, mask=live > 0)
+    base, rank = append_union(live, offs_n, counts_ptr, idx_ptr)  # rank: 1-based within the slice
     token = tl.arange(0, 1)
     one = token < 1
     for r0 in range(0, n_live, BLOCK_R):
@@ -39,8 +37,9 @@ def compact_up_kernel(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, mask_ptr, counts_pt
         r_mask = ranks < n_live
         pick = (rank[None, :] == ranks[:, None] + 1) & (live[None, :] > 0)
         rows = tl.sum(tl.where(pick, offs_n[None, :], 0), axis=1)  # the live neuron ids of this group
-        g, up = gate_and_up(wg_ptr, bg_ptr, wu_ptr, bu_ptr, rows, r_mask, x_ptr, token, one, d_model, ACT, HAS_BG,
-                            HAS_BU, IEEE, 1, BLOCK_R, BLOCK_K)
+        up = up_of_rows(wu_ptr, bu_ptr, rows, r_mask, x_ptr, token, one, d_model, ACT, HAS_BU, IEEE, 1, BLOCK_R,
+                        BLOCK_K)
+        g = gate_of_rows(wg_ptr, bg_ptr, rows, r_mask, x_ptr, token, one, d_model, HAS_BG, IEEE, 1, BLOCK_R, BLOCK_K)
         tl.store(x1c_ptr + base + ranks[None, :], gate_act(g, threshold, ACT) * up, mask=r_mask[None, :])
 
 

@@ -70,20 +70,36 @@ def rows_times_x(w_ptr, rows, i_mask, x_ptr, tokens, t_mask, d_model, IEEE: tl.c
 
 
 @triton.jit
-def gate_and_up(wg_ptr, bg_ptr, wu_ptr, bu_ptr, rows, r_mask, x_ptr, tokens, t_mask, d_model, ACT: tl.constexpr,
-                HAS_BG: tl.constexpr, HAS_BU: tl.constexpr, IEEE: tl.constexpr, BLOCK_T: tl.constexpr,
-                BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
-    """(gate, up) [BLOCK_T, BLOCK_J] fp32 of neurons `rows` (only rows with r_mask are read), biases added,
-    up through relu for dReLU (ACT 2)."""
-    up = rows_times_x(wu_ptr, rows, r_mask, x_ptr, tokens, t_mask, d_model, IEEE, BLOCK_T, BLOCK_J, BLOCK_K)
+def gate_of_rows(wg_ptr, bg_ptr, rows, r_mask, x_ptr, tokens, t_mask, d_model, HAS_BG: tl.constexpr,
+                 IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Gate pre-activation [BLOCK_T, BLOCK_J] fp32 of neurons `rows` (only rows with r_mask are read), bias added."""
     g = rows_times_x(wg_ptr, rows, r_mask, x_ptr, tokens, t_mask, d_model, IEEE, BLOCK_T, BLOCK_J, BLOCK_K)
-    if HAS_BU:
-        up += tl.load(bu_ptr + rows, mask=r_mask, other=0.0).to(tl.float32)[None, :]
     if HAS_BG:
         g += tl.load(bg_ptr + rows, mask=r_mask, other=0.0).to(tl.float32)[None, :]
+    return g
+
+
+@triton.jit
+def up_of_rows(wu_ptr, bu_ptr, rows, r_mask, x_ptr, tokens, t_mask, d_model, ACT: tl.constexpr,
+               HAS_BU: tl.constexpr, IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_J: tl.constexpr,
+               BLOCK_K: tl.constexpr):
+    """Up projection [BLOCK_T, BLOCK_J] fp32 of neurons `rows`, bias added, through relu for dReLU (ACT 2)."""
+    up = rows_times_x(wu_ptr, rows, r_mask, x_ptr, tokens, t_mask, d_model, IEEE, BLOCK_T, BLOCK_J, BLOCK_K)
+    if HAS_BU:
+        up += tl.load(bu_ptr + rows, mask=r_mask, other=0.0).to(tl.float32)[None, :]
     if ACT == 2:  # dReLU: relu on up as well
         up = tl.maximum(up, 0.0)
-    return g, up
+    return up
+
+
+@triton.jit
+def append_union(flags, offs_n, counts_ptr, idx_ptr):
+    """Append the neurons `offs_n` where `flags` ([BLOCK_N] int32, 0/1) is set to the one union list: one atomic
+    reserves their positions. Returns (base, rank): the i-th flagged neuron sits at base + i - 1 (rank = i)."""
+    base = tl.atomic_add(counts_ptr, tl.sum(flags, 0))
+    rank = tl.cumsum(flags, 0)
+    tl.store(idx_ptr + base + rank - 1, offs_n, mask=flags > 0)
+    return base, rank
 
 
 @triton.jit
@@ -95,10 +111,7 @@ def append_active(active, tokens, offs_n, counts_ptr, idx_ptr, d_ff, PER_TOKEN: 
         pos = base[:, None] + tl.cumsum(flags, 1) - 1
         tl.store(idx_ptr + tokens[:, None] * d_ff + pos, offs_n[None, :] + 0 * pos, mask=active)
     else:
-        flags = tl.max(active.to(tl.int32), 0)
-        base = tl.atomic_add(counts_ptr, tl.sum(flags, 0))
-        pos = base + tl.cumsum(flags, 0) - 1
-        tl.store(idx_ptr + pos, offs_n, mask=flags > 0)
+        append_union(tl.max(active.to(tl.int32), 0), offs_n, counts_ptr, idx_ptr)
 
 
 @tuned(GATE_CONFIGS, GATE_FIXED, key=["d_model", "d_ff", "BLOCK_T", "PER_TOKEN", "FUSE_UP"],
@@ -114,25 +127,17 @@ def gate_kernel(x_ptr, wg_ptr, bg_ptr, gact_ptr, counts_ptr, idx_ptr, wu_ptr, bu
     tokens = tl.arange(0, BLOCK_T)
     t_mask = tokens < n_tokens
     # Batch 1: elementwise products and one reduction (no tensor cores needed); else tl.dot.
-    g = rows_times_x(wg_ptr, offs_n, n_mask, x_ptr, tokens, t_mask, d_model, IEEE, BLOCK_T, BLOCK_N, BLOCK_K)
-    if HAS_BIAS:
-        g += tl.load(bg_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    g = gate_of_rows(wg_ptr, bg_ptr, offs_n, n_mask, x_ptr, tokens, t_mask, d_model, HAS_BIAS, IEEE, BLOCK_T,
+                     BLOCK_N, BLOCK_K)
     a = gate_act(g, threshold, ACT)
     valid = t_mask[:, None] & n_mask[None, :]
     if FUSE_UP:  # union list; x1 of the listed neurons written compactly, as up_kernel would
         live = tl.max((valid & (a != 0.0)).to(tl.int32), 0)
-        n_live = tl.sum(live, 0)
-        base = tl.atomic_add(counts_ptr, n_live)
-        pos = base + tl.cumsum(live, 0) - 1
-        tl.store(idx_ptr + pos, offs_n, mask=live > 0)
-        if n_live > 0:  # most programs at high sparsity: no up bytes, no up loop
-            up = rows_times_x(wu_ptr, offs_n, live > 0, x_ptr, tokens, t_mask, d_model, IEEE, BLOCK_T, BLOCK_N,
-                              BLOCK_K)
-            if HAS_BU:
-                up += tl.load(bu_ptr + offs_n, mask=live > 0, other=0.0).to(tl.float32)[None, :]
-            if ACT == 2:  # dReLU: relu on up as well
-                up = tl.maximum(up, 0.0)
-            tl.store(x1c_ptr + tokens[:, None] * d_ff + pos[None, :], a * up,
+        base, rank = append_union(live, offs_n, counts_ptr, idx_ptr)
+        if tl.sum(live, 0) > 0:  # most programs at high sparsity: no up bytes, no up loop
+            up = up_of_rows(wu_ptr, bu_ptr, offs_n, live > 0, x_ptr, tokens, t_mask, d_model, ACT, HAS_BU, IEEE,
+                            BLOCK_T, BLOCK_N, BLOCK_K)
+            tl.store(x1c_ptr + tokens[:, None] * d_ff + (base + rank - 1)[None, :], a * up,
                      mask=t_mask[:, None] & (live > 0)[None, :])
     else:
         tl.store(gact_ptr + tokens[:, None] * d_ff + offs_n[None, :], a, mask=valid)

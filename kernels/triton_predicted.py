@@ -22,8 +22,8 @@ import triton.language as tl
 
 from . import configs
 from .configs import PRED_DOWN_CONFIGS, PRED_DOWN_FIXED, PRED_UP_CONFIGS, PRED_UP_FIXED, tuned
-from .triton_gate import ACT_CODES, dot_acc, gate_act, gate_and_up, token_block
-from .triton_up_down import reduce_splits
+from .triton_gate import ACT_CODES, gate_act, gate_of_rows, token_block, up_of_rows
+from .triton_up_down import down_acc_add, down_acc_init, down_acc_result, reduce_splits
 
 
 @tuned(PRED_UP_CONFIGS, PRED_UP_FIXED, key=["d_model", "d_ff", "BLOCK_T", "HAS_IDX", "MASK_PER_TOKEN"])
@@ -48,8 +48,10 @@ def pred_up_kernel(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, mask_ptr, idx_ptr, x1_
         live = tl.load(mask_ptr + offs, mask=p_mask, other=0) != 0
         rows = offs
     # Only live rows are loaded (the masked loads of the others issue no memory traffic).
-    g, up = gate_and_up(wg_ptr, bg_ptr, wu_ptr, bu_ptr, rows, live, x_ptr, tokens, t_mask, d_model, ACT, HAS_BG,
-                        HAS_BU, IEEE, BLOCK_T, BLOCK_N, BLOCK_K)
+    up = up_of_rows(wu_ptr, bu_ptr, rows, live, x_ptr, tokens, t_mask, d_model, ACT, HAS_BU, IEEE, BLOCK_T,
+                    BLOCK_N, BLOCK_K)
+    g = gate_of_rows(wg_ptr, bg_ptr, rows, live, x_ptr, tokens, t_mask, d_model, HAS_BG, IEEE, BLOCK_T, BLOCK_N,
+                     BLOCK_K)
     keep_all = live[None, :] & t_mask[:, None]
     if MASK_PER_TOKEN:  # (never set with an index list)
         keep_all = keep_all & keep  # each token keeps only its own predicted neurons
@@ -71,10 +73,7 @@ def pred_down_kernel(x1_ptr, wdt_ptr, bd_ptr, idx_ptr, partial_ptr, tickets_ptr,
     t_mask = tokens < n_tokens
     per_split = tl.cdiv(n_pos, SPLITS)
     pos_end = tl.minimum(split * per_split + per_split, n_pos)
-    if BLOCK_T == 1:
-        acc1 = tl.zeros([BLOCK_J, BLOCK_D], dtype=tl.float32)
-    else:
-        acc = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
+    acc = down_acc_init(BLOCK_T, BLOCK_J, BLOCK_D)
     for p0 in range(split * per_split, pos_end, BLOCK_J):
         offs_p = p0 + tl.arange(0, BLOCK_J)
         in_range = offs_p < pos_end
@@ -85,17 +84,8 @@ def pred_down_kernel(x1_ptr, wdt_ptr, bd_ptr, idx_ptr, partial_ptr, tickets_ptr,
             rows = tl.load(idx_ptr + offs_p, mask=live, other=0)
         else:
             rows = offs_p
-        w = tl.load(wdt_ptr + rows.to(tl.int64)[:, None] * d_model + offs_d[None, :],
-                    mask=live[:, None] & d_mask[None, :], other=0.0)
-        if BLOCK_T == 1:
-            acc1 += tl.sum(x1, 0)[:, None] * w.to(tl.float32)
-        else:
-            acc = dot_acc(acc, x1.to(w.dtype), w, IEEE)
-    if BLOCK_T == 1:
-        res = tl.sum(acc1, 0)[None, :]
-    else:
-        res = acc
-    reduce_splits(res, split, tokens, offs_d, t_mask[:, None] & d_mask[None, :], d_mask, n_tokens, d_model,
+        acc = down_acc_add(acc, x1, wdt_ptr, rows, live, offs_d, d_mask, d_model, IEEE, BLOCK_T)
+    reduce_splits(down_acc_result(acc, BLOCK_T), split, tokens, offs_d, t_mask[:, None] & d_mask[None, :], d_mask, n_tokens, d_model,
                   partial_ptr, out_ptr, bd_ptr, tickets_ptr + col_blk, HAS_BIAS, FENCE, BLOCK_T, BLOCK_D, SPLITS)
 
 

@@ -18,7 +18,7 @@ import triton.language as tl
 
 from . import configs
 from .configs import DOWN_CONFIGS, DOWN_FIXED, UP_CONFIGS, UP_FIXED, tuned
-from .triton_gate import ACT_CODES, dot_acc, gate_act, rows_times_x, token_block
+from .triton_gate import ACT_CODES, dot_acc, gate_act, gate_of_rows, up_of_rows, token_block
 
 
 @tuned(UP_CONFIGS, UP_FIXED, key=["d_model", "d_ff", "BLOCK_T", "FUSE_GATE", "PER_TOKEN"])
@@ -40,16 +40,12 @@ def up_kernel(x_ptr, wu_ptr, bu_ptr, wg_ptr, bg_ptr, gact_ptr, mask_ptr, counts_
         offs_i = blk * BLOCK_J + tl.arange(0, BLOCK_J)
         i_mask = offs_i < n_listed
         rows = tl.load(idx_ptr + lst * d_ff + offs_i, mask=i_mask, other=0)
-        up = rows_times_x(wu_ptr, rows, i_mask, x_ptr, tokens, t_mask, d_model, IEEE, BLOCK_T, BLOCK_J, BLOCK_K)
-        if HAS_BU:
-            up += tl.load(bu_ptr + rows, mask=i_mask, other=0.0).to(tl.float32)[None, :]
-        if ACT == 2:  # dReLU: relu on up as well
-            up = tl.maximum(up, 0.0)
+        up = up_of_rows(wu_ptr, bu_ptr, rows, i_mask, x_ptr, tokens, t_mask, d_model, ACT, HAS_BU, IEEE, BLOCK_T,
+                        BLOCK_J, BLOCK_K)
         valid = t_mask[:, None] & i_mask[None, :]
         if FUSE_GATE:
-            g = rows_times_x(wg_ptr, rows, i_mask, x_ptr, tokens, t_mask, d_model, IEEE, BLOCK_T, BLOCK_J, BLOCK_K)
-            if HAS_BG:
-                g += tl.load(bg_ptr + rows, mask=i_mask, other=0.0).to(tl.float32)[None, :]
+            g = gate_of_rows(wg_ptr, bg_ptr, rows, i_mask, x_ptr, tokens, t_mask, d_model, HAS_BG, IEEE, BLOCK_T,
+                             BLOCK_J, BLOCK_K)
             a = gate_act(g, threshold, ACT)
             if MASK_PER_TOKEN:
                 # Union of per-token predictions: each token keeps only its own predicted neurons.
@@ -58,6 +54,39 @@ def up_kernel(x_ptr, wu_ptr, bu_ptr, wg_ptr, bg_ptr, gact_ptr, mask_ptr, counts_
         else:
             a = tl.load(gact_ptr + tokens[:, None] * d_ff + rows[None, :], mask=valid, other=0.0)
         tl.store(x1c_ptr + tokens[:, None] * d_ff + offs_i[None, :], a * up, mask=valid)
+
+
+@triton.jit
+def down_acc_init(BLOCK_T: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The down kernels' fp32 accumulator: [BLOCK_J, BLOCK_D] products summed at the end at batch 1 (no tensor
+    cores), [BLOCK_T, BLOCK_D] through tl.dot otherwise."""
+    if BLOCK_T == 1:
+        acc = tl.zeros([BLOCK_J, BLOCK_D], dtype=tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
+    return acc
+
+
+@triton.jit
+def down_acc_add(acc, x1, wdt_ptr, rows, live, offs_d, d_mask, d_model, IEEE: tl.constexpr, BLOCK_T: tl.constexpr):
+    """acc + x1 [BLOCK_T, BLOCK_J] times the W_down^T row segments of `rows` (only `live` rows are read)."""
+    w = tl.load(wdt_ptr + rows.to(tl.int64)[:, None] * d_model + offs_d[None, :],
+                mask=live[:, None] & d_mask[None, :], other=0.0)
+    if BLOCK_T == 1:
+        acc += tl.sum(x1, 0)[:, None] * w.to(tl.float32)
+    else:
+        acc = dot_acc(acc, x1.to(w.dtype), w, IEEE)
+    return acc
+
+
+@triton.jit
+def down_acc_result(acc, BLOCK_T: tl.constexpr):
+    """[BLOCK_T, BLOCK_D] fp32 from `down_acc_init`'s accumulator."""
+    if BLOCK_T == 1:
+        res = tl.sum(acc, 0)[None, :]
+    else:
+        res = acc
+    return res
 
 
 @tuned(DOWN_CONFIGS, DOWN_FIXED, key=["d_model", "d_ff", "BLOCK_T", "PER_TOKEN"], restore_value=["counts_ptr"])
@@ -80,10 +109,7 @@ def down_kernel(x1c_ptr, wdt_ptr, bd_ptr, counts_ptr, idx_ptr, partial_ptr, tick
     per_split = tl.cdiv(n_blocks, SPLITS)
     blk_end = tl.minimum(split * per_split + per_split, n_blocks)
     n_listed = tl.load(counts_ptr + lst)
-    if BLOCK_T == 1:
-        acc1 = tl.zeros([BLOCK_J, BLOCK_D], dtype=tl.float32)
-    else:
-        acc = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
+    acc = down_acc_init(BLOCK_T, BLOCK_J, BLOCK_D)
     for blk in range(split * per_split, blk_end):
         offs_i = blk * BLOCK_J + tl.arange(0, BLOCK_J)
         i_mask = offs_i < n_listed
@@ -91,16 +117,8 @@ def down_kernel(x1c_ptr, wdt_ptr, bd_ptr, counts_ptr, idx_ptr, partial_ptr, tick
         x1 = tl.load(x1c_ptr + tokens[:, None] * d_ff + offs_i[None, :],
                      mask=t_mask[:, None] & i_mask[None, :], other=0.0)
         live = i_mask & (tl.max(tl.abs(x1), 0) != 0.0)  # rows with x1 == 0 for every token are not read
-        w = tl.load(wdt_ptr + rows.to(tl.int64)[:, None] * d_model + offs_d[None, :],
-                    mask=live[:, None] & d_mask[None, :], other=0.0)
-        if BLOCK_T == 1:
-            acc1 += tl.sum(x1, 0)[:, None] * w.to(tl.float32)
-        else:
-            acc = dot_acc(acc, x1.to(w.dtype), w, IEEE)
-    if BLOCK_T == 1:
-        res = tl.sum(acc1, 0)[None, :]
-    else:
-        res = acc
+        acc = down_acc_add(acc, x1, wdt_ptr, rows, live, offs_d, d_mask, d_model, IEEE, BLOCK_T)
+    res = down_acc_result(acc, BLOCK_T)
     out_mask = t_mask[:, None] & d_mask[None, :]
     if SPLITS == 1:
         if HAS_BIAS:
