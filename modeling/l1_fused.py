@@ -59,12 +59,6 @@ def _use_triton(x1: torch.Tensor, backend: str | None) -> bool:
     return True
 
 
-def abs_sum_and_zero_count(x1: torch.Tensor, count_zeros: bool = True, backend: str | None = None):
-    """(sum |x1| as an fp32 scalar (fp64 for fp64 x1), number of exact zeros as an int64 scalar or None).
-    No autograd; `l1_with_zero_count` is the differentiable form."""
-    return _abs_sum_and_zero_count(x1, count_zeros, _use_triton(x1, backend))
-
-
 def zero_count(x1: torch.Tensor, backend: str | None = None) -> torch.Tensor:
     """Number of exact zeros in x1 (int64 scalar, on x1's device; no host synchronization)."""
     if _use_triton(x1, backend):
@@ -100,6 +94,8 @@ class L1WithZeroCount(torch.autograd.Function):
 
 
 def _abs_sum_and_zero_count(x1: torch.Tensor, count_zeros: bool, use_triton: bool):
+    """(sum |x1| as an fp32 scalar (fp64 for fp64 x1), number of exact zeros as an int64 scalar or None); no
+    autograd (`L1WithZeroCount` is the differentiable form)."""
     if not use_triton:
         acc_dtype = torch.float64 if x1.dtype == torch.float64 else torch.float32
         abs_sum = torch.linalg.vector_norm(x1.detach(), 1, dtype=acc_dtype)
