@@ -94,21 +94,27 @@ def _check(name, call, ws, x, mask) -> float:
     return float((out - ref).norm() / ref.norm())
 
 
-def bench_case(shape, d, f, batch, sparsity, sets, dtype, reps, bandwidth_gbs, gen, timer=None,
-               device="cuda") -> list[dict]:
-    """Records of every method for one (shape, batch, sparsity); `timer(calls, reps) -> {us, us_p10, us_p90}`."""
-    if timer is None:
-        from .bench_timing import time_calls_us as timer
+def case_calls(sets, d, f, batch, sparsity, dtype, device, gen):
+    """One case's inputs and calls: gate biases for `sparsity` (heavy-tailed per-neuron probabilities), an input
+    per weight set, its true active mask, and every method's calls. Returns (xs, masks, methods, dispatched path)."""
     probs = neuron_probabilities(f, sparsity, torch.Generator().manual_seed(int(sparsity * 1000)))
     for ws in sets:
         set_gate_bias(ws, probs)
     xs = [make_inputs(batch, d, dtype, device, gen) for _ in sets]
     masks = [true_active(ws, x) for ws, x in zip(sets, xs)]
+    return (xs, masks, *_methods(sets, xs, masks, batch, make_inputs(512, d, dtype, device, gen)))
+
+
+def bench_case(shape, d, f, batch, sparsity, sets, dtype, reps, bandwidth_gbs, gen, timer=None,
+               device="cuda") -> list[dict]:
+    """Records of every method for one (shape, batch, sparsity); `timer(calls, reps) -> {us, us_p10, us_p90}`."""
+    if timer is None:
+        from .bench_timing import time_calls_us as timer
+    xs, masks, methods, dispatched_path = case_calls(sets, d, f, batch, sparsity, dtype, device, gen)
     per_token = float(torch.stack([m.float().mean() for m in masks]).mean())
     union = float(torch.stack([m.any(0).float().mean() for m in masks]).mean())
     elt = torch.tensor([], dtype=dtype).element_size()
     dense_bytes = 3 * d * f * elt
-    methods, dispatched_path = _methods(sets, xs, masks, batch, make_inputs(512, d, dtype, device, gen))
     records, dense_us = [], None
     for name, calls in methods.items():
         rec = dict(shape=shape, d_model=d, d_ff=f, batch=batch, sparsity=sparsity, method=name,

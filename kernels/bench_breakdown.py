@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from .bench import DTYPES, _methods
-from .bench_data import SHAPES, make_inputs, make_weight_sets, neuron_probabilities, set_gate_bias, true_active
+from .bench import DTYPES, case_calls
+from .bench_data import SHAPES, make_weight_sets
 
 METHODS = ("dense", "ours_union", "ours_union_gate_up", "ours_predicted_union", "ours_predicted_inline",
            "ours_predicted_fused")
@@ -54,10 +54,11 @@ def chosen_configs() -> dict[str, str]:
         if getattr(k, "best_config", None) is None:
             continue
         out[name] = str(k.best_config)
-        timings = getattr(k, "configs_timings", None) or {}
-        ranked = sorted(timings.items(), key=lambda kv: kv[1][0] if isinstance(kv[1], (list, tuple)) else kv[1])
-        out[name] += "".join(f"\n        {1e3 * (t[0] if isinstance(t, (list, tuple)) else t):8.1f} us  {c}"
-                             for c, t in ranked)
+        # do_bench's result per config: median ms, or (median, p20, p80) with quantiles
+        median_ms = {c: t[0] if isinstance(t, (list, tuple)) else t
+                     for c, t in (getattr(k, "configs_timings", None) or {}).items()}
+        out[name] += "".join(f"\n        {1e3 * ms:8.1f} us  {c}" for c, ms in sorted(median_ms.items(),
+                                                                                       key=lambda kv: kv[1]))
     return out
 
 
@@ -78,12 +79,7 @@ def main(argv=None) -> int:
     dtype = DTYPES[args.dtype]
     gen = torch.Generator(device="cuda").manual_seed(0)
     sets = make_weight_sets(d, f, dtype, "cuda", 120 << 20)
-    probs = neuron_probabilities(f, args.sparsity, torch.Generator().manual_seed(int(args.sparsity * 1000)))
-    for ws in sets:
-        set_gate_bias(ws, probs)
-    xs = [make_inputs(args.batch, d, dtype, "cuda", gen) for _ in sets]
-    masks = [true_active(ws, x) for ws, x in zip(sets, xs)]
-    methods, _ = _methods(sets, xs, masks, args.batch, make_inputs(512, d, dtype, "cuda", gen))
+    _, _, methods, _ = case_calls(sets, d, f, args.batch, args.sparsity, dtype, "cuda", gen)
     result = dict(shape=args.shape, batch=args.batch, sparsity=args.sparsity, dtype=args.dtype,
                   device=torch.cuda.get_device_name(), methods={})
     for name in args.methods.split(","):
