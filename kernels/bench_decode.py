@@ -8,7 +8,7 @@ captured in a CUDA graph, so launch overhead is removed alike. Several layer cou
 per-layer cost (slope of ms/step vs layers) can be extrapolated when fewer layers than 32 are used.
 `--compile` compiles the model for dense and sparse alike (compiled_decoding.py), which fuses the attention
 block's small kernels; the CUDA graph then replays fewer, larger kernels.
-Paths: `exact` (no predictor, greedy output must equal dense), then `predicted_lists` / `predicted_fused`: a
+Paths: `exact` (no predictor, greedy output must equal dense), then `predicted_<kernel>`: a
 stand-in predictor per layer (bench_predictor.py: rank-358 SVD of the gate, 4% of the FFN's bytes, ~15% of
 neurons predicted) feeding the predicted-set kernels: Version 1, Version 1 with the compaction inline (batch 1),
 and Version 2 (kernels/NOTES.md).
@@ -112,8 +112,8 @@ def build_predictors(model, rank: int, predicted_active: float, sample_ids: torc
 
 
 def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> list[dict]:
-    """Dense, then the exact sparse path, then (predictor_rank > 0) the predictor path with the predicted-set
-    kernels of Version 1 ("lists") and Version 2 ("fused"): one record per (path, batch)."""
+    """Dense, then the exact sparse path, then (predictor_rank > 0) the predictor path with each predicted-set
+    kernel ("lists", "lists_inline", "fused"): one record per (path, batch)."""
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     model = build_model(n_layers, dtype, device, shape)
     vocab = model.config.vocab_size
