@@ -9,8 +9,7 @@ MODEL=()
 if ! H=$(smollm2_hf_folder); then
   echo "SmolLM2 GGUF not assembled (fresh machine?): SmolLM2-shaped random model instead" | tee -a "$OUT/device.txt"
   H=$R/.carry/tok
-  MODEL=(model.gguf_package=null model.gguf_file=null model.tokenizer=$H
-    "model.tiny={hidden_size: 576, intermediate_size: 1536, num_hidden_layers: 30, num_attention_heads: 9, num_key_value_heads: 3, max_position_embeddings: 8192, tie_word_embeddings: true}")
+  MODEL=("${SMOLLM2_SHAPED_RANDOM[@]}" model.tokenizer=$H)
 fi
 # Tokenized here, with this machine's tokenizer (a corpus tokenized elsewhere was once rejected as another's).
 (cd /tmp && python3 -m actsparse.launch.cli prepare-data --tokenizer "$H" --out /root/corpus 2>&1 | tail -1)

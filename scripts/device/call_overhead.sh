@@ -5,13 +5,13 @@
 #   carry: .carry/whl_train .carry/tok          env: STAGE (ZeRO stage, default 2), STEPS (default 120), RUN_S (per run, 150)
 set -uo pipefail
 source scripts/device/env.sh
+source scripts/device/smollm2.sh
 R=$PWD; STAGE=${STAGE:-2}; STEPS=${STEPS:-120}
 (cd /tmp && python3 -m actsparse.launch.cli prepare-data --tokenizer $R/.carry/tok --out /root/corpus 2>&1 | tail -1)
 A=(smollm2_135m_prosparse --nproc-per-node 1 train.steps=$STEPS train.log_every=10 train.eval_every=0
    train.checkpoint_every=0 train.export_at_end=false train.zero_stage=$STAGE train.eval_batches=0
    "l1.stages=[[0, 10], [0.05, $STEPS]]" "data.sources=[{path: /root/corpus/corpus.tokens.npz}]"
-   model.gguf_package=null model.gguf_file=null model.tokenizer=$R/.carry/tok
-   "model.tiny={hidden_size: 576, intermediate_size: 1536, num_hidden_layers: 30, num_attention_heads: 9, num_key_value_heads: 3, max_position_embeddings: 8192, tie_word_embeddings: true}")
+   "${SMOLLM2_SHAPED_RANDOM[@]}" model.tokenizer=$R/.carry/tok)
 OFF=(l1.schedule=none train.sparsity_stats=false)
 cd /root
 for run in on1 off1 on2 off2; do

