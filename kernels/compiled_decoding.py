@@ -12,13 +12,15 @@ compiled the same way, so the comparison stays like for like. Outside compiled r
 import contextlib
 import itertools
 import logging
+import weakref
 from typing import Optional
 
 import torch
 
 log = logging.getLogger(__name__)
 
-_FFNS: dict = {}
+# Weak: a model's FFNs (and their weight copies) are freed with the model, not kept alive by this lookup.
+_FFNS: "weakref.WeakValueDictionary[int, object]" = weakref.WeakValueDictionary()
 _keys = itertools.count()
 
 
