@@ -8,6 +8,9 @@ captured in a CUDA graph, so launch overhead is removed alike. Several layer cou
 per-layer cost (slope of ms/step vs layers) can be extrapolated when fewer layers than 32 are used.
 `--compile` compiles the model for dense and sparse alike (compiled_decoding.py), which fuses the attention
 block's small kernels; the CUDA graph then replays fewer, larger kernels.
+`--model FOLDER` runs the same comparison on a trained ReLU / FATReLU checkpoint instead (e.g. an exported
+arm of issue 7): its own layers and sparsity, random prompt tokens; there the greedy sequences of dense and
+sparse must match, since a trained model's top-2 logits are rarely within rounding of each other.
 Paths: `exact` (no predictor, greedy output must equal dense), then `predicted_<kernel>`: a
 stand-in predictor per layer (bench_predictor.py: rank-358 SVD of the gate, 4% of the FFN's bytes, ~15% of
 neurons predicted) feeding the predicted-set kernels: Version 1, Version 1 with the compaction inline (batch 1),
@@ -28,7 +31,7 @@ from actsparse.kernels.compiled_decoding import compile_model, eager
 from actsparse.kernels.dispatch import DispatchConfig
 from actsparse.kernels.sparse_decoding import (calibrate, greedy_decode, logit_agreement, swap_in_sparse_ffns,
                                               teacher_forced_logits)
-from actsparse.modeling import sparse_mlps, sparsify
+from actsparse.modeling import load_pretrained, sparse_mlps, sparsify
 
 
 def parse_args(argv):
@@ -48,6 +51,8 @@ def parse_args(argv):
                    help="rank of the stand-in predictor (bench_predictor.py); 358 = 4%% of a 7B FFN's bytes; 0: none")
     p.add_argument("--predicted-active", type=float, default=0.15,
                    help="fraction of neurons the predictor selects (PAPERS.md (h): ~15%% incl. a safety margin)")
+    p.add_argument("--model", help="a trained ReLU/FATReLU checkpoint (HF folder) instead of the random 7B-shaped "
+                   "model; --layers and --sparsity are then the model's own")
     p.add_argument("--out", default="runs/bench-decode/bench_decode.json")
     return p.parse_args(argv)
 
@@ -68,6 +73,11 @@ def build_model(n_layers: int, dtype: torch.dtype, device="cuda", shape: dict | 
         mlp.up_proj.bias = None
         mlp.down_proj.bias = None
     return model
+
+
+def load_trained(folder: str, dtype: torch.dtype, device: str):
+    """A trained checkpoint through `load_pretrained` (swap_in_sparse_ffns rejects one without exact zeros)."""
+    return load_pretrained(folder, dtype=dtype).to(device).eval()
 
 
 @torch.no_grad()
@@ -115,11 +125,16 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
     """Dense, then the exact sparse path, then (predictor_rank > 0) the predictor path with each predicted-set
     kernel ("lists", "lists_inline", "fused"): one record per (path, batch)."""
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
-    model = build_model(n_layers, dtype, device, shape)
+    if args.model:
+        model = load_trained(args.model, dtype, device)
+        n_layers = model.config.num_hidden_layers
+    else:
+        model = build_model(n_layers, dtype, device, shape)
     vocab = model.config.vocab_size
     gen = torch.Generator(device=device).manual_seed(1)
     sample = torch.randint(0, vocab, (4, 64), device=device, generator=gen)
-    set_gate_biases(model, args.sparsity, sample)
+    if not args.model:
+        set_gate_biases(model, args.sparsity, sample)
     predictors, recalls = ([], []) if args.predictor_rank <= 0 else build_predictors(
         model, args.predictor_rank, args.predicted_active, sample)
     prompts = {b: torch.randint(0, vocab, (b, args.prompt_len), device=device, generator=gen) for b in batches}
@@ -189,7 +204,8 @@ def main(argv=None) -> int:
         print("bench_decode needs a CUDA GPU (none found)", file=sys.stderr)
         return 2
     batches = [int(b) for b in args.batches.split(",")]
-    records = [r for n in map(int, args.layers.split(",")) for r in run(n, batches, args)]
+    layer_counts = [0] if args.model else map(int, args.layers.split(","))
+    records = [r for n in layer_counts for r in run(n, batches, args)]
     result = dict(device=torch.cuda.get_device_name(), records=records, per_layer=per_layer_slopes(records),
                   command="python -m actsparse.kernels.bench_decode " + " ".join(argv or sys.argv[1:]))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

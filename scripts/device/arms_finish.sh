@@ -5,7 +5,8 @@
 # plots. Brings back results, not weights.
 # The five evals run side by side (each ~31 s on an H100 for a 135M model, most of it model load and CETT
 # passes); the metrics files go to $OUT first, so a call cut short still brings back the training curves.
-#   carry: .carry/whl_eval          env: EVAL_S (per eval, default 150)
+# Then the greedy exactness check of the sparse decoding kernels on the trained ProSparse and FATReLU models.
+#   carry: .carry/whl_eval          env: EVAL_S (per eval, default 150), DECODE_S (per decode check, default 60)
 set -uo pipefail
 source scripts/device/env.sh
 pkill -USR1 -f "actsparse.launch.cli train" && sleep 20
@@ -30,6 +31,11 @@ YAML
      > /root/eval_$arm.log 2>&1 || echo "eval $arm failed (rc $?): $(tail -2 /root/eval_$arm.log)") &
 done
 wait
+# Issue 8's exactness check on trained ReLU checkpoints: dense vs the exact sparse kernels, greedy, CUDA graph.
+for arm in prosparse fatrelu; do model=/root/arms/prosparse/export; [ $arm = fatrelu ] && model=/root/arms/fatrelu_export
+  (cd /tmp && timeout ${DECODE_S:-60} python3 -m actsparse.kernels.bench_decode --model $model --batches 1,8 --dtype bf16 \
+     --predictor-rank 0 --out /root/results/decode_$arm.json 2>&1 | grep -a "identical")
+done
 (cd /tmp && python3 -m actsparse.launch.cli leaderboard /root/results/*.json --out /root/results/board \
    --runs /root/arms/{silu,relu,prosparse,drelu}/metrics.jsonl) | tail -20
 for arm in silu relu prosparse drelu; do cp /root/arms/$arm/metrics.jsonl /root/results/metrics_$arm.jsonl; done

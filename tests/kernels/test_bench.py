@@ -89,6 +89,29 @@ def test_bench_decode_flow_on_a_tiny_model():
     assert rec["teacher_forced"]["argmax_agreement"] == 1.0 and rec["teacher_forced"]["max_abs_diff"] < 1e-3
 
 
+@pytest.mark.skipif(not configs.INTERPRET, reason="needs TRITON_INTERPRET=1 (set by conftest.py)")
+def test_bench_decode_on_a_trained_checkpoint_folder(tmp_path):
+    """--model: an exported FATReLU checkpoint is loaded as saved (its threshold too), and not re-biased."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from actsparse.kernels import bench_decode
+    from actsparse.modeling import export_hf, sparse_mlps, sparsify
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=96, num_attention_heads=4,
+                                         num_key_value_heads=2, num_hidden_layers=3, vocab_size=97,
+                                         max_position_embeddings=64))
+    sparsify(model, "fatrelu", 0.01)
+    export_hf(model, tmp_path / "ckpt")
+    args = bench_decode.parse_args(["--model", str(tmp_path / "ckpt"), "--prompt-len", "4", "--new-tokens", "3",
+                                    "--no-cuda-graph", "--predictor-rank", "0", "--layers", "8"])
+    args.dtype = "fp32"
+    (rec,) = bench_decode.run(0, [1], args, device="cpu")
+    assert rec["layers"] == 3 and len(rec["per_layer_active"]) == 3
+    loaded = bench_decode.load_trained(str(tmp_path / "ckpt"), torch.float32, "cpu")
+    assert [m.threshold for m in sparse_mlps(loaded)] == [0.01] * 3
+    assert all(m.gate_proj.bias is None for m in sparse_mlps(loaded))
+    assert rec["greedy_sequences_identical"] == 1.0 and rec["teacher_forced"]["argmax_agreement"] == 1.0
+
+
 def test_gate_svd_predictor_selects_the_requested_fraction_and_full_rank_is_the_gate():
     """At full rank the stand-in predictor is the gate's sign (the SVD is exact); the margin hits the fraction."""
     from actsparse.kernels.bench_predictor import GateSVDPredictor, predictor_bytes_fraction
