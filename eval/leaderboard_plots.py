@@ -106,6 +106,11 @@ def read_metrics(path: str) -> list[dict]:
 
 
 def run_label(path: str) -> str:
+    """RUN_DIR/metrics.jsonl: the run folder's name; any other file (e.g. metrics_relu.jsonl copied out of its
+    run): its own name without the extension, less a leading `metrics_`."""
+    name = os.path.basename(path)
+    if name != "metrics.jsonl":
+        return os.path.splitext(name)[0].removeprefix("metrics_") or name
     return os.path.basename(os.path.dirname(os.path.abspath(path))) or path
 
 

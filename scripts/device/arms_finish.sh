@@ -3,19 +3,28 @@
 # t=0.01 applied to the ProSparse arm, each evaluated (zero fraction, CETT, CETT-PPL-1%, held-out perplexity on
 # Celery's docs, and lm-eval tasks built from those docs: eval/docs_tasks.py), then the leaderboard table and
 # plots. Brings back results, not weights.
-# The five evals run side by side (each ~31 s on an H100 for a 135M model, most of it model load and CETT
-# passes); the metrics files go to $OUT first, so a call cut short still brings back the training curves.
+# Needs ~5 min on an H100 (session 4 measured: one export ~40 s, one eval ~31 s): the exports and then the five
+# evals run side by side. The metrics files go to $OUT first and the progress to $OUT/finish.log as it happens,
+# so a call cut short still brings back the training curves and how far it got.
 # Then the greedy exactness check of the sparse decoding kernels on the trained ProSparse and FATReLU models.
 #   carry: .carry/whl_eval          env: EVAL_S (per eval, default 150), DECODE_S (per decode check, default 60)
 set -uo pipefail
 source scripts/device/env.sh
-pkill -USR1 -f "actsparse.launch.cli train" && sleep 20
+LOG=$OUT/finish.log; say() { echo "$(date -u +%T) $*" | tee -a "$LOG"; }
+for arm in silu relu prosparse drelu; do cp /root/arms/$arm/metrics.jsonl $OUT/metrics_$arm.jsonl; done
+if pkill -USR1 -f "actsparse.launch.cl[i] train"; then   # the bracket keeps pkill from matching this shell
+  end=$((SECONDS + 90)); while pgrep -f "actsparse.launch.cl[i] train" > /dev/null && [ $SECONDS -lt $end ]; do sleep 2; done
+fi
+say "arms stopped: $(for a in silu relu prosparse drelu; do tail -c 200 /root/arms_$a.log | tr '\r' '\n' | grep -ao '[0-9]*/[0-9]* ' | tail -1; done | tr '\n' ' ')"
 mkdir -p /root/results
-(cd /tmp && python3 -m actsparse.eval.docs_tasks /root/heldout.txt --out /root/tasks)   # last word + next sentence
+(cd /tmp && python3 -m actsparse.eval.docs_tasks /root/heldout.txt --out /root/tasks > /root/tasks.log 2>&1) &
 for arm in silu relu prosparse drelu; do
-  [ -f /root/arms/$arm/export/config.json ] || (cd /tmp && python3 -m actsparse.launch.cli export /root/arms/$arm /root/arms/$arm/export)
+  [ -f /root/arms/$arm/export/config.json ] || (cd /tmp && python3 -m actsparse.launch.cli export /root/arms/$arm \
+    /root/arms/$arm/export > /root/export_$arm.log 2>&1 || say "export $arm failed: $(tail -1 /root/export_$arm.log)") &
 done
-(cd /tmp && python3 -m actsparse.launch.cli export /root/arms/prosparse /root/arms/fatrelu_export --threshold 0.01)
+(cd /tmp && python3 -m actsparse.launch.cli export /root/arms/prosparse /root/arms/fatrelu_export --threshold 0.01 \
+   > /root/export_fatrelu.log 2>&1 || say "export fatrelu failed: $(tail -1 /root/export_fatrelu.log)") &
+wait; say "exported"
 for arm in silu relu prosparse drelu; do cp /root/arms/$arm/metrics.jsonl $OUT/metrics_$arm.jsonl; done
 for arm in silu relu prosparse drelu fatrelu; do
   model=/root/arms/$arm/export; [ $arm = fatrelu ] && model=/root/arms/fatrelu_export
@@ -28,13 +37,13 @@ quality: {task_groups: [docs], task_groups_file: /root/tasks/task_groups.yaml, i
 output: /root/results/$arm.json
 YAML
   (cd /tmp && timeout ${EVAL_S:-150} python3 -m actsparse.launch.cli eval /root/eval_$arm.yaml --quiet \
-     > /root/eval_$arm.log 2>&1 || echo "eval $arm failed (rc $?): $(tail -2 /root/eval_$arm.log)") &
+     > /root/eval_$arm.log 2>&1 || say "eval $arm failed (rc $?): $(tail -2 /root/eval_$arm.log)") &
 done
-wait
+wait; say "evaluated: $(ls /root/results)"; mkdir -p /root/results/decode   # not eval JSONs: kept out of the leaderboard's glob
 # Issue 8's exactness check on trained ReLU checkpoints: dense vs the exact sparse kernels, greedy, CUDA graph.
 for arm in prosparse fatrelu; do model=/root/arms/prosparse/export; [ $arm = fatrelu ] && model=/root/arms/fatrelu_export
   (cd /tmp && timeout ${DECODE_S:-60} python3 -m actsparse.kernels.bench_decode --model $model --batches 1,8 --dtype bf16 \
-     --predictor-rank 0 --out /root/results/decode_$arm.json 2>&1 | grep -a "identical")
+     --predictor-rank 0 --out /root/results/decode/$arm.json 2>&1 | grep -a "identical" | tee -a "$LOG")
 done
 (cd /tmp && python3 -m actsparse.launch.cli leaderboard /root/results/*.json --out /root/results/board \
    --runs /root/arms/{silu,relu,prosparse,drelu}/metrics.jsonl) | tail -20

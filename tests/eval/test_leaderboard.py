@@ -111,3 +111,10 @@ def test_scaling_fit_skipped_for_short_runs_and_bad_input(tmp_path, inputs, caps
     assert main([str(bad), "--out", str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "schema" in err
+
+
+def test_run_labels_come_from_the_run_folder_or_the_copied_file_name(tmp_path):
+    from actsparse.eval.leaderboard_plots import run_label
+    assert run_label(str(tmp_path / "runs" / "prosparse" / "metrics.jsonl")) == "prosparse"
+    assert run_label(str(tmp_path / "arms" / "metrics_relu.jsonl")) == "relu"
+    assert run_label(str(tmp_path / "arms" / "drelu_run.jsonl")) == "drelu_run"
