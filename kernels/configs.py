@@ -46,13 +46,15 @@ UP_FIXED = dict(BLOCK_J=32, BLOCK_K=64)
 
 # Sparse down on W_down^T rows: BLOCK_D output columns per program, SPLITS programs share the neurons
 # of one column block (partial sums folded by the last one to finish), BLOCK_J neurons per step.
-# Batch 1 at 90% (measured 2026-11-23: down 9.4 µs for 9 MB, 0.96 TB/s): the SPLITS=16-32 x BLOCK_J=32-64
-# configs put more row segments in flight per SM (not yet timed).
+# Batch 1 at 90% (measured 2026-11-23, session 4: down 12.7 µs for 9 MB, 0.71 TB/s, at BLOCK_D 128): a
+# program loads 256-512 B of each live row. The BLOCK_D = 512-1024 configs load 1-2 KB per row, with SPLITS
+# 16-32 keeping 64-256 programs at d = 4096 (not yet timed).
 DOWN_CONFIGS = [
     _cfg(w, s, BLOCK_D=dd, BLOCK_J=j, SPLITS=sp)
     for dd, j, sp, w, s in [(128, 16, 4, 4, 3), (128, 32, 4, 4, 3), (128, 16, 8, 4, 3), (256, 16, 4, 4, 3),
                             (256, 32, 8, 8, 3), (64, 32, 8, 4, 3), (128, 64, 8, 4, 3), (256, 16, 16, 8, 3),
-                            (128, 64, 16, 4, 3), (128, 32, 32, 4, 3), (64, 64, 32, 4, 3)]
+                            (128, 64, 16, 4, 3), (128, 32, 32, 4, 3), (64, 64, 32, 4, 3),
+                            (512, 16, 16, 4, 3), (512, 16, 32, 8, 3), (1024, 16, 16, 8, 3), (1024, 16, 32, 8, 2)]
 ]
 DOWN_FIXED = dict(BLOCK_D=64, BLOCK_J=32, SPLITS=2)
 MAX_SPLITS = max(c.kwargs["SPLITS"] for c in DOWN_CONFIGS)
@@ -104,15 +106,18 @@ def tuned(configs: list[triton.Config], fixed: dict, key: list[str], reset_to_ze
 
 
 def _prune_for_tokens(configs, named_args, **kwargs):
-    """`tl.dot` (used when BLOCK_T > 1) needs every dot dimension >= 16: drop smaller neuron blocks there."""
+    """`tl.dot` (used when BLOCK_T > 1) needs every dot dimension >= 16: drop smaller neuron blocks there.
+    The wide down blocks (BLOCK_D > 256) are for batch 1: with tokens, their [BLOCK_T, BLOCK_D] tiles overflow
+    shared memory and registers (compile_report: 256 KB and stack spills at BLOCK_T=64, BLOCK_D=1024)."""
     block_t = kwargs.get("BLOCK_T", named_args.get("BLOCK_T", 1))
     if block_t == 1:
         return configs
     kept = [c for c in configs if c.kwargs.get("BLOCK_J", 16) >= 16 and c.kwargs.get("BLOCK_N", 16) >= 16
-            and _dot_smem_bytes(c, block_t) <= SMEM_BUDGET]
+            and c.kwargs.get("BLOCK_D", 0) <= MAX_BLOCK_D_WITH_TOKENS and _dot_smem_bytes(c, block_t) <= SMEM_BUDGET]
     return kept or configs
 
 
+MAX_BLOCK_D_WITH_TOKENS = 256
 # Hopper allows 227 KB of shared memory per block; tl.dot pipelines stage x and weight tiles there.
 SMEM_BUDGET = 200_000
 

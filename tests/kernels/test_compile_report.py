@@ -21,3 +21,17 @@ def test_quick_compile_report(tmp_path):
         assert " local 0 " in line, line  # no local-memory spills
         if not line.startswith("kernel=compact_kernel"):
             assert " ld.v4 0 " not in line and " ld.b16 0" in line, line  # weights read 16 bytes at a time
+
+
+def test_autotune_pruning_keeps_wide_down_blocks_for_batch_one_only():
+    """The batch-1 down configs with BLOCK_D > 256 would overflow shared memory with token tiles (compile_report:
+    256 KB at BLOCK_T=64); tl.dot also needs neuron blocks >= 16."""
+    from actsparse.kernels import configs
+    wide = [c for c in configs.DOWN_CONFIGS if c.kwargs["BLOCK_D"] > 256]
+    assert wide
+    assert configs._prune_for_tokens(configs.DOWN_CONFIGS, {}, BLOCK_T=1) == configs.DOWN_CONFIGS
+    for block_t in (16, 64):
+        kept = configs._prune_for_tokens(configs.DOWN_CONFIGS, {}, BLOCK_T=block_t)
+        assert kept and not any(c in kept for c in wide)
+        assert all(c.kwargs["BLOCK_J"] >= 16 for c in kept)
+    assert max(c.kwargs["SPLITS"] for c in wide) <= configs.MAX_SPLITS   # the partials buffer covers them
