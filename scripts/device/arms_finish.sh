@@ -3,11 +3,12 @@
 # t=0.01 applied to the ProSparse arm, each evaluated (zero fraction, CETT, CETT-PPL-1%, held-out perplexity on
 # Celery's docs, and lm-eval tasks built from those docs: eval/docs_tasks.py), then the leaderboard table and
 # plots. Brings back results, not weights.
-# Needs ~5 min on an H100 (session 4 measured: one export ~40 s, one eval ~31 s): the exports and then the five
-# evals run side by side. The metrics files go to $OUT first and the progress to $OUT/finish.log as it happens,
+# Give it ~6 min on an H100: session 4's finish, with the four exports one after another, did not fit in 300 s.
+# The exports and then the five evals (~31 s each in session 3) run side by side. The metrics files go to $OUT first and the progress to $OUT/finish.log as it happens,
 # so a call cut short still brings back the training curves and how far it got.
-# Then the greedy exactness check of the sparse decoding kernels on the trained ProSparse and FATReLU models.
-#   carry: .carry/whl_eval          env: EVAL_S (per eval, default 150), DECODE_S (per decode check, default 60)
+# Then a FATReLU threshold sweep on the ProSparse and ReLU arms (eval/fatrelu_sweep.py), and the greedy exactness
+# check of the sparse decoding kernels on the trained ProSparse and FATReLU models.
+#   carry: .carry/whl_eval          env: EVAL_S (per eval, default 150), SWEEP_S (90), DECODE_S (per decode check, 60)
 set -uo pipefail
 source scripts/device/env.sh
 LOG=$OUT/finish.log; say() { echo "$(date -u +%T) $*" | tee -a "$LOG"; }
@@ -40,6 +41,12 @@ YAML
      > /root/eval_$arm.log 2>&1 || say "eval $arm failed (rc $?): $(tail -2 /root/eval_$arm.log)") &
 done
 wait; say "evaluated: $(ls /root/results)"; mkdir -p /root/results/decode   # not eval JSONs: kept out of the leaderboard's glob
+# ProSparse step 3 with the threshold measured rather than taken from 7B: FATReLU sweep on the ReLU-family arms.
+mkdir -p /root/results/sweep
+for arm in prosparse relu; do
+  (cd /tmp && timeout ${SWEEP_S:-90} python3 -m actsparse.eval.fatrelu_sweep /root/eval_$arm.yaml \
+     --out /root/results/sweep/$arm.json --png /root/results/sweep/$arm.png 2>&1 | grep -av Warning | tail -11 | tee -a "$LOG")
+done
 # Issue 8's exactness check on trained ReLU checkpoints: dense vs the exact sparse kernels, greedy, CUDA graph.
 for arm in prosparse fatrelu; do model=/root/arms/prosparse/export; [ $arm = fatrelu ] && model=/root/arms/fatrelu_export
   (cd /tmp && timeout ${DECODE_S:-60} python3 -m actsparse.kernels.bench_decode --model $model --batches 1,8 --dtype bf16 \
