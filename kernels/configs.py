@@ -35,7 +35,8 @@ GATE_FIXED = dict(BLOCK_N=128, BLOCK_K=64)
 # Sparse up (optionally fused with the gate): BLOCK_J active neurons per step, BLOCK_K of d per step.
 # Batch 1 at 90% lists ~1100 neurons of 11008: BLOCK_J >= 4 leaves <= 275 blocks for 132 SMs, each program
 # waiting on one 4-8 KB load per K step (measured 2026-11-23: up 13.0 µs for 18 MB, 1.4 TB/s). The BLOCK_J =
-# 1-2 configs with long K steps give ~1100 programs with 8-16 KB each in flight (not yet timed).
+# 1-2 configs with long K steps give ~1100 programs with 8-16 KB each in flight; timed in session 4, the
+# autotuner still chose BLOCK_J 4 x BLOCK_K 1024 (11.2 µs, 1.6 TB/s) in the predicted path.
 UP_CONFIGS = [
     _cfg(w, s, BLOCK_J=j, BLOCK_K=k)
     for j, k, w, s in [(1, 4096, 4, 1), (1, 2048, 4, 2), (2, 2048, 4, 2), (2, 1024, 4, 3), (4, 1024, 4, 3),
