@@ -9,8 +9,10 @@ the host with the GPU and rule out CUDA graphs. The cost model counts weight byt
 f is the expected fraction of neurons read: union mode `mean_j(1 - (1 - p_j)^T)` (tokens of different
 sequences taken as independent), per-token mode `T * mean_j(p_j)` (rows shared by tokens are read again,
 perhaps from L2, which the model ignores).
-The defaults below are NOT measured: they are placeholders until `actsparse bench-kernels` has run on
-an H100 (docs/RESULTS.md); set them from its crossover points.
+The defaults below are checked against `actsparse bench-kernels` on an H100 at the 7B shape (docs/RESULTS.md,
+sessions 3 and 4; other shapes not yet): union beat per-token at batch 8 and 32 at every sparsity
+(0.5-0.95), so `batch_mode="union"`; union broke even with cuBLAS near a byte ratio of 0.9 (1.03x at 0.88,
+1.04x at 0.79, 0.88x at 0.95), so `max_byte_ratio=0.8` keeps a margin: every dispatched case measured >= 1.00x.
 """
 from __future__ import annotations
 
@@ -29,11 +31,11 @@ EXACT_KERNELS = ("split", "gate_up")
 @dataclass
 class DispatchConfig:
     # "union": one neuron list shared by all tokens; "per_token": one list per token; "auto": per-token
-    # up to `per_token_max_batch` tokens, union above. Default union: unmeasured, see module docstring.
+    # up to `per_token_max_batch` tokens, union above. Default union: measured faster (module docstring).
     batch_mode: str = "union"
     per_token_max_batch: int = 4
-    # Dense cuBLAS when the expected sparse bytes exceed this fraction of the dense bytes (unmeasured: a
-    # sparse kernel reaching ~80% of cuBLAS's bandwidth breaks even there).
+    # Dense cuBLAS when the expected sparse bytes exceed this fraction of the dense bytes (measured break-even
+    # ~0.9 at the 7B shape: module docstring).
     max_byte_ratio: float = 0.8
     # Above this many tokens (prefill) the FFN runs dense.
     max_sparse_tokens: int = 64
