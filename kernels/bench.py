@@ -23,7 +23,8 @@ from .dispatch import DispatchConfig
 from .sparse_ffn import SparseFFN
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-PREDICTED = ("ours_predicted_union", "ours_predicted_per_token", "ours_predicted_fused", "ours_predicted_inline")
+PREDICTED = ("ours_predicted_union", "ours_predicted_per_token", "ours_predicted_fused", "ours_predicted_inline",
+             "ours_predicted_union_pdl")
 
 
 def parse_args(argv):
@@ -52,10 +53,10 @@ def _index_select(ws, x, rows):
 
 def _methods(sets, xs, masks, batch, calib_x):
     """(name -> list of zero-argument calls, one per weight set; the path the dispatcher picks)."""
-    def ffn(ws, mode, predicted_kernel="lists", exact_kernel="split"):
+    def ffn(ws, mode, predicted_kernel="lists", exact_kernel="split", pdl=False):
         return SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, activation="relu",
                          dispatch=DispatchConfig(batch_mode=mode, predicted_kernel=predicted_kernel,
-                                                 exact_kernel=exact_kernel))
+                                                 exact_kernel=exact_kernel, pdl=pdl))
     union = [ffn(ws, "union") for ws in sets]
     gate_up = [ffn(ws, "union", exact_kernel="gate_up") for ws in sets]  # exact path, two launches
     fused = [ffn(ws, "union", "fused") for ws in sets]  # Version 2 predicted path, timed beside Version 1
@@ -75,6 +76,9 @@ def _methods(sets, xs, masks, batch, calib_x):
     if batch == 1:  # Version 1's lists with the compaction inside the up kernel (batch 1 only)
         inline = [ffn(ws, "union", "lists_inline") for ws in sets]
         methods["ours_predicted_inline"] = [lambda f=f, x=x, m=m: f(x, m) for f, x, m in zip(inline, xs, masks)]
+        pdl = [ffn(ws, "union", pdl=True) for ws in sets]  # the default kernels, launches overlapped (pdl.py)
+        methods["ours_union_pdl"] = [lambda f=f, x=x: f(x) for f, x in zip(pdl, xs)]
+        methods["ours_predicted_union_pdl"] = [lambda f=f, x=x, m=m: f(x, m) for f, x, m in zip(pdl, xs, masks)]
     if batch > 1:
         per_token = [ffn(ws, "per_token") for ws in sets]
         methods["ours_per_token"] = [lambda f=f, x=x: f(x) for f, x in zip(per_token, xs)]

@@ -13,6 +13,8 @@ GOALS = [
     ("batch 1, 90%, active set given", "llama2-7b", 1, 0.9, "ours_predicted_union", 6.0),
     ("batch 1, 90%, active set given (Version 2, fused)", "llama2-7b", 1, 0.9, "ours_predicted_fused", 6.0),
     ("batch 1, 90%, active set given (lists, inline compaction)", "llama2-7b", 1, 0.9, "ours_predicted_inline", 6.0),
+    ("batch 1, 90%, no predictor (PDL launches)", "llama2-7b", 1, 0.9, "ours_union_pdl", 3.0),
+    ("batch 1, 90%, active set given (PDL launches)", "llama2-7b", 1, 0.9, "ours_predicted_union_pdl", 6.0),
     ("batch 8, 90% per-token sparsity, the dispatcher's path", "llama2-7b", 8, 0.9, "ours_dispatch", 1.5),
 ]
 

@@ -42,14 +42,17 @@ KERNEL_ARGS = {
 def variants(name: str, block_t: int):
     """Constexpr flags of the variants the module launches (ReLU, no biases)."""
     common = dict(BLOCK_T=block_t)
+    # USE_GDC (pdl.py): every variant without it, and the default path's variant with it once.
     if name == "gate_kernel":
-        return [dict(common, ACT=0, HAS_BIAS=False, PER_TOKEN=pt, IEEE=False, FUSE_UP=fu, HAS_BU=False)
-                for pt, fu in ((False, False), (True, False), (False, True))]
+        return [dict(common, ACT=0, HAS_BIAS=False, PER_TOKEN=pt, IEEE=False, FUSE_UP=fu, HAS_BU=False, USE_GDC=g)
+                for pt, fu, g in ((False, False, False), (True, False, False), (False, True, False), (False, False, True))]
     if name == "up_kernel":
         return [dict(common, ACT=0, FUSE_GATE=fg, HAS_BU=False, HAS_BG=False, MASK_PER_TOKEN=False,
-                     PER_TOKEN=False, IEEE=False) for fg in (False, True)]
+                     PER_TOKEN=False, IEEE=False, USE_GDC=g) for fg, g in ((False, False), (True, False), (False, True))]
     if name == "down_kernel":
-        return [dict(common, HAS_BIAS=False, PER_TOKEN=False, IEEE=False, FENCE=True)]
+        return [dict(common, HAS_BIAS=False, PER_TOKEN=False, IEEE=False, FENCE=True, USE_GDC=g) for g in (False, True)]
+    if name == "compact_kernel":
+        return [dict(common, PER_TOKEN=False, USE_GDC=g) for g in (False, True)]
     if name == "compact_up_kernel":  # batch 1 only: no BLOCK_T
         return [dict(ACT=0, HAS_BG=False, HAS_BU=False, IEEE=False)] if block_t == 1 else []
     if name == "pred_up_kernel":  # mask [1, d_ff], mask [T, d_ff], index list
@@ -83,7 +86,8 @@ def compile_one(kernel, arg_types: dict, consts: dict, num_warps: int, num_stage
 def resources(compiled) -> dict:
     ptx = compiled.asm["ptx"]
     out = dict(ld_v4=len(re.findall(r"ld\.global[.\w]*\.v4", ptx)),
-               ld_scalar16=len(re.findall(r"ld\.global[.\w]*\.b16\s", ptx)), shared=compiled.metadata.shared)
+               ld_scalar16=len(re.findall(r"ld\.global[.\w]*\.b16\s", ptx)), shared=compiled.metadata.shared,
+               griddepcontrol=len(re.findall(r"griddepcontrol\.", ptx)))
     import triton
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
@@ -126,12 +130,13 @@ def report(arch: int, dtype: str, quick: bool, only: list[str] | None = None) ->
 
 
 def _line(row: dict) -> str:
-    keys = [k for k in row if k not in ("regs", "stack", "local", "shared", "ld_v4", "ld_scalar16", "error")]
+    keys = [k for k in row if k not in ("regs", "stack", "local", "shared", "ld_v4", "ld_scalar16", "griddepcontrol",
+                                        "error")]
     head = " ".join(f"{k}={row[k]}" for k in keys)
     if "error" in row:
         return f"{head} | FAILED {row['error']}"
     return (f"{head} | regs {row['regs']} local {row['local']} stack {row['stack']} shared {row['shared']} "
-            f"ld.v4 {row['ld_v4']} ld.b16 {row['ld_scalar16']}")
+            f"ld.v4 {row['ld_v4']} ld.b16 {row['ld_scalar16']} griddepcontrol {row['griddepcontrol']}")
 
 
 def main(argv=None) -> int:

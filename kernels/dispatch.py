@@ -50,6 +50,9 @@ class DispatchConfig:
     # (the gate kernel reads its active neurons' up rows too: two launches; measured on an H100 at the 7B
     # shape no faster: 62.4 vs 61.4 µs at 90%, the gate kernel growing by the up kernel's time).
     exact_kernel: str = "split"
+    # Programmatic dependent launch between the kernels of one call (pdl.py; Hopper+): each kernel's launch
+    # overlaps the previous one's tail. Not yet timed; the "lists" / "split" paths (Version 2 ignores it).
+    pdl: bool = False
 
     def __post_init__(self):
         if self.predicted_kernel not in PREDICTED_KERNELS:

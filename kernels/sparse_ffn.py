@@ -127,7 +127,8 @@ class SparseFFN(nn.Module):
         return triton_sparse_ffn(*args, self.activation, self.threshold, mask, plan.per_token, self._ticket_buffer(x),
                                  self.workspace_alloc, fuse_up=self.dispatch.exact_kernel == "gate_up",
                                  state=self._list_state,
-                                 inline_compact=self.dispatch.predicted_kernel == "lists_inline")
+                                 inline_compact=self.dispatch.predicted_kernel == "lists_inline",
+                                 pdl=self.dispatch.pdl)
 
     def _plan(self, n_tokens: int, predicted: bool, mask_rows: int = 1):
         """The dispatcher's choice, cached per (tokens, predicted, mask rows): host-only, no sync.

@@ -6,6 +6,7 @@ import functools
 import torch
 
 from . import configs
+from .pdl import pdl_usable
 from .triton_gate import compact_mask, launch_gate
 from .triton_up_down import launch_down, launch_up
 
@@ -28,11 +29,12 @@ def list_state(device) -> torch.Tensor:
 
 
 def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, per_token,
-                      tickets, alloc=torch.empty, fuse_up=False, state=None, inline_compact=False):
+                      tickets, alloc=torch.empty, fuse_up=False, state=None, inline_compact=False, pdl=False):
     """x [T, d] -> [T, d]. mask: None (dense gate decides), [1, d_ff] or [T, d_ff] bool (predicted set).
     `alloc` makes the float workspaces and the output (tests poison them with NaN). `fuse_up` (no mask, union
     mode): the gate kernel also computes x1, one launch fewer. `state`: a `list_state` buffer (None: a fresh one).
-    `inline_compact` (one token, one mask row): compaction inside the up kernel (triton_compact_up.py)."""
+    `inline_compact` (one token, one mask row): compaction inside the up kernel (triton_compact_up.py).
+    `pdl`: programmatic dependent launch for the gate / compaction, up and down kernels (pdl.py), where usable."""
     if x.device.type != "cuda" and not configs.INTERPRET:
         raise RuntimeError("the Triton backend needs a CUDA tensor (or TRITON_INTERPRET=1 set before importing "
                            "triton); use backend='torch' on CPU")
@@ -43,25 +45,26 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
     if n_lists > MAX_LISTS:
         raise ValueError(f"per-token mode takes at most {MAX_LISTS} tokens, got {n_lists}")
     state = list_state(dev) if state is None else state
+    pdl = pdl and pdl_usable(dev)
     counts, done = state[:n_lists], state[MAX_LISTS:]
     idx = torch.empty(n_lists, d_ff, dtype=torch.int32, device=dev)
     x1c = alloc(n_tokens, d_ff, dtype=torch.float32, device=dev)
     if mask is None and fuse_up and not per_token:
-        launch_gate(x, w_gate, b_gate, activation, threshold, False, None, counts, idx, up=(w_up, b_up, x1c))
+        launch_gate(x, w_gate, b_gate, activation, threshold, False, None, counts, idx, up=(w_up, b_up, x1c), pdl=pdl)
     elif mask is not None and inline_compact and n_tokens == 1 and mask.shape[0] == 1:
         from .triton_compact_up import launch_compact_up
         launch_compact_up(x, w_gate, b_gate, w_up, b_up, mask, activation, threshold, counts, idx, x1c)
     else:
         if mask is None:
             gate_act = alloc(n_tokens, d_ff, dtype=torch.float32, device=dev)
-            launch_gate(x, w_gate, b_gate, activation, threshold, per_token, gate_act, counts, idx)
+            launch_gate(x, w_gate, b_gate, activation, threshold, per_token, gate_act, counts, idx, pdl=pdl)
         else:
             gate_act = None
-            compact_mask(mask, per_token, counts, idx)
+            compact_mask(mask, per_token, counts, idx, pdl=pdl)
         launch_up(x, w_up, b_up, w_gate, b_gate, gate_act, mask, per_token, activation, threshold, counts, idx,
-                  x1c, _n_programs(dev))
+                  x1c, _n_programs(dev), pdl=pdl)
     splits = configs.DOWN_FIXED["SPLITS"] if configs.INTERPRET else configs.MAX_SPLITS
     partials = alloc(splits * n_tokens * d_model, dtype=torch.float32, device=dev)
     out = alloc(n_tokens, d_model, dtype=x.dtype, device=dev)
-    launch_down(x1c, w_down_t, b_down, per_token, counts, idx, partials, tickets, out, done)
+    launch_down(x1c, w_down_t, b_down, per_token, counts, idx, partials, tickets, out, done, pdl=pdl)
     return out

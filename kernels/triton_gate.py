@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from .configs import COMPACT_CONFIGS, COMPACT_FIXED, GATE_CONFIGS, GATE_FIXED, tuned
+from .pdl import gdc_start, launch_options
 
 # Activation codes shared by all kernels (constexpr ints).
 ACT_CODES = {"relu": 0, "fatrelu": 1, "drelu": 2, "relu2": 3}
@@ -120,8 +121,9 @@ def append_active(active, tokens, offs_n, counts_ptr, idx_ptr, d_ff, PER_TOKEN: 
 def gate_kernel(x_ptr, wg_ptr, bg_ptr, gact_ptr, counts_ptr, idx_ptr, wu_ptr, bu_ptr, x1c_ptr,
                 n_tokens, d_model, d_ff, threshold,
                 ACT: tl.constexpr, HAS_BIAS: tl.constexpr, PER_TOKEN: tl.constexpr, IEEE: tl.constexpr,
-                FUSE_UP: tl.constexpr, HAS_BU: tl.constexpr,
+                FUSE_UP: tl.constexpr, HAS_BU: tl.constexpr, USE_GDC: tl.constexpr,
                 BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    gdc_start(USE_GDC)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < d_ff
     tokens = tl.arange(0, BLOCK_T)
@@ -146,9 +148,10 @@ def gate_kernel(x_ptr, wg_ptr, bg_ptr, gact_ptr, counts_ptr, idx_ptr, wu_ptr, bu
 
 @tuned(COMPACT_CONFIGS, COMPACT_FIXED, key=["d_ff", "BLOCK_T"], reset_to_zero=["counts_ptr"])
 @triton.jit
-def compact_kernel(mask_ptr, counts_ptr, idx_ptr, n_rows, d_ff, PER_TOKEN: tl.constexpr,
+def compact_kernel(mask_ptr, counts_ptr, idx_ptr, n_rows, d_ff, PER_TOKEN: tl.constexpr, USE_GDC: tl.constexpr,
                    BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr):
     """Predicted active mask ([n_rows, d_ff], uint8) -> index lists (union of rows, or one per row)."""
+    gdc_start(USE_GDC)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.arange(0, BLOCK_T)
     valid = (rows < n_rows)[:, None] & (offs_n < d_ff)[None, :]
@@ -163,9 +166,10 @@ def token_block(n_tokens: int) -> int:
 
 def launch_gate(x: torch.Tensor, w_gate: torch.Tensor, b_gate: torch.Tensor | None, act: str, threshold: float,
                 per_token: bool, gate_act_out: torch.Tensor | None, counts: torch.Tensor, idx: torch.Tensor,
-                up: tuple | None = None) -> None:
+                up: tuple | None = None, pdl: bool = False) -> None:
     """gate_act_out[t, j] = act(x[t] . w_gate[j] + b[j]); active neurons appended to (counts, idx).
-    `up` = (w_up, b_up, x1c): union mode only; x1c[t, i] = act * up of the i-th listed neuron, no gate_act_out."""
+    `up` = (w_up, b_up, x1c): union mode only; x1c[t, i] = act * up of the i-th listed neuron, no gate_act_out.
+    `pdl`: launched with programmatic dependent launch (pdl.py; the caller checked `pdl_usable`)."""
     n_tokens, d_model = x.shape
     d_ff = w_gate.shape[0]
     if up is not None and per_token:
@@ -177,12 +181,12 @@ def launch_gate(x: torch.Tensor, w_gate: torch.Tensor, b_gate: torch.Tensor | No
                       w_up, b_up if b_up is not None else w_up, x1c,
                       n_tokens, d_model, d_ff, float(threshold), ACT=ACT_CODES[act], HAS_BIAS=b_gate is not None,
                       PER_TOKEN=per_token, IEEE=x.dtype == torch.float32, FUSE_UP=up is not None,
-                      HAS_BU=b_up is not None, BLOCK_T=token_block(n_tokens))
+                      HAS_BU=b_up is not None, BLOCK_T=token_block(n_tokens), **launch_options(pdl))
 
 
-def compact_mask(mask: torch.Tensor, per_token: bool, counts: torch.Tensor, idx: torch.Tensor) -> None:
+def compact_mask(mask: torch.Tensor, per_token: bool, counts: torch.Tensor, idx: torch.Tensor, pdl: bool = False) -> None:
     """Index lists of a [rows, d_ff] bool mask: one union list, or one list per row (per_token)."""
     n_rows, d_ff = mask.shape
     grid = lambda meta: (triton.cdiv(d_ff, meta["BLOCK_N"]),)  # noqa: E731
     compact_kernel[grid](mask.view(torch.uint8), counts, idx, n_rows, d_ff, PER_TOKEN=per_token,
-                         BLOCK_T=triton.next_power_of_2(n_rows))
+                         BLOCK_T=triton.next_power_of_2(n_rows), **launch_options(pdl))

@@ -18,6 +18,7 @@ import triton.language as tl
 
 from . import configs
 from .configs import DOWN_CONFIGS, DOWN_FIXED, UP_CONFIGS, UP_FIXED, tuned
+from .pdl import gdc_start, launch_options
 from .triton_gate import ACT_CODES, dot_acc, gate_act, gate_of_rows, up_of_rows, token_block
 
 
@@ -26,8 +27,9 @@ from .triton_gate import ACT_CODES, dot_acc, gate_act, gate_of_rows, up_of_rows,
 def up_kernel(x_ptr, wu_ptr, bu_ptr, wg_ptr, bg_ptr, gact_ptr, mask_ptr, counts_ptr, idx_ptr, x1c_ptr,
               n_tokens, d_model, d_ff, threshold, ACT: tl.constexpr, FUSE_GATE: tl.constexpr,
               HAS_BU: tl.constexpr, HAS_BG: tl.constexpr, MASK_PER_TOKEN: tl.constexpr,
-              PER_TOKEN: tl.constexpr, IEEE: tl.constexpr,
+              PER_TOKEN: tl.constexpr, IEEE: tl.constexpr, USE_GDC: tl.constexpr,
               BLOCK_T: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
+    gdc_start(USE_GDC)
     lst = tl.program_id(1)
     n_listed = tl.load(counts_ptr + lst)
     if PER_TOKEN:
@@ -93,7 +95,9 @@ def down_acc_result(acc, BLOCK_T: tl.constexpr):
 @triton.jit
 def down_kernel(x1c_ptr, wdt_ptr, bd_ptr, counts_ptr, idx_ptr, partial_ptr, tickets_ptr, out_ptr, done_ptr,
                 n_tokens, d_model, d_ff, HAS_BIAS: tl.constexpr, PER_TOKEN: tl.constexpr, IEEE: tl.constexpr,
-                FENCE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_J: tl.constexpr, SPLITS: tl.constexpr):
+                FENCE: tl.constexpr, USE_GDC: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+                BLOCK_J: tl.constexpr, SPLITS: tl.constexpr):
+    gdc_start(USE_GDC)
     col_blk = tl.program_id(0)
     split = tl.program_id(1)
     lst = tl.program_id(2)
@@ -162,7 +166,7 @@ def reduce_splits(res, split, tokens, offs_d, out_mask, d_mask, n_tokens, d_mode
 
 
 def launch_up(x, w_up, b_up, w_gate, b_gate, gate_act_in, mask, per_token, act, threshold, counts, idx, x1c,
-              n_programs: int) -> None:
+              n_programs: int, pdl: bool = False) -> None:
     """x1c from listed neurons; with `gate_act_in` None the gate rows are read here too (predicted set)."""
     n_tokens, d_model = x.shape
     d_ff = w_up.shape[0]
@@ -175,10 +179,11 @@ def launch_up(x, w_up, b_up, w_gate, b_gate, gate_act_in, mask, per_token, act, 
                     n_tokens, d_model, d_ff, float(threshold), ACT=ACT_CODES[act], FUSE_GATE=fuse_gate,
                     HAS_BU=b_up is not None, HAS_BG=b_gate is not None,
                     MASK_PER_TOKEN=mask is not None and mask.shape[0] > 1, PER_TOKEN=per_token,
-                    IEEE=x.dtype == torch.float32, BLOCK_T=1 if per_token else token_block(n_tokens))
+                    IEEE=x.dtype == torch.float32, BLOCK_T=1 if per_token else token_block(n_tokens),
+                    **launch_options(pdl))
 
 
-def launch_down(x1c, w_down_t, b_down, per_token, counts, idx, partials, tickets, out, done) -> None:
+def launch_down(x1c, w_down_t, b_down, per_token, counts, idx, partials, tickets, out, done, pdl: bool = False) -> None:
     """out[t] = sum over listed neurons i of x1c[t, i] * W_down^T[idx[i]] (+ bias); then `counts` (<= 64 lists)
     is zeroed by the last program to finish, with `done` (one int32, zero between calls) as its counter."""
     n_tokens, d_model = out.shape
@@ -188,4 +193,5 @@ def launch_down(x1c, w_down_t, b_down, per_token, counts, idx, partials, tickets
     down_kernel[grid](x1c, w_down_t, b_down if b_down is not None else w_down_t, counts, idx, partials, tickets,
                       out, done, n_tokens, d_model, d_ff, HAS_BIAS=b_down is not None, PER_TOKEN=per_token,
                       FENCE=not configs.INTERPRET,
-                      IEEE=out.dtype == torch.float32, BLOCK_T=1 if per_token else token_block(n_tokens))
+                      IEEE=out.dtype == torch.float32, BLOCK_T=1 if per_token else token_block(n_tokens),
+                      **launch_options(pdl))

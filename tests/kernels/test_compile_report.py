@@ -21,6 +21,26 @@ def test_quick_compile_report(tmp_path):
         assert " local 0 " in line, line  # no local-memory spills
         if not line.startswith("kernel=compact_kernel"):
             assert " ld.v4 0 " not in line and " ld.b16 0" in line, line  # weights read 16 bytes at a time
+        assert line.endswith(" griddepcontrol 0"), line   # USE_GDC off: no PDL instructions
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_pdl_variants_wait_and_trigger(tmp_path):
+    """USE_GDC (pdl.py) adds exactly griddepcontrol.wait and .launch_dependents and changes nothing else."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-m", "actsparse.kernels.compile_report", "--kernels", "compact_kernel"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = {}
+    for line in res.stdout.splitlines():
+        if line.startswith("kernel="):
+            head, tail = line.split(" | ")
+            rows[head] = tail
+    on = {h: t for h, t in rows.items() if "USE_GDC=True" in h}
+    assert on and all(t.endswith(" griddepcontrol 2") for t in on.values()), on
+    for head, tail in on.items():
+        off = rows[head.replace("USE_GDC=True", "USE_GDC=False")]
+        assert tail.rsplit(" griddepcontrol", 1)[0] == off.rsplit(" griddepcontrol", 1)[0]
 
 
 def test_autotune_pruning_keeps_wide_down_blocks_for_batch_one_only():

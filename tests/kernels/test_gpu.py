@@ -39,7 +39,8 @@ def _case(dtype, d, f, tokens, dispatch):
 
 
 MODES = {"union": DispatchConfig(batch_mode="union"), "per_token": DispatchConfig(batch_mode="per_token"),
-         "union_gate_up": DispatchConfig(batch_mode="union", exact_kernel="gate_up")}
+         "union_gate_up": DispatchConfig(batch_mode="union", exact_kernel="gate_up"),
+         "union_pdl": DispatchConfig(batch_mode="union", pdl=True)}
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -116,6 +117,29 @@ def test_cuda_graph_capture_and_replay():
     for _ in range(3):
         graph.replay()
         assert torch.equal(out, expected)
+
+
+def test_pdl_chain_in_a_cuda_graph_matches_plain_launches():
+    """DispatchConfig(pdl=True): the gate -> up -> down (and compaction) launches overlap; captured in a graph and
+    replayed back to back (each replay's gate kernel overlapping the last down kernel, which resets the list
+    lengths), the output stays that of plain launches."""
+    from actsparse.kernels.pdl import pdl_usable
+    if not pdl_usable(torch.device("cuda")):
+        pytest.skip("PDL unusable on this GPU / Triton")
+    ws = make_weight_sets(4096, 11008, torch.float16, "cuda", 1)[0]
+    set_gate_bias(ws, neuron_probabilities(11008, 0.9, torch.Generator().manual_seed(0)))
+    x = make_inputs(1, 4096, torch.float16, "cuda", torch.Generator(device="cuda").manual_seed(0))
+    mask = torch.rand(11008, device="cuda") < 0.1
+    plain = SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t)
+    pdl = SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, dispatch=DispatchConfig(pdl=True))
+    for active in (None, mask):
+        expected = plain(x, active).clone()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = pdl(x, active)
+        for _ in range(20):
+            graph.replay()
+        torch.testing.assert_close(out, expected, rtol=1e-3, atol=1e-3)
 
 
 def test_sparse_decoding_with_cuda_graph_matches_dense():
