@@ -25,7 +25,7 @@ from actsparse.modeling import sparse_mlps, sparsify
 from .perplexity import mean_nll
 from .zero_fraction import zero_fraction_sparsity
 
-DEFAULT_THRESHOLDS = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)
+DEFAULT_THRESHOLDS = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5)
 
 
 def set_threshold(model: nn.Module, threshold: float) -> None:
@@ -111,6 +111,8 @@ def main(argv=None) -> int:
         print(f"{r['threshold']:7g} {100 * r['sparsity']:13.2f}% {r['ppl']:9.3f} {100 * (r['ppl_ratio'] - 1):+7.2f}%")
     print(f"largest t within +{100 * args.max_ppl_increase:g}% perplexity: {result['chosen_threshold']:g} "
           f"({100 * result['chosen_sparsity']:.2f}% zeros)")
+    if result["chosen_threshold"] == result["rows"][-1]["threshold"] and len(result["rows"]) > 1:
+        print("the budget still holds at the largest threshold given: extend --thresholds to find where it ends")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1))

@@ -40,12 +40,12 @@ YAML
   (cd /tmp && timeout ${EVAL_S:-150} python3 -m actsparse.launch.cli eval /root/eval_$arm.yaml --quiet \
      > /root/eval_$arm.log 2>&1 || say "eval $arm failed (rc $?): $(tail -2 /root/eval_$arm.log)") &
 done
-wait; say "evaluated: $(ls /root/results)"; mkdir -p /root/results/decode   # not eval JSONs: kept out of the leaderboard's glob
+wait; say "evaluated: $(ls /root/results | tr '\n' ' ')"; mkdir -p /root/results/decode   # not eval JSONs: kept out of the leaderboard's glob
 # ProSparse step 3 with the threshold measured rather than taken from 7B: FATReLU sweep on the ReLU-family arms.
 mkdir -p /root/results/sweep
 for arm in prosparse relu; do
   (cd /tmp && timeout ${SWEEP_S:-90} python3 -m actsparse.eval.fatrelu_sweep /root/eval_$arm.yaml \
-     --out /root/results/sweep/$arm.json --png /root/results/sweep/$arm.png 2>&1 | grep -av Warning | tail -11 | tee -a "$LOG")
+     --out /root/results/sweep/$arm.json --png /root/results/sweep/$arm.png 2>&1 | grep -av "Warning\|it/s\]" | tail -12 | tee -a "$LOG")
 done
 # Issue 8's exactness check on trained ReLU checkpoints: dense vs the exact sparse kernels, greedy, CUDA graph.
 for arm in prosparse fatrelu; do model=/root/arms/prosparse/export; [ $arm = fatrelu ] && model=/root/arms/fatrelu_export
