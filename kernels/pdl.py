@@ -11,6 +11,8 @@ launch as usual and the log says so once.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -28,18 +30,24 @@ def gdc_start(USE_GDC: tl.constexpr):
         tl.extra.cuda.gdc_launch_dependents()
 
 
+@functools.lru_cache(maxsize=None)
+def _unusable_reason(device: torch.device) -> str | None:
+    """Why PDL cannot be used on `device` (None: it can); asked once per device, not on every FFN call."""
+    if configs.INTERPRET or device.type != "cuda":
+        return "under the Triton interpreter" if configs.INTERPRET else f"on {device.type}"
+    if torch.cuda.get_device_capability(device)[0] < 9:
+        return f"on compute capability {torch.cuda.get_device_capability(device)} (needs 9.0+)"
+    if not hasattr(getattr(getattr(tl, "extra", None), "cuda", None), "gdc_wait"):
+        return f"in triton {triton.__version__} (no tl.extra.cuda.gdc_wait)"
+    return None
+
+
 def pdl_usable(device: torch.device) -> bool:
     """Whether PDL can be used on `device`; says once why not."""
-    if configs.INTERPRET or device.type != "cuda":
-        reason = "under the Triton interpreter" if configs.INTERPRET else f"on {device.type}"
-    elif torch.cuda.get_device_capability(device)[0] < 9:
-        reason = f"on compute capability {torch.cuda.get_device_capability(device)} (needs 9.0+)"
-    elif not hasattr(getattr(getattr(tl, "extra", None), "cuda", None), "gdc_wait"):
-        reason = f"in triton {triton.__version__} (no tl.extra.cuda.gdc_wait)"
-    else:
-        return True
-    warn_once(f"SparseFFN: DispatchConfig(pdl=True) unavailable {reason}; kernels launch without PDL")
-    return False
+    reason = _unusable_reason(device)
+    if reason is not None:
+        warn_once(f"SparseFFN: DispatchConfig(pdl=True) unavailable {reason}; kernels launch without PDL")
+    return reason is None
 
 
 def launch_options(pdl: bool) -> dict:
