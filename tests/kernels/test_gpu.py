@@ -96,24 +96,28 @@ def test_inline_compaction_matches_float64(dtype, d, f):
         torch.testing.assert_close(ffn(x, mask), first, rtol=ulp, atol=ulp)
 
 
+def _captured(call):
+    """(graph, output) of `call` captured in a CUDA graph; each replay rewrites the output in place."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = call()
+    return graph, out
+
+
 def test_cuda_graph_capture_and_replay():
     ws = make_weight_sets(512, 1536, torch.float16, "cuda", 1)[0]
     set_gate_bias(ws, neuron_probabilities(1536, 0.9, torch.Generator().manual_seed(0)))
     x = make_inputs(1, 512, torch.float16, "cuda", torch.Generator(device="cuda").manual_seed(0))
     ffn = SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t)
     expected = ffn(x).clone()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = ffn(x)
+    graph, out = _captured(lambda: ffn(x))
     for _ in range(3):
         graph.replay()
         torch.testing.assert_close(out, expected, rtol=1e-3, atol=1e-3)
     mask = torch.rand(1536, device="cuda") < 0.1
     fused = SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, dispatch=DispatchConfig(predicted_kernel="fused"))
     expected = fused(x, mask).clone()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fused(x, mask)
+    graph, out = _captured(lambda: fused(x, mask))
     for _ in range(3):
         graph.replay()
         assert torch.equal(out, expected)
@@ -134,9 +138,7 @@ def test_pdl_chain_in_a_cuda_graph_matches_plain_launches():
     pdl = SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, dispatch=DispatchConfig(pdl=True))
     for active in (None, mask):
         expected = plain(x, active).clone()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = pdl(x, active)
+        graph, out = _captured(lambda: pdl(x, active))
         for _ in range(20):
             graph.replay()
         torch.testing.assert_close(out, expected, rtol=1e-3, atol=1e-3)
