@@ -102,6 +102,20 @@ def write_run_files(cfg: RecipeConfig, run_dir: Path, loaded) -> None:
     loaded.tokenizer.save_pretrained(run_dir / "model")
 
 
+def build_engine(cfg: RecipeConfig, model: torch.nn.Module, ds_config: dict, total_steps: int):
+    """The DeepSpeed engine: activation checkpointing if configured, AdamW, the LR schedule over `total_steps`."""
+    if cfg.train.activation_checkpointing:
+        # Non-reentrant: a reentrant checkpoint would hide the L1 term from autograd (modeling/l1.py).
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    optimizer = torch.optim.AdamW(adamw_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
+                                  betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+    lr_fn = lr_multiplier_fn(cfg.optim, total_steps)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, config=ds_config,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_fn))
+    return engine
+
+
 # ---------------------------------------------------------------------------------------------- train
 def evaluate(engine, batches, stats: SparsityStats | None, device) -> dict:
     """Mean held-out LM loss (same batches on every rank: ZeRO-3 needs every rank in every forward)."""
@@ -188,20 +202,12 @@ def _train(cfg: RecipeConfig, dist_env, on_gpu: bool, on_end=None) -> TrainResul
     if rank == 0:
         write_run_files(cfg, run_dir, loaded)
 
-    if cfg.train.activation_checkpointing:
-        # Non-reentrant: a reentrant checkpoint would hide the L1 term from autograd (modeling/l1.py).
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     l1_schedule = cfg.l1.build()
     if l1_schedule is not None:
         enable_l1(model, cfg.l1.normalization)
     stats = SparsityStats(model) if cfg.train.sparsity_stats else None
 
-    optimizer = torch.optim.AdamW(adamw_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                                  betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
-    lr_fn = lr_multiplier_fn(cfg.optim, cfg.train.steps)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, config=ds_config,
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_fn))
+    engine = build_engine(cfg, model, ds_config, cfg.train.steps)
     num_params = count_params(model)
 
     batches = TrainBatches(data.train, cfg.train.micro_batch_size, rank, world, seed=cfg.data.seed)

@@ -20,17 +20,15 @@ import sys
 import time
 from pathlib import Path
 
-import deepspeed
 import torch
 
 from actsparse.modeling import SparsityStats, disable_l1, enable_l1
 
 from .config import load_recipe
-from .continue_pretrain import adamw_param_groups, process_group, setup_logging, train_step
+from .continue_pretrain import build_engine, process_group, setup_logging, train_step
 from .data import TrainBatches, build_datasets
 from .deepspeed_config import derive_deepspeed_config
 from .model_loading import load_model
-from .schedules import lr_multiplier_fn
 
 MODES = ("off", "counters", "l1", "both")
 
@@ -82,16 +80,9 @@ def run(args) -> dict:
         ds_config = derive_deepspeed_config(cfg, dist_env.world_size, on_gpu)
         loaded = load_model(cfg.model, ds_config, on_gpu, cfg.train.seed, cfg.source)
         model = loaded.model
-        if cfg.train.activation_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         data = build_datasets(cfg.data, loaded.tokenizer)
         stats = SparsityStats(model)
-        optimizer = torch.optim.AdamW(adamw_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                                      betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
-        total = args.warmup + args.rounds * len(MODES) * args.block
-        engine, _, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=ds_config,
-            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_multiplier_fn(cfg.optim, total)))
+        engine = build_engine(cfg, model, ds_config, args.warmup + args.rounds * len(MODES) * args.block)
         batches = iter(TrainBatches(data.train, cfg.train.micro_batch_size, dist_env.rank, dist_env.world_size,
                                     seed=cfg.data.seed))
         engine.train()
