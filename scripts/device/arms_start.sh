@@ -3,7 +3,12 @@
 # Assembles the GGUF, tokenizes the docs corpus with the device's tokenizer, and starts the four training arms
 # (SiLU, ReLU, ProSparse, dReLU) from SmolLM2-135M side by side on the GPU as setsid background processes,
 # same data, same steps. FATReLU comes after, from the ProSparse arm (arms_finish.sh).
-#   carry: .carry/gguf_b .carry/whl_train .carry/corpus_docs        env: STEPS (default 1000), MICRO (default 4)
+#   carry: .carry/gguf_b .carry/whl_train .carry/corpus_docs        env: STEPS (default 1000), MICRO (default 4),
+#   LR_SCHEDULE (default wsd), DECAY_FRACTION (default 0.1)
+# LR: session 4's cosine had decayed to ~2.5e-5 by the time ProSparse's lambda ramped up (the last 40% of the steps),
+# and its sparsity rose only 67.9% -> 69.9% while the L1 term halved (magnitudes shrank, few neurons went to zero).
+# All arms therefore run warm-up-stable-decay (MiniCPM's schedule, which ProSparse-1B used): the peak lr holds through
+# the L1 stages and decays over the last DECAY_FRACTION of the steps. Same schedule for every arm.
 # Run it with its output to a file, not a pipe (`bash arms_start.sh > /tmp/as.log 2>&1 < /dev/null; tail
 # /tmp/as.log`): on 2026-11-23 a call piping it into `tail` hung until its time limit.
 # Memory: four arms at 8 x 2048 tokens did not fit one 80 GB H100 (two died out of memory); at 4 x 2048 they
@@ -27,7 +32,8 @@ print(stages)")
 # data up to ~4 epochs is about as good as fresh data: Muennighoff et al. 2023, "Scaling Data-Constrained LMs").
 COMMON=(--nproc-per-node 1 train.steps=$STEPS train.micro_batch_size=${MICRO:-4} train.grad_accum=1 train.log_every=10
   train.eval_every=$((STEPS / 5)) train.checkpoint_every=$((STEPS / 5)) train.export_at_end=true train.cett_every=$((STEPS / 5))
-  optim.warmup_steps=$((STEPS / 20)) "data.sources=[{path: /root/corpus_docs/corpus.tokens.npz}]")
+  optim.warmup_steps=$((STEPS / 20)) optim.lr_schedule=${LR_SCHEDULE:-wsd} optim.decay_fraction=${DECAY_FRACTION:-0.1}
+  "data.sources=[{path: /root/corpus_docs/corpus.tokens.npz}]")
 [ -n "${ARMS_EXTRA:-}" ] && eval "COMMON+=($ARMS_EXTRA)"    # e.g. a tiny model for a CPU dry run of this script
 for arm in silu relu prosparse drelu; do
   extra=(); [ $arm = prosparse ] && extra=("l1.stages=$STAGES")
