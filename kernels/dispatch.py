@@ -1,18 +1,21 @@
 """Which path one SparseFFN call takes: dense cuBLAS, sparse over the union of active neurons, or sparse
 with one neuron list per token.
 
-The decision uses only the batch size and a per-neuron activation probability measured beforehand
-(`SparseFFN.calibrate`), never the current call's active count: reading that count would synchronize
-the host with the GPU and rule out CUDA graphs. The cost model counts weight bytes relative to dense:
+The decision uses only the batch size, the layer's shape and a per-neuron activation probability measured
+beforehand (`SparseFFN.calibrate`), never the current call's active count: reading that count would
+synchronize the host with the GPU and rule out CUDA graphs. f is the expected fraction of neurons read:
+union mode `mean_j(1 - (1 - p_j)^T)` (tokens of different sequences taken as independent), per-token mode
+`T * mean_j(p_j)` (rows shared by tokens are read again, perhaps from L2, which the models ignore).
+
+Union plans are priced by a cost model in microseconds (cost_model.py: a fixed cost per call plus per-MB
+rates, fitted to `actsparse bench-kernels` on an H100 over four shapes and batch 1 / 8 / 32): sparse when its
+predicted time is at most `max_time_ratio` of dense. Weight bytes alone were not enough: at MiniCPM-1B's shape
+(35 MB) the sparse path's ~20 us fixed cost made it 0.77x of cuBLAS at 32 tokens and a byte ratio of 0.79,
+which is a clear win at the 7B shape (docs/RESULTS.md, session 5). Per-token plans, and any plan when
+`cost_model=None`, use the byte ratio against `max_byte_ratio`:
 - no predictor: the gate is dense, up and down rows are read for the listed neurons, (1 + 2 f) / 3;
 - with a predicted set: gate, up and down rows only for the listed neurons, f.
-f is the expected fraction of neurons read: union mode `mean_j(1 - (1 - p_j)^T)` (tokens of different
-sequences taken as independent), per-token mode `T * mean_j(p_j)` (rows shared by tokens are read again,
-perhaps from L2, which the model ignores).
-The defaults below are checked against `actsparse bench-kernels` on an H100 at the 7B shape (docs/RESULTS.md,
-sessions 3 and 4; other shapes not yet): union beat per-token at batch 8 and 32 at every sparsity
-(0.5-0.95), so `batch_mode="union"`; union broke even with cuBLAS near a byte ratio of 0.9 (1.03x at 0.88,
-1.04x at 0.79, 0.88x at 0.95), so `max_byte_ratio=0.8` keeps a margin: every dispatched case measured >= 1.00x.
+Union beat per-token at batch 8 and 32 at every sparsity (0.5-0.95) in sessions 3-5, so `batch_mode="union"`.
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ import logging
 from dataclasses import dataclass
 
 import torch
+
+from .cost_model import H100_FP16, CostModel
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +39,13 @@ class DispatchConfig:
     # up to `per_token_max_batch` tokens, union above. Default union: measured faster (module docstring).
     batch_mode: str = "union"
     per_token_max_batch: int = 4
-    # Dense cuBLAS when the expected sparse bytes exceed this fraction of the dense bytes (measured break-even
-    # ~0.9 at the 7B shape: module docstring).
+    # Union plans: sparse when the cost model's sparse time is at most `max_time_ratio` of its dense time. The
+    # H100 fit is within ~6% of every measured case, so 0.95 keeps dispatched calls at or above ~0.95x of dense
+    # (module docstring). None: the byte-ratio rule below for every plan.
+    cost_model: CostModel | None = H100_FP16
+    max_time_ratio: float = 0.95
+    # Per-token plans (and all plans without a cost model): dense cuBLAS when the expected sparse bytes exceed
+    # this fraction of the dense bytes (union broke even near 0.9 at the 7B shape, sessions 3-4).
     max_byte_ratio: float = 0.8
     # Above this many tokens (prefill) the FFN runs dense.
     max_sparse_tokens: int = 64
@@ -63,6 +73,8 @@ class DispatchConfig:
                              f"{', '.join(EXACT_KERNELS)}")
         if self.batch_mode not in BATCH_MODES:
             raise ValueError(f"DispatchConfig.batch_mode={self.batch_mode!r}; supported: {', '.join(BATCH_MODES)}")
+        if not 0.0 < self.max_time_ratio <= 1.0:
+            raise ValueError(f"DispatchConfig.max_time_ratio={self.max_time_ratio} must lie in (0, 1]")
         if not 0.0 <= self.max_byte_ratio <= 1.0:
             raise ValueError(f"DispatchConfig.max_byte_ratio={self.max_byte_ratio} must lie in [0, 1]")
         if not 1 <= self.max_sparse_tokens <= 64:
@@ -88,8 +100,9 @@ class Plan:
 
 
 def choose_plan(config: DispatchConfig, n_tokens: int, neuron_prob: torch.Tensor | None, predicted: bool,
-                mask_rows: int) -> Plan:
-    """The path for one call; `mask_rows` is 1 for a shared predicted set (or none), n_tokens per token."""
+                mask_rows: int, weight_mb: float) -> Plan:
+    """The path for one call; `mask_rows` is 1 for a shared predicted set (or none), n_tokens per token;
+    `weight_mb` is the MB of the three weight matrices."""
     if n_tokens > config.max_sparse_tokens:
         return Plan("dense")
     per_token = n_tokens > 1 and (
@@ -99,8 +112,12 @@ def choose_plan(config: DispatchConfig, n_tokens: int, neuron_prob: torch.Tensor
         per_token = False  # one shared set: every token's list would be the same list; "fused": union only
     if neuron_prob is None:
         return Plan("sparse", per_token)
-    ratio = byte_ratio(expected_fraction(neuron_prob, n_tokens, per_token), predicted)
-    return Plan("dense" if ratio > config.max_byte_ratio else "sparse", per_token)
+    fraction = expected_fraction(neuron_prob, n_tokens, per_token)
+    if config.cost_model is not None and not per_token:
+        model = config.cost_model
+        ratio = model.sparse_us(weight_mb, fraction, n_tokens, predicted) / model.dense_us(weight_mb)
+        return Plan("dense" if ratio > config.max_time_ratio else "sparse", per_token)
+    return Plan("dense" if byte_ratio(fraction, predicted) > config.max_byte_ratio else "sparse", per_token)
 
 
 _warned: set[str] = set()

@@ -135,7 +135,8 @@ class SparseFFN(nn.Module):
         Assign a new DispatchConfig (rather than editing fields of the old one) to change the choice."""
         key = (n_tokens, predicted, mask_rows, id(self.neuron_prob), id(self.dispatch))
         if key not in self._plans:
-            self._plans[key] = choose_plan(self.dispatch, n_tokens, self.neuron_prob, key[1], key[2])
+            weight_mb = 3 * self.w_gate.numel() * self.w_gate.element_size() / 1e6
+            self._plans[key] = choose_plan(self.dispatch, n_tokens, self.neuron_prob, key[1], key[2], weight_mb)
         return self._plans[key]
 
     @staticmethod
