@@ -146,7 +146,10 @@ def gate_kernel(x_ptr, wg_ptr, bg_ptr, gact_ptr, counts_ptr, idx_ptr, wu_ptr, bu
         append_active(valid & (a != 0.0), tokens, offs_n, counts_ptr, idx_ptr, d_ff, PER_TOKEN)
 
 
-@tuned(COMPACT_CONFIGS, COMPACT_FIXED, key=["d_ff", "BLOCK_T"], reset_to_zero=["counts_ptr"])
+# PER_TOKEN in the key: its [BLOCK_T, BLOCK_N] int32 scan needs BLOCK_T * BLOCK_N * 4 bytes of shared memory
+# (256 KB at 64 rows x 1024, over Hopper's 227 KB), which the union list does not; a block size tuned for the
+# union was reused for per-token lists and failed to launch (H100, session 5, batch 64).
+@tuned(COMPACT_CONFIGS, COMPACT_FIXED, key=["d_ff", "BLOCK_T", "PER_TOKEN"], reset_to_zero=["counts_ptr"])
 @triton.jit
 def compact_kernel(mask_ptr, counts_ptr, idx_ptr, n_rows, d_ff, PER_TOKEN: tl.constexpr, USE_GDC: tl.constexpr,
                    BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr):
