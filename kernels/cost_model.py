@@ -6,13 +6,14 @@ matrices and f the fraction of neurons whose rows are read:
 - exact (no predictor): the dense gate (a share of W) plus the listed neurons' up and down rows (f * W);
 - predicted set: the listed neurons' gate, up and down rows (f * W), plus what scales with the layer's size
   (compaction over d_ff, the split-K reduction over d_model).
-The sparse paths get one set of coefficients per measured batch size (1, 8, 32 tokens), interpolated
+The sparse paths get one set of coefficients per measured batch size (1, 4, 8, 16, 32, 64 tokens), interpolated
 linearly in log2(tokens) in between; above the largest measured batch each coefficient is extrapolated from
 the last two and never taken below its value at the largest batch (more tokens never make a call cheaper).
 
 The coefficients are least-squares fits (`fit_cost_model`) to `actsparse bench-kernels` records: with the
 shapes of very different sizes in one run (MiniCPM-1B's 35 MB to LLaMA2-13B's 425 MB) the fixed cost and the
-per-MB rates separate. Why not weight bytes alone (the dispatcher's earlier rule): at MiniCPM-1B's shape our
+per-MB rates separate. Its sparse-time error over those runs: 95% of the 208 measured cases within 14%, all within 28%
+(the worst at batch 1, where sparse wins by far anyway). Why not weight bytes alone (the dispatcher's earlier rule): at MiniCPM-1B's shape our
 three-launch path costs ~20 us before it reads a byte, so at 32 tokens it lost to cuBLAS (0.77x) at a byte ratio
 that is a clear win at the 7B shape (docs/RESULTS.md, session 5). Refit on another GPU with
 `python -m actsparse.kernels.cost_model runs/bench-kernels/bench_kernels.json` and pass the printed model as
@@ -79,16 +80,20 @@ def _at_batch(costs: dict[int, PathCost], n_tokens: int) -> PathCost:
     return PathCost(**mixed)
 
 
-# Fitted by `fit_cost_model` to docs/results/2026-11-23-h100-s5/kernels/bkall/bench_kernels.json: one H100 80GB
-# HBM3, fp16, the four shapes at batch 1 / 8 / 32 and sparsity 0.5-0.95 (commit b04b099). A test refits that
-# file and checks these numbers.
+# Fitted by `fit_cost_model` to the three `actsparse bench-kernels` runs of session 5 (one H100 80GB HBM3, fp16,
+# kernels at commit b04b099 = 86f52f5): docs/results/2026-11-23-h100-s5/kernels/ bkall (four shapes, batch 1 / 8 /
+# 32), dispatch_a (MiniCPM-1B and LLaMA2-7B, batch 4 / 16 / 32 / 64), dispatch_b (LLaMA2-13B and Mistral-7B, batch
+# 4 / 16 / 64); sparsity 0.5-0.95 throughout. A test refits those files and checks these numbers.
+H100_FP16_SOURCES = ("bkall", "dispatch_a", "dispatch_b")
 H100_FP16 = CostModel(
-    source="NVIDIA H100 80GB HBM3, fp16, docs/results/2026-11-23-h100-s5/kernels/bkall/bench_kernels.json",
-    dense=PathCost(us=16.4233, us_per_mb=0.3364),
-    exact={1: PathCost(14.9607, 0.1352, 0.1897), 8: PathCost(20.7075, 0.1244, 0.2298),
-           32: PathCost(23.1053, 0.1356, 0.2809)},
-    predicted={1: PathCost(12.8031, 0.0413, 0.2844), 8: PathCost(21.7828, 0.0235, 0.3216),
-               32: PathCost(25.1421, 0.0109, 0.4213)},
+    source="NVIDIA H100 80GB HBM3, fp16, docs/results/2026-11-23-h100-s5/kernels/{bkall,dispatch_a,dispatch_b}",
+    dense=PathCost(us=16.4921, us_per_mb=0.3468),
+    exact={1: PathCost(14.9607, 0.1352, 0.1897), 4: PathCost(20.4581, 0.1347, 0.2246),
+           8: PathCost(20.7075, 0.1244, 0.2298), 16: PathCost(22.4859, 0.1300, 0.2422),
+           32: PathCost(24.3261, 0.1383, 0.2733), 64: PathCost(23.2566, 0.1919, 0.3600)},
+    predicted={1: PathCost(12.8031, 0.0413, 0.2844), 4: PathCost(22.5634, 0.0332, 0.3111),
+               8: PathCost(21.7828, 0.0235, 0.3216), 16: PathCost(26.8017, 0.0179, 0.3451),
+               32: PathCost(26.0755, 0.0106, 0.4201), 64: PathCost(23.1845, 0.0592, 0.5000)},
 )
 
 _METHODS = {"ours_union": "exact", "ours_predicted_union": "predicted"}
