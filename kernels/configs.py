@@ -102,8 +102,25 @@ def tuned(configs: list[triton.Config], fixed: dict, key: list[str], reset_to_ze
     """
     if INTERPRET:
         return triton.heuristics({name: (lambda value: lambda _args: value)(v) for name, v in fixed.items()})
-    return triton.autotune(configs=configs, key=key, reset_to_zero=reset_to_zero, restore_value=restore_value,
-                           prune_configs_by={"early_config_prune": _prune_for_tokens})
+
+    def decorate(fn):
+        tuner = triton.autotune(configs=configs, key=key, reset_to_zero=reset_to_zero, restore_value=restore_value,
+                                prune_configs_by={"early_config_prune": _prune_for_tokens})(fn)
+        AUTOTUNERS.append(tuner)
+        return tuner
+    return decorate
+
+
+# Every autotuned kernel, so that a benchmark can forget the chosen configs between cases.
+AUTOTUNERS: list = []
+
+
+def reset_autotune_caches() -> None:
+    """Forget every kernel's chosen config: the next call of each key tunes again, on its own data.
+    The keys hold shapes and modes, not the sparsity (the host does not know the active count without a sync),
+    so a sweep would otherwise run every sparsity with the configs tuned at the first one."""
+    for tuner in AUTOTUNERS:
+        tuner.cache.clear()
 
 
 def _prune_for_tokens(configs, named_args, **kwargs):

@@ -55,3 +55,24 @@ def test_autotune_pruning_keeps_wide_down_blocks_for_batch_one_only():
         assert kept and not any(c in kept for c in wide)
         assert all(c.kwargs["BLOCK_J"] >= 16 for c in kept)
     assert max(c.kwargs["SPLITS"] for c in wide) <= configs.MAX_SPLITS   # the partials buffer covers them
+
+
+def test_autotune_caches_reset_between_bench_cases(monkeypatch):
+    """`tuned` registers each GPU autotuner; reset_autotune_caches empties their chosen configs (bench.py calls it
+    before every case, since the keys do not hold the sparsity)."""
+    import triton
+    import triton.language as tl
+
+    from actsparse.kernels import configs
+    monkeypatch.setattr(configs, "INTERPRET", False)
+    monkeypatch.setattr(configs, "AUTOTUNERS", [])
+
+    @configs.tuned(configs.COMPACT_CONFIGS, configs.COMPACT_FIXED, key=["n"])
+    @triton.jit
+    def kernel(x_ptr, n, BLOCK_N: tl.constexpr):
+        pass
+
+    assert configs.AUTOTUNERS == [kernel]
+    kernel.cache[(64,)] = configs.COMPACT_CONFIGS[1]
+    configs.reset_autotune_caches()
+    assert kernel.cache == {}
