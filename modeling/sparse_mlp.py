@@ -8,13 +8,19 @@ already saves for its own backward, so autograd holds the same storage once.
 """
 from __future__ import annotations
 
+import logging
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .l1_fused import l1_with_zero_count, zero_count
 
-L1_NORMALIZATIONS = ("mean", "token_mean", "sum")
+log = logging.getLogger(__name__)
+
+SCALE_FREE = "l1_over_l2"
+L1_NORMALIZATIONS = ("mean", "token_mean", "sum", SCALE_FREE)
 
 
 def _in_backward() -> bool:
@@ -29,11 +35,21 @@ def l1_of(x1: torch.Tensor, normalization: str) -> torch.Tensor:
     - `mean` (default): sum |x1| / number of elements (tokens * d_ff).
     - `token_mean`: sum |x1| / number of tokens (sum over d_ff, mean over tokens).
     - `sum`: sum |x1| (scales with batch and sequence length; only for matching other code).
+    - `l1_over_l2` (ours, not ProSparse's): mean over tokens of ||x1_t||_1 / (sqrt(d_ff) ||x1_t||_2), 1 when all
+      neurons carry equal magnitude, 1/sqrt(d_ff) for one neuron, 0 for none. Scale-free: multiplying x1 by
+      c > 0 leaves it unchanged, so the model cannot satisfy it by shrinking up_proj rows and growing down_proj
+      rows, which the absolute L1 allows (docs/RESULTS.md, session 5: -60% |x1| for +3.7 points of zeros).
+      Its values are O(0.1-1) per layer, larger than `mean`'s: lambda needs its own scale.
     ProSparse does not state its normalization (PAPERS.md (c)); lambda up to 0.2 suggests a mean.
-    `SparseGatedMLP` computes the same through `l1_fused` (one pass over x1, fused with the zero count).
+    `SparseGatedMLP` computes the first three through `l1_fused` (one pass over x1, fused with the zero count).
     """
     # Accumulate half precision in fp32 (without materializing an fp32 copy of x1); keep fp64 as is.
     acc_dtype = torch.float64 if x1.dtype == torch.float64 else torch.float32
+    if normalization == SCALE_FREE:
+        l1 = torch.linalg.vector_norm(x1, 1, dim=-1, dtype=acc_dtype)
+        l2 = torch.linalg.vector_norm(x1, 2, dim=-1, dtype=acc_dtype)
+        # A token with x1 = 0 counts 0 (0 / tiny), with zero gradient.
+        return (l1 / (l2 * math.sqrt(x1.shape[-1])).clamp_min(torch.finfo(acc_dtype).tiny)).mean()
     return normalize_l1(torch.linalg.vector_norm(x1, 1, dtype=acc_dtype), x1, normalization)
 
 
@@ -46,6 +62,17 @@ def normalize_l1(abs_sum: torch.Tensor, x1: torch.Tensor, normalization: str) ->
     if normalization == "sum":
         return abs_sum
     raise ValueError(f"unknown L1 normalization {normalization!r}; supported: {', '.join(L1_NORMALIZATIONS)}")
+
+
+_said_unfused = False
+
+
+def _say_scale_free_unfused() -> None:
+    global _said_unfused
+    if not _said_unfused:
+        _said_unfused = True
+        log.info("l1.normalization=%s runs in PyTorch (per-token L1 and L2 norms); the fused Triton L1 kernel "
+                 "computes sum |x1| only", SCALE_FREE)
 
 
 class SparseGatedMLP(nn.Module):
@@ -79,7 +106,12 @@ class SparseGatedMLP(nn.Module):
         x1 = self.act_fn(self.gate_proj(x)) * up
         # A checkpoint recompute (inside backward) must not count again; its L1 term stays graph-connected.
         count = self.zero_counter is not None and not _in_backward()
-        if self.l1_normalization is not None:
+        if self.l1_normalization == SCALE_FREE:
+            _say_scale_free_unfused()
+            self.l1_term = l1_of(x1, SCALE_FREE)
+            if count:
+                zeros = zero_count(x1)
+        elif self.l1_normalization is not None:
             x1, abs_sum, zeros = l1_with_zero_count(x1, count_zeros=count)
             self.l1_term = normalize_l1(abs_sum, x1, self.l1_normalization)
         elif count:

@@ -56,7 +56,7 @@ class L1Config:
     l1_lambda: float = 0.0                     # constant / linear: the final lambda
     start_step: int = 0                        # constant / linear: lambda is 0 up to here
     end_step: int | None = None                # linear: lambda reaches l1_lambda here
-    normalization: Literal["mean", "token_mean", "sum"] = "mean"
+    normalization: Literal["mean", "token_mean", "sum", "l1_over_l2"] = "mean"  # modeling/sparse_mlp.py l1_of
 
     def check(self, where: str) -> None:
         try:

@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import torch

@@ -4,7 +4,8 @@
 # (SiLU, ReLU, ProSparse, dReLU) from SmolLM2-135M side by side on the GPU as setsid background processes,
 # same data, same steps. FATReLU comes after, from the ProSparse arm (arms_finish.sh).
 #   carry: .carry/gguf_b .carry/whl_train .carry/corpus_docs        env: STEPS (default 1000), MICRO (default 4),
-#   LR_SCHEDULE (default wsd), DECAY_FRACTION (default 0.1)
+#   LR_SCHEDULE (default wsd), DECAY_FRACTION (default 0.1); ProSparse arm: L1_NORM (default mean; l1_over_l2 is the
+#   scale-free variant) and LAMBDA_SCALE (default 1: multiplies the recipe's stage lambdas)
 # LR: session 4's cosine had decayed to ~2.5e-5 by the time ProSparse's lambda ramped up (the last 40% of the steps),
 # and its sparsity rose only 67.9% -> 69.9% while the L1 term halved (magnitudes shrank, few neurons went to zero).
 # All arms therefore run warm-up-stable-decay (MiniCPM's schedule, which ProSparse-1B used): the peak lr holds through
@@ -26,7 +27,7 @@ from actsparse.recipes.config import load_recipe
 c = load_recipe('smollm2_135m_prosparse', ['data.sources=[{path: /root/corpus_docs/corpus.tokens.npz}]'])
 k, stages, last = $STEPS / c.train.steps, [], 0
 for lam, t in c.l1.stages:   # scaled, kept strictly increasing (short dry runs round boundaries together)
-    last = max(last + 1, round(t * k)); stages.append([lam, last])
+    last = max(last + 1, round(t * k)); stages.append([lam * ${LAMBDA_SCALE:-1}, last])
 print(stages)")
 # 4 x 2048 = 8k tokens a step: 1000 steps are 8M tokens, 2.2 passes over the 3.7M-token corpus (repeating
 # data up to ~4 epochs is about as good as fresh data: Muennighoff et al. 2023, "Scaling Data-Constrained LMs").
@@ -36,7 +37,7 @@ COMMON=(--nproc-per-node 1 train.steps=$STEPS train.micro_batch_size=${MICRO:-4}
   "data.sources=[{path: /root/corpus_docs/corpus.tokens.npz}]")
 [ -n "${ARMS_EXTRA:-}" ] && eval "COMMON+=($ARMS_EXTRA)"    # e.g. a tiny model for a CPU dry run of this script
 for arm in silu relu prosparse drelu; do
-  extra=(); [ $arm = prosparse ] && extra=("l1.stages=$STAGES")
+  extra=(); [ $arm = prosparse ] && extra=("l1.stages=$STAGES" "l1.normalization=${L1_NORM:-mean}")
   (cd /root && setsid nohup python3 -m actsparse.launch.cli train smollm2_135m_$arm "${COMMON[@]}" "${extra[@]}" \
      output_dir=/root/arms/$arm > /root/arms_$arm.log 2>&1 < /dev/null &)
 done

@@ -3,7 +3,6 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from actsparse.modeling import SUPPORTED_ACTIVATIONS, SparseGatedMLP, find_gated_ffns, sparse_mlps, sparsify
