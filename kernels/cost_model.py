@@ -12,10 +12,11 @@ the last two and never taken below its value at the largest batch (more tokens n
 
 The coefficients are least-squares fits (`fit_cost_model`) to `actsparse bench-kernels` records: with the
 shapes of very different sizes in one run (MiniCPM-1B's 35 MB to LLaMA2-13B's 425 MB) the fixed cost and the
-per-MB rates separate. Its sparse-time error over those runs: 95% of the 208 measured cases within 14%, all within 28%
-(the worst at batch 1, where sparse wins by far anyway). Why not weight bytes alone (the dispatcher's earlier rule): at MiniCPM-1B's shape our
-three-launch path costs ~20 us before it reads a byte, so at 32 tokens it lost to cuBLAS (0.77x) at a byte ratio
-that is a clear win at the 7B shape (docs/RESULTS.md, session 5). Refit on another GPU with
+per-MB rates separate. Its sparse-time error over those runs: 95% of the 208 measured cases within 14%, all
+within 28% (the worst at batch 1, where sparse wins by far anyway). Why not weight bytes alone (the
+dispatcher's earlier rule): at MiniCPM-1B's shape our three-launch path costs ~20 us before it reads a byte,
+so at 32 tokens it lost to cuBLAS (0.77x) at a byte ratio that is a clear win at the 7B shape
+(docs/RESULTS.md, session 5). Refit on another GPU with
 `python -m actsparse.kernels.cost_model runs/bench-kernels/bench_kernels.json` and pass the printed model as
 `DispatchConfig(cost_model=CostModel.from_dict(...))`.
 """

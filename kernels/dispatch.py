@@ -8,7 +8,7 @@ union mode `mean_j(1 - (1 - p_j)^T)` (tokens of different sequences taken as ind
 `T * mean_j(p_j)` (rows shared by tokens are read again, perhaps from L2, which the models ignore).
 
 Union plans are priced by a cost model in microseconds (cost_model.py: a fixed cost per call plus per-MB
-rates, fitted to `actsparse bench-kernels` on an H100 over four shapes and batch 1 / 8 / 32): sparse when its
+rates, fitted to `actsparse bench-kernels` on an H100 over four shapes and batch 1-64): sparse when its
 predicted time is at most `max_time_ratio` of dense. Weight bytes alone were not enough: at MiniCPM-1B's shape
 (35 MB) the sparse path's ~20 us fixed cost made it 0.77x of cuBLAS at 32 tokens and a byte ratio of 0.79,
 which is a clear win at the 7B shape (docs/RESULTS.md, session 5). Per-token plans, and any plan when
@@ -39,9 +39,9 @@ class DispatchConfig:
     # up to `per_token_max_batch` tokens, union above. Default union: measured faster (module docstring).
     batch_mode: str = "union"
     per_token_max_batch: int = 4
-    # Union plans: sparse when the cost model's sparse time is at most `max_time_ratio` of its dense time. The
-    # H100 fit is within ~6% of every measured case, so 0.95 keeps dispatched calls at or above ~0.95x of dense
-    # (module docstring). None: the byte-ratio rule below for every plan.
+    # Union plans: sparse when the cost model's sparse time is at most `max_time_ratio` of its dense time. With
+    # the H100 fit, 0.95 took no measured case below 0.98x of dense (test_cost_model; the fit's error is larger,
+    # up to 28%, where sparse wins by far). None: the byte-ratio rule below for every plan.
     cost_model: CostModel | None = H100_FP16
     max_time_ratio: float = 0.95
     # Per-token plans (and all plans without a cost model): dense cuBLAS when the expected sparse bytes exceed

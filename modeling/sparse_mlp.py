@@ -106,12 +106,11 @@ class SparseGatedMLP(nn.Module):
         x1 = self.act_fn(self.gate_proj(x)) * up
         # A checkpoint recompute (inside backward) must not count again; its L1 term stays graph-connected.
         count = self.zero_counter is not None and not _in_backward()
+        fused = self.l1_normalization not in (None, SCALE_FREE)  # l1_fused computes sum |x1| only
         if self.l1_normalization == SCALE_FREE:
             _say_scale_free_unfused()
             self.l1_term = l1_of(x1, SCALE_FREE)
-            if count:
-                zeros = zero_count(x1)
-        elif self.l1_normalization is not None:
+        if fused:
             x1, abs_sum, zeros = l1_with_zero_count(x1, count_zeros=count)
             self.l1_term = normalize_l1(abs_sum, x1, self.l1_normalization)
         elif count:

@@ -4,8 +4,9 @@
 # Celery's docs, and lm-eval tasks built from those docs: eval/docs_tasks.py), then the leaderboard table and
 # plots. Brings back results, not weights.
 # Give it ~6 min on an H100: session 4's finish, with the four exports one after another, did not fit in 300 s.
-# The exports and then the five evals (~31 s each in session 3) run side by side. The metrics files go to $OUT first and the progress to $OUT/finish.log as it happens,
-# so a call cut short still brings back the training curves and how far it got.
+# The exports and then the five evals (~31 s each in session 3) run side by side. The metrics files go to $OUT
+# first and the progress to $OUT/finish.log as it happens, so a call cut short still brings back the training
+# curves and how far it got.
 # Then a FATReLU threshold sweep on the ProSparse and ReLU arms (eval/fatrelu_sweep.py), and the greedy exactness
 # check of the sparse decoding kernels on the trained ProSparse and FATReLU models.
 #   carry: .carry/whl_eval          env: EVAL_S (per eval, default 150), SWEEP_S (90), DECODE_S (per decode check, 60)

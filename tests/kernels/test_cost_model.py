@@ -19,7 +19,8 @@ def _close(a: PathCost, b: PathCost, tol=1e-3) -> bool:
 
 
 def _records():
-    return [r for run in H100_FP16_SOURCES for r in json.loads((RUNS / run / "bench_kernels.json").read_text())["records"]]
+    return [r for run in H100_FP16_SOURCES
+            for r in json.loads((RUNS / run / "bench_kernels.json").read_text())["records"]]
 
 
 def test_committed_coefficients_are_the_fit_of_the_committed_bench():
