@@ -50,7 +50,8 @@ def variants(name: str, block_t: int):
         return [dict(common, ACT=0, FUSE_GATE=fg, HAS_BU=False, HAS_BG=False, MASK_PER_TOKEN=False,
                      PER_TOKEN=False, IEEE=False, USE_GDC=g) for fg, g in ((False, False), (True, False), (False, True))]
     if name == "down_kernel":
-        return [dict(common, HAS_BIAS=False, PER_TOKEN=False, IEEE=False, FENCE=True, USE_GDC=g) for g in (False, True)]
+        return [dict(common, HAS_BIAS=False, PER_TOKEN=False, SKIP_ZERO=sz, IEEE=False, FENCE=True, USE_GDC=g)
+                for sz, g in ((False, False), (True, False), (False, True))]
     if name == "compact_kernel":
         return [dict(common, PER_TOKEN=False, USE_GDC=g) for g in (False, True)]
     if name == "compact_up_kernel":  # batch 1 only: no BLOCK_T

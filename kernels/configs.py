@@ -2,8 +2,8 @@
 
 `@triton.autotune` cannot run under `TRITON_INTERPRET=1` (it times configs with CUDA events), so there
 each kernel gets one fixed config through `triton.heuristics`, with big blocks to keep grids tiny (the
-interpreter costs ~1.2 ms per program instance). On a GPU the configs below are timed per shape key;
-none of them has been measured yet (no GPU in the session that wrote them), so the lists are broad.
+interpreter costs ~1.2 ms per program instance). On a GPU the configs below are timed per shape key (what
+the H100 runs chose is in kernels/NOTES.md and docs/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -12,12 +12,6 @@ import os
 import triton
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-
-# Persistent grids (programs that loop over active-neuron blocks): programs per SM on a GPU.
-PROGRAMS_PER_SM = 4
-# Under the interpreter: two programs, so the grid-stride loops and the cross-program reductions are
-# exercised without paying for many program instances.
-INTERPRET_PROGRAMS = 2
 
 
 def _cfg(num_warps: int, num_stages: int = 3, **blocks) -> triton.Config:
@@ -32,34 +26,39 @@ GATE_CONFIGS = [
 ]
 GATE_FIXED = dict(BLOCK_N=128, BLOCK_K=64)
 
-# Sparse up (optionally fused with the gate): BLOCK_J active neurons per step, BLOCK_K of d per step.
-# Batch 1 at 90% lists ~1100 neurons of 11008: BLOCK_J >= 4 leaves <= 275 blocks for 132 SMs, each program
-# waiting on one 4-8 KB load per K step (measured 2026-11-23: up 13.0 µs for 18 MB, 1.4 TB/s). The BLOCK_J =
-# 1-2 configs with long K steps give ~1100 programs with 8-16 KB each in flight; timed in session 4, the
-# autotuner still chose BLOCK_J 4 x BLOCK_K 1024 (11.2 µs, 1.6 TB/s) in the predicted path.
+# Sparse up (optionally fused with the gate): BLOCK_J active neurons per step, BLOCK_K of d per step, a grid of
+# GRID_PER_SM programs per SM, each owning a balanced range of the list. Batch 1 at 90% lists ~1100 neurons of
+# 11008. Until session 6 the kernel was persistent (4 programs per SM walking BLOCK_J blocks) and read the gate tile
+# after the up tile's reduction: the predicted path's up kernel read 18 MB in 11.1 µs (1.6 TB/s; session 5, the
+# autotuner's choice BLOCK_J 4 x BLOCK_K 1024), which is what a chain of ~8 dependent ~1 µs DRAM round trips (4 K
+# steps x 2 matrices) takes. Now gate and up tiles load in the same step, and the BLOCK_K 4096 configs read a 7B row
+# (d 4096) in one step: one round trip after the list entry; more programs per SM keep more rows in flight.
 UP_CONFIGS = [
-    _cfg(w, s, BLOCK_J=j, BLOCK_K=k)
-    for j, k, w, s in [(1, 4096, 4, 1), (1, 2048, 4, 2), (2, 2048, 4, 2), (2, 1024, 4, 3), (4, 1024, 4, 3),
-                       (4, 512, 4, 3), (8, 256, 4, 3), (8, 512, 4, 3), (16, 256, 4, 3), (16, 512, 8, 3),
-                       (32, 128, 4, 4), (32, 256, 8, 3)]
+    _cfg(w, s, BLOCK_J=j, BLOCK_K=k, GRID_PER_SM=g)
+    for j, k, w, s, g in [(1, 4096, 4, 1, 4), (1, 2048, 4, 2, 4), (2, 2048, 4, 2, 4), (2, 1024, 4, 3, 4),
+                          (4, 1024, 4, 3, 4), (4, 512, 4, 3, 4), (8, 256, 4, 3, 4), (8, 512, 4, 3, 4),
+                          (16, 256, 4, 3, 4), (16, 512, 8, 3, 4), (32, 128, 4, 4, 4), (32, 256, 8, 3, 4),
+                          (1, 4096, 4, 1, 8), (1, 4096, 8, 1, 16), (2, 4096, 8, 1, 4), (2, 4096, 8, 1, 8),
+                          (4, 4096, 8, 1, 4), (2, 2048, 4, 2, 8), (4, 2048, 8, 2, 4)]
 ]
-UP_FIXED = dict(BLOCK_J=32, BLOCK_K=64)
+UP_FIXED = dict(BLOCK_J=32, BLOCK_K=64, GRID_PER_SM=2)  # interpreter: 2 programs, so ranges loop and split
 
 # Sparse down on W_down^T rows: BLOCK_D output columns per program, SPLITS programs share the neurons
-# of one column block (partial sums folded by the last one to finish), BLOCK_J neurons per step.
-# Batch 1 at 90% (measured 2026-11-23, session 4: down 12.7 µs for 9 MB, 0.71 TB/s, at BLOCK_D 128): a
-# program loads 256-512 B of each live row. The BLOCK_D = 512-1024 configs load 1-2 KB per row, with SPLITS
-# 16-32 keeping 64-256 programs at d = 4096 (not yet timed).
+# of one column block (balanced ranges; partial sums folded by the last one to finish), BLOCK_J neurons per step.
+# Batch 1 at 90% (session 5: down 10.7 µs for 9 MB, 0.84 TB/s, BLOCK_D 128 x BLOCK_J 64 x SPLITS 8): ~138 neurons
+# per split in 3 dependent steps. Wider loads (BLOCK_D 512-1024) did not help; with ~1100 listed neurons, SPLITS 32-64
+# and BLOCK_J >= n / SPLITS read every split's rows in one step (session 6 configs, last rows).
 DOWN_CONFIGS = [
     _cfg(w, s, BLOCK_D=dd, BLOCK_J=j, SPLITS=sp)
     for dd, j, sp, w, s in [(128, 16, 4, 4, 3), (128, 32, 4, 4, 3), (128, 16, 8, 4, 3), (256, 16, 4, 4, 3),
                             (256, 32, 8, 8, 3), (64, 32, 8, 4, 3), (128, 64, 8, 4, 3), (256, 16, 16, 8, 3),
                             (128, 64, 16, 4, 3), (128, 32, 32, 4, 3), (64, 64, 32, 4, 3),
-                            (512, 16, 16, 4, 3), (512, 16, 32, 8, 3), (1024, 16, 16, 8, 3), (1024, 16, 32, 8, 2)]
+                            (512, 16, 16, 4, 3), (512, 16, 32, 8, 3), (1024, 16, 16, 8, 3), (1024, 16, 32, 8, 2),
+                            (128, 64, 32, 4, 1), (256, 64, 16, 8, 1), (256, 32, 32, 4, 1), (64, 32, 64, 4, 1),
+                            (128, 32, 64, 4, 1), (512, 32, 32, 8, 1)]
 ]
 DOWN_FIXED = dict(BLOCK_D=64, BLOCK_J=32, SPLITS=2)
 MAX_SPLITS = max(c.kwargs["SPLITS"] for c in DOWN_CONFIGS)
-
 # Version 2 predicted path (triton_predicted.py). Up: program p reads the gate and up rows of the active
 # neurons among positions [p*BLOCK_N, (p+1)*BLOCK_N); small BLOCK_N gives many programs (688 at 16 for
 # d_ff=11008), so ~1100 active rows at 90% sparsity spread over every SM in one wave.

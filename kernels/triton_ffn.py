@@ -12,11 +12,11 @@ from .triton_up_down import launch_down, launch_up
 
 
 @functools.lru_cache(maxsize=None)
-def _n_programs(device: torch.device) -> int:
-    """Programs of the persistent up kernel: a few per SM on a GPU, two under the interpreter."""
+def _n_sms(device: torch.device) -> int:
+    """SMs that the up kernel's grid is sized by (configs' GRID_PER_SM each); one under the interpreter."""
     if configs.INTERPRET or device.type != "cuda":
-        return configs.INTERPRET_PROGRAMS
-    return configs.PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 MAX_LISTS = 64  # per-token mode: one list per token, at most 64 tokens (DispatchConfig.max_sparse_tokens)
@@ -62,9 +62,10 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
             gate_act = None
             compact_mask(mask, per_token, counts, idx, pdl=pdl)
         launch_up(x, w_up, b_up, w_gate, b_gate, gate_act, mask, per_token, activation, threshold, counts, idx,
-                  x1c, _n_programs(dev), pdl=pdl)
+                  x1c, _n_sms(dev), pdl=pdl)
     splits = configs.DOWN_FIXED["SPLITS"] if configs.INTERPRET else configs.MAX_SPLITS
     partials = alloc(splits * n_tokens * d_model, dtype=torch.float32, device=dev)
     out = alloc(n_tokens, d_model, dtype=x.dtype, device=dev)
-    launch_down(x1c, w_down_t, b_down, per_token, counts, idx, partials, tickets, out, done, pdl=pdl)
+    launch_down(x1c, w_down_t, b_down, per_token, counts, idx, partials, tickets, out, done,
+                skip_zero=mask is not None or activation == "drelu", pdl=pdl)
     return out

@@ -19,7 +19,7 @@ import triton.language as tl
 from . import configs
 from .configs import DOWN_CONFIGS, DOWN_FIXED, UP_CONFIGS, UP_FIXED, tuned
 from .pdl import gdc_start, launch_options
-from .triton_gate import ACT_CODES, dot_acc, gate_act, gate_of_rows, up_of_rows, token_block
+from .triton_gate import ACT_CODES, dot_acc, gate_act, gate_up_of_rows, token_block, up_of_rows
 
 
 @tuned(UP_CONFIGS, UP_FIXED, key=["d_model", "d_ff", "BLOCK_T", "FUSE_GATE", "PER_TOKEN"])
@@ -28,7 +28,7 @@ def up_kernel(x_ptr, wu_ptr, bu_ptr, wg_ptr, bg_ptr, gact_ptr, mask_ptr, counts_
               n_tokens, d_model, d_ff, threshold, ACT: tl.constexpr, FUSE_GATE: tl.constexpr,
               HAS_BU: tl.constexpr, HAS_BG: tl.constexpr, MASK_PER_TOKEN: tl.constexpr,
               PER_TOKEN: tl.constexpr, IEEE: tl.constexpr, USE_GDC: tl.constexpr,
-              BLOCK_T: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
+              BLOCK_T: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, GRID_PER_SM: tl.constexpr):
     gdc_start(USE_GDC)
     lst = tl.program_id(1)
     n_listed = tl.load(counts_ptr + lst)
@@ -38,22 +38,28 @@ def up_kernel(x_ptr, wu_ptr, bu_ptr, wg_ptr, bg_ptr, gact_ptr, mask_ptr, counts_
     else:
         tokens = tl.arange(0, BLOCK_T)
         t_mask = tokens < n_tokens
-    for blk in range(tl.program_id(0), tl.cdiv(n_listed, BLOCK_J), tl.num_programs(0)):
-        offs_i = blk * BLOCK_J + tl.arange(0, BLOCK_J)
-        i_mask = offs_i < n_listed
+    # Balanced ranges: program p owns list positions [p n / P, (p + 1) n / P), so the slowest program walks
+    # ceil(n / P / BLOCK_J) blocks. (A grid-stride walk over BLOCK_J blocks gave some programs two blocks, i.e. two
+    # dependent DRAM round trips, while others had none: 1100 listed neurons at BLOCK_J 2 are 550 blocks for 528
+    # programs.) GRID_PER_SM only sizes the grid (launch_up).
+    lo = (tl.program_id(0) * n_listed) // tl.num_programs(0)
+    hi = ((tl.program_id(0) + 1) * n_listed) // tl.num_programs(0)
+    for i0 in range(lo, hi, BLOCK_J):
+        offs_i = i0 + tl.arange(0, BLOCK_J)
+        i_mask = offs_i < hi
         rows = tl.load(idx_ptr + lst * d_ff + offs_i, mask=i_mask, other=0)
-        up = up_of_rows(wu_ptr, bu_ptr, rows, i_mask, x_ptr, tokens, t_mask, d_model, ACT, HAS_BU, IEEE, BLOCK_T,
-                        BLOCK_J, BLOCK_K)
         valid = t_mask[:, None] & i_mask[None, :]
-        if FUSE_GATE:
-            g = gate_of_rows(wg_ptr, bg_ptr, rows, i_mask, x_ptr, tokens, t_mask, d_model, HAS_BG, IEEE, BLOCK_T,
-                             BLOCK_J, BLOCK_K)
+        if FUSE_GATE:  # gate and up tiles in the same K steps
+            g, up = gate_up_of_rows(wg_ptr, bg_ptr, wu_ptr, bu_ptr, rows, i_mask, x_ptr, tokens, t_mask, d_model,
+                                    ACT, HAS_BG, HAS_BU, IEEE, BLOCK_T, BLOCK_J, BLOCK_K)
             a = gate_act(g, threshold, ACT)
             if MASK_PER_TOKEN:
                 # Union of per-token predictions: each token keeps only its own predicted neurons.
                 keep = tl.load(mask_ptr + tokens[:, None] * d_ff + rows[None, :], mask=valid, other=0)
                 a = tl.where(keep != 0, a, 0.0)
         else:
+            up = up_of_rows(wu_ptr, bu_ptr, rows, i_mask, x_ptr, tokens, t_mask, d_model, ACT, HAS_BU, IEEE, BLOCK_T,
+                            BLOCK_J, BLOCK_K)
             a = tl.load(gact_ptr + tokens[:, None] * d_ff + rows[None, :], mask=valid, other=0.0)
         tl.store(x1c_ptr + tokens[:, None] * d_ff + offs_i[None, :], a * up, mask=valid)
 
@@ -91,12 +97,13 @@ def down_acc_result(acc, BLOCK_T: tl.constexpr):
     return res
 
 
-@tuned(DOWN_CONFIGS, DOWN_FIXED, key=["d_model", "d_ff", "BLOCK_T", "PER_TOKEN"], restore_value=["counts_ptr"])
+@tuned(DOWN_CONFIGS, DOWN_FIXED, key=["d_model", "d_ff", "BLOCK_T", "PER_TOKEN", "SKIP_ZERO"],
+       restore_value=["counts_ptr"])
 @triton.jit
 def down_kernel(x1c_ptr, wdt_ptr, bd_ptr, counts_ptr, idx_ptr, partial_ptr, tickets_ptr, out_ptr, done_ptr,
-                n_tokens, d_model, d_ff, HAS_BIAS: tl.constexpr, PER_TOKEN: tl.constexpr, IEEE: tl.constexpr,
-                FENCE: tl.constexpr, USE_GDC: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-                BLOCK_J: tl.constexpr, SPLITS: tl.constexpr):
+                n_tokens, d_model, d_ff, HAS_BIAS: tl.constexpr, PER_TOKEN: tl.constexpr, SKIP_ZERO: tl.constexpr,
+                IEEE: tl.constexpr, FENCE: tl.constexpr, USE_GDC: tl.constexpr, BLOCK_T: tl.constexpr,
+                BLOCK_D: tl.constexpr, BLOCK_J: tl.constexpr, SPLITS: tl.constexpr):
     gdc_start(USE_GDC)
     col_blk = tl.program_id(0)
     split = tl.program_id(1)
@@ -109,36 +116,45 @@ def down_kernel(x1c_ptr, wdt_ptr, bd_ptr, counts_ptr, idx_ptr, partial_ptr, tick
     else:
         tokens = tl.arange(0, BLOCK_T)
         t_mask = tokens < n_tokens
-    n_blocks = tl.cdiv(tl.load(counts_ptr + lst), BLOCK_J)
-    per_split = tl.cdiv(n_blocks, SPLITS)
-    blk_end = tl.minimum(split * per_split + per_split, n_blocks)
+    # Balanced ranges of list positions per split, [s n / SPLITS, (s + 1) n / SPLITS): with n / SPLITS <= BLOCK_J
+    # every split reads its rows in one step. (Ranges of whole BLOCK_J blocks gave 1100 neurons at BLOCK_J 32 and
+    # SPLITS 32 two steps in 18 splits and none in 14.)
     n_listed = tl.load(counts_ptr + lst)
+    lo = (split * n_listed) // SPLITS
+    hi = ((split + 1) * n_listed) // SPLITS
     acc = down_acc_init(BLOCK_T, BLOCK_J, BLOCK_D)
-    for blk in range(split * per_split, blk_end):
-        offs_i = blk * BLOCK_J + tl.arange(0, BLOCK_J)
-        i_mask = offs_i < n_listed
+    for i0 in range(lo, hi, BLOCK_J):
+        offs_i = i0 + tl.arange(0, BLOCK_J)
+        i_mask = offs_i < hi
         rows = tl.load(idx_ptr + lst * d_ff + offs_i, mask=i_mask, other=0)
         x1 = tl.load(x1c_ptr + tokens[:, None] * d_ff + offs_i[None, :],
                      mask=t_mask[:, None] & i_mask[None, :], other=0.0)
-        live = i_mask & (tl.max(tl.abs(x1), 0) != 0.0)  # rows with x1 == 0 for every token are not read
+        if SKIP_ZERO:  # rows with x1 == 0 for every token are not read (dReLU's up <= 0, a predictor's misses)
+            live = i_mask & (tl.max(tl.abs(x1), 0) != 0.0)
+        else:  # a listed ReLU neuron has x1 != 0 unless up is exactly 0: the row loads need not wait for x1
+            live = i_mask
         acc = down_acc_add(acc, x1, wdt_ptr, rows, live, offs_d, d_mask, d_model, IEEE, BLOCK_T)
     res = down_acc_result(acc, BLOCK_T)
     out_mask = t_mask[:, None] & d_mask[None, :]
+    tl.debug_barrier()  # every warp of this program has read the list length before the program counts as done
     if SPLITS == 1:
         if HAS_BIAS:
             res += tl.load(bd_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)[None, :]
         tl.store(out_ptr + tokens[:, None] * d_model + offs_d[None, :], res, mask=out_mask)
+        reducer = True
     else:
-        reduce_splits(res, split, tokens, offs_d, out_mask, d_mask, n_tokens, d_model, partial_ptr, out_ptr, bd_ptr,
-                      tickets_ptr + lst * tl.num_programs(0) + col_blk, HAS_BIAS, FENCE, BLOCK_T, BLOCK_D, SPLITS)
-    # The last program to finish (every program read its list length at the start) zeroes the list lengths for
-    # the next call, so they need no memset launch: the buffer lives on the SparseFFN, zeroed once.
-    n_programs = tl.num_programs(0) * tl.num_programs(1) * tl.num_programs(2)
-    tl.debug_barrier()  # every warp of this program has read the list length before it counts as finished
-    if tl.atomic_add(done_ptr, 1, sem="acq_rel") == n_programs - 1:
-        lists = tl.arange(0, 64)
-        tl.store(counts_ptr + lists, tl.zeros([64], dtype=tl.int32), mask=lists < tl.num_programs(2))
-        tl.atomic_xchg(done_ptr, 0)
+        reducer = reduce_splits(res, split, tokens, offs_d, out_mask, d_mask, n_tokens, d_model, partial_ptr,
+                                out_ptr, bd_ptr, tickets_ptr + lst * tl.num_programs(0) + col_blk, HAS_BIAS, FENCE,
+                                BLOCK_T, BLOCK_D, SPLITS)
+    # The last column-block reducer to finish zeroes the list lengths for the next call, so they need no memset
+    # launch (the buffer lives on the SparseFFN, zeroed once). When it counts, every program of the grid has taken
+    # its ticket, so every program has read its list length. Only reducers count: one atomic per column block, not
+    # one per program on a single address.
+    if reducer:
+        if tl.atomic_add(done_ptr, 1, sem="acq_rel") == tl.num_programs(0) * tl.num_programs(2) - 1:
+            lists = tl.arange(0, 64)
+            tl.store(counts_ptr + lists, tl.zeros([64], dtype=tl.int32), mask=lists < tl.num_programs(2))
+            tl.atomic_xchg(done_ptr, 0)
 
 
 @triton.jit
@@ -147,7 +163,7 @@ def reduce_splits(res, split, tokens, offs_d, out_mask, d_mask, n_tokens, d_mode
                   BLOCK_D: tl.constexpr, SPLITS: tl.constexpr):
     """Split-K epilogue shared by the down kernels: store this split's partial sums [BLOCK_T, BLOCK_D]; the last
     of the SPLITS programs of a column block (ticket counter) adds them in split order, adds the bias, writes
-    the output and resets the ticket."""
+    the output and resets the ticket. Returns whether this program was that last one."""
     part_ptrs = partial_ptr + tokens[:, None] * d_model + offs_d[None, :]
     part_stride = n_tokens * d_model
     tl.store(part_ptrs + split * part_stride, res, mask=out_mask)
@@ -155,7 +171,8 @@ def reduce_splits(res, split, tokens, offs_d, out_mask, d_mask, n_tokens, d_mode
         tl.inline_asm_elementwise("fence.acq_rel.gpu; mov.u32 $0, $1;", "=r,r", [tl.full([1], 0, tl.int32)],
                                   dtype=tl.int32, is_pure=False, pack=1)
     tl.debug_barrier()  # every thread's partial is stored before the ticket is taken (release below)
-    if tl.atomic_add(ticket_ptr, 1, sem="acq_rel") == SPLITS - 1:
+    last = tl.atomic_add(ticket_ptr, 1, sem="acq_rel") == SPLITS - 1
+    if last:
         total = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
         for s in range(SPLITS):  # fixed order: the result does not depend on who finished last
             total += tl.load(part_ptrs + s * part_stride, mask=out_mask, other=0.0, cache_modifier=".cg")
@@ -163,17 +180,21 @@ def reduce_splits(res, split, tokens, offs_d, out_mask, d_mask, n_tokens, d_mode
             total += tl.load(bd_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)[None, :]
         tl.store(out_ptr + tokens[:, None] * d_model + offs_d[None, :], total, mask=out_mask)
         tl.atomic_xchg(ticket_ptr, 0)  # ready for the next call
+    return last
 
 
 def launch_up(x, w_up, b_up, w_gate, b_gate, gate_act_in, mask, per_token, act, threshold, counts, idx, x1c,
-              n_programs: int, pdl: bool = False) -> None:
-    """x1c from listed neurons; with `gate_act_in` None the gate rows are read here too (predicted set)."""
+              n_sms: int, pdl: bool = False) -> None:
+    """x1c from listed neurons; with `gate_act_in` None the gate rows are read here too (predicted set).
+    The grid holds the config's GRID_PER_SM programs per SM (`n_sms` of them), shared by the lists."""
     n_tokens, d_model = x.shape
     d_ff = w_up.shape[0]
     n_lists = n_tokens if per_token else 1
     fuse_gate = gate_act_in is None
-    per_list = max(1, n_programs // n_lists)  # the persistent grid is shared by the lists
-    grid = lambda meta: (min(per_list, triton.cdiv(d_ff, meta["BLOCK_J"])), n_lists)  # noqa: E731
+
+    def grid(meta):
+        per_list = max(1, meta["GRID_PER_SM"] * n_sms // n_lists)
+        return min(per_list, triton.cdiv(d_ff, meta["BLOCK_J"])), n_lists
     up_kernel[grid](x, w_up, b_up if b_up is not None else w_up, w_gate, b_gate if b_gate is not None else w_gate,
                     x1c if fuse_gate else gate_act_in, mask if mask is not None else counts, counts, idx, x1c,
                     n_tokens, d_model, d_ff, float(threshold), ACT=ACT_CODES[act], FUSE_GATE=fuse_gate,
@@ -183,15 +204,18 @@ def launch_up(x, w_up, b_up, w_gate, b_gate, gate_act_in, mask, per_token, act, 
                     **launch_options(pdl))
 
 
-def launch_down(x1c, w_down_t, b_down, per_token, counts, idx, partials, tickets, out, done, pdl: bool = False) -> None:
+def launch_down(x1c, w_down_t, b_down, per_token, counts, idx, partials, tickets, out, done, skip_zero: bool,
+                pdl: bool = False) -> None:
     """out[t] = sum over listed neurons i of x1c[t, i] * W_down^T[idx[i]] (+ bias); then `counts` (<= 64 lists)
-    is zeroed by the last program to finish, with `done` (one int32, zero between calls) as its counter."""
+    is zeroed by the last column-block reducer to finish, with `done` (one int32, zero between calls) as its
+    counter. `skip_zero`: rows whose x1 is 0 for every token are not read (worth it where listed neurons can
+    have x1 = 0: dReLU, predicted sets); otherwise the row loads do not wait for x1."""
     n_tokens, d_model = out.shape
     d_ff = w_down_t.shape[0]
     n_lists = n_tokens if per_token else 1
     grid = lambda meta: (triton.cdiv(d_model, meta["BLOCK_D"]), meta["SPLITS"], n_lists)  # noqa: E731
     down_kernel[grid](x1c, w_down_t, b_down if b_down is not None else w_down_t, counts, idx, partials, tickets,
                       out, done, n_tokens, d_model, d_ff, HAS_BIAS=b_down is not None, PER_TOKEN=per_token,
-                      FENCE=not configs.INTERPRET,
+                      SKIP_ZERO=skip_zero, FENCE=not configs.INTERPRET,
                       IEEE=out.dtype == torch.float32, BLOCK_T=1 if per_token else token_block(n_tokens),
                       **launch_options(pdl))
