@@ -19,7 +19,7 @@ import torch
 from .bench import DTYPES, case_calls
 from .bench_data import SHAPES, make_weight_sets
 
-METHODS = ("dense", "ours_union", "ours_union_gate_up", "ours_predicted_union", "ours_predicted_inline",
+METHODS = ("dense", "ours_union", "ours_union_gate_up", "ours_predicted_union", "ours_predicted_index", "ours_predicted_inline",
            "ours_predicted_fused")
 
 

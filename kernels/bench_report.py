@@ -11,6 +11,7 @@ GOALS = [
     ("batch 1, 90%, no predictor", "llama2-7b", 1, 0.9, "ours_union", 3.0),
     ("batch 1, 90%, no predictor (gate + up fused)", "llama2-7b", 1, 0.9, "ours_union_gate_up", 3.0),
     ("batch 1, 90%, active set given", "llama2-7b", 1, 0.9, "ours_predicted_union", 6.0),
+    ("batch 1, 90%, active set given as an index list", "llama2-7b", 1, 0.9, "ours_predicted_index", 6.0),
     ("batch 1, 90%, active set given (Version 2, fused)", "llama2-7b", 1, 0.9, "ours_predicted_fused", 6.0),
     ("batch 1, 90%, active set given (lists, inline compaction)", "llama2-7b", 1, 0.9, "ours_predicted_inline", 6.0),
     ("batch 1, 90%, no predictor (PDL launches)", "llama2-7b", 1, 0.9, "ours_union_pdl", 3.0),

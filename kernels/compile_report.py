@@ -22,10 +22,10 @@ KERNEL_ARGS = {
                         d_model="i32", d_ff="i32", threshold="fp32"),
     "up_kernel": dict(x_ptr="*{dt}", wu_ptr="*{dt}", bu_ptr="*{dt}", wg_ptr="*{dt}", bg_ptr="*{dt}", gact_ptr="*fp32",
                       mask_ptr="*u8", counts_ptr="*i32", idx_ptr="*i32", x1c_ptr="*fp32", n_tokens="i32",
-                      d_model="i32", d_ff="i32", threshold="fp32"),
+                      d_model="i32", d_ff="i32", threshold="fp32", n_given="i32"),
     "down_kernel": dict(x1c_ptr="*fp32", wdt_ptr="*{dt}", bd_ptr="*{dt}", counts_ptr="*i32", idx_ptr="*i32",
                         partial_ptr="*fp32", tickets_ptr="*i32", out_ptr="*{dt}", done_ptr="*i32", n_tokens="i32",
-                        d_model="i32", d_ff="i32"),
+                        d_model="i32", d_ff="i32", n_given="i32"),
     "compact_up_kernel": dict(x_ptr="*{dt}", wg_ptr="*{dt}", bg_ptr="*{dt}", wu_ptr="*{dt}", bu_ptr="*{dt}",
                               mask_ptr="*u8", counts_ptr="*i32", idx_ptr="*i32", x1c_ptr="*fp32", d_model="i32",
                               d_ff="i32", threshold="fp32"),
@@ -48,10 +48,12 @@ def variants(name: str, block_t: int):
                 for pt, fu, g in ((False, False, False), (True, False, False), (False, True, False), (False, False, True))]
     if name == "up_kernel":
         return [dict(common, ACT=0, FUSE_GATE=fg, HAS_BU=False, HAS_BG=False, MASK_PER_TOKEN=False,
-                     PER_TOKEN=False, IEEE=False, USE_GDC=g) for fg, g in ((False, False), (True, False), (False, True))]
+                     PER_TOKEN=False, N_GIVEN=ng, IEEE=False, USE_GDC=g)
+                for fg, ng, g in ((False, False, False), (True, False, False), (True, True, False), (False, False, True))]
     if name == "down_kernel":
-        return [dict(common, HAS_BIAS=False, PER_TOKEN=False, SKIP_ZERO=sz, IEEE=False, FENCE=True, USE_GDC=g)
-                for sz, g in ((False, False), (True, False), (False, True))]
+        return [dict(common, HAS_BIAS=False, PER_TOKEN=False, N_GIVEN=ng, SKIP_ZERO=sz, IEEE=False, FENCE=True,
+                     USE_GDC=g) for ng, sz, g in ((False, False, False), (False, True, False), (True, True, False),
+                                                  (False, False, True))]
     if name == "compact_kernel":
         return [dict(common, PER_TOKEN=False, USE_GDC=g) for g in (False, True)]
     if name == "compact_up_kernel":  # batch 1 only: no BLOCK_T

@@ -106,8 +106,9 @@ class SparseFFN(nn.Module):
             raise ValueError(f"x must be (tokens, {self.w_gate.shape[1]}), got {tuple(x.shape)}")
         x = x.to(self.w_gate.dtype).contiguous()
         fused = active is not None and self.backend == "triton" and self.dispatch.predicted_kernel == "fused"
-        # The fused kernels read an index list as given (no mask built from it: two launches fewer).
-        idx = active if fused and self._is_index(active) else None
+        # The fused and the lists kernels read an index list as given (no mask built from it, no compaction).
+        idx = active if (active is not None and self.backend == "triton" and self._is_index(active)
+                         and self.dispatch.predicted_kernel in ("fused", "lists")) else None
         mask = None if active is None or idx is not None else self._as_mask(active, x.shape[0])
         plan = self._plan(x.shape[0], active is not None, 1 if mask is None else mask.shape[0])
         if self.neuron_prob is None:
@@ -128,7 +129,7 @@ class SparseFFN(nn.Module):
                                  self.workspace_alloc, fuse_up=self.dispatch.exact_kernel == "gate_up",
                                  state=self._list_state,
                                  inline_compact=self.dispatch.predicted_kernel == "lists_inline",
-                                 pdl=self.dispatch.pdl)
+                                 pdl=self.dispatch.pdl, index=None if idx is None else self._int32(idx))
 
     def _plan(self, n_tokens: int, predicted: bool, mask_rows: int = 1):
         """The dispatcher's choice, cached per (tokens, predicted, mask rows): host-only, no sync.
@@ -138,6 +139,14 @@ class SparseFFN(nn.Module):
             weight_mb = 3 * self.w_gate.numel() * self.w_gate.element_size() / 1e6
             self._plans[key] = choose_plan(self.dispatch, n_tokens, self.neuron_prob, key[1], key[2], weight_mb)
         return self._plans[key]
+
+    @staticmethod
+    def _int32(idx: torch.Tensor) -> torch.Tensor:
+        """The list as the kernels read it; pass int32 (contiguous) to save this conversion's launch."""
+        if idx.dtype != torch.int32 or not idx.is_contiguous():
+            warn_once("SparseFFN: an index list that is not contiguous int32 is converted each call (one launch)")
+            return idx.to(torch.int32).contiguous()
+        return idx
 
     @staticmethod
     def _is_index(active: torch.Tensor) -> bool:

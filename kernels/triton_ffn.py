@@ -29,12 +29,15 @@ def list_state(device) -> torch.Tensor:
 
 
 def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, per_token,
-                      tickets, alloc=torch.empty, fuse_up=False, state=None, inline_compact=False, pdl=False):
+                      tickets, alloc=torch.empty, fuse_up=False, state=None, inline_compact=False, pdl=False,
+                      index=None):
     """x [T, d] -> [T, d]. mask: None (dense gate decides), [1, d_ff] or [T, d_ff] bool (predicted set).
     `alloc` makes the float workspaces and the output (tests poison them with NaN). `fuse_up` (no mask, union
     mode): the gate kernel also computes x1, one launch fewer. `state`: a `list_state` buffer (None: a fresh one).
     `inline_compact` (one token, one mask row): compaction inside the up kernel (triton_compact_up.py).
-    `pdl`: programmatic dependent launch for the gate / compaction, up and down kernels (pdl.py), where usable."""
+    `pdl`: programmatic dependent launch for the gate / compaction, up and down kernels (pdl.py), where usable.
+    `index` (mask None, union mode): the predicted set as the caller's 1-D int32 list of unique neuron ids, used
+    as the list itself: its length is known on the host, so there is no compaction launch (two launches in all)."""
     if x.device.type != "cuda" and not configs.INTERPRET:
         raise RuntimeError("the Triton backend needs a CUDA tensor (or TRITON_INTERPRET=1 set before importing "
                            "triton); use backend='torch' on CPU")
@@ -47,9 +50,16 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
     state = list_state(dev) if state is None else state
     pdl = pdl and pdl_usable(dev)
     counts, done = state[:n_lists], state[MAX_LISTS:]
-    idx = torch.empty(n_lists, d_ff, dtype=torch.int32, device=dev)
     x1c = alloc(n_tokens, d_ff, dtype=torch.float32, device=dev)
-    if mask is None and fuse_up and not per_token:
+    n_given = None if index is None else index.numel()
+    if index is not None and (mask is not None or per_token or index.dtype != torch.int32 or index.dim() != 1):
+        raise ValueError("index: a 1-D int32 tensor of neuron ids, with mask None and per_token False")
+    idx = index if index is not None else torch.empty(n_lists, d_ff, dtype=torch.int32, device=dev)
+    if index is not None:
+        if n_given > 0:  # (a grid of 0 programs is not launched)
+            launch_up(x, w_up, b_up, w_gate, b_gate, None, None, False, activation, threshold, counts, idx, x1c,
+                      _n_sms(dev), pdl=pdl, n_given=n_given)
+    elif mask is None and fuse_up and not per_token:
         launch_gate(x, w_gate, b_gate, activation, threshold, False, None, counts, idx, up=(w_up, b_up, x1c), pdl=pdl)
     elif mask is not None and inline_compact and n_tokens == 1 and mask.shape[0] == 1:
         from .triton_compact_up import launch_compact_up
@@ -67,5 +77,5 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
     partials = alloc(splits * n_tokens * d_model, dtype=torch.float32, device=dev)
     out = alloc(n_tokens, d_model, dtype=x.dtype, device=dev)
     launch_down(x1c, w_down_t, b_down, per_token, counts, idx, partials, tickets, out, done,
-                skip_zero=mask is not None or activation == "drelu", pdl=pdl)
+                skip_zero=mask is not None or index is not None or activation == "drelu", pdl=pdl, n_given=n_given)
     return out

@@ -25,13 +25,16 @@ from .triton_gate import ACT_CODES, dot_acc, gate_act, gate_up_of_rows, token_bl
 @tuned(UP_CONFIGS, UP_FIXED, key=["d_model", "d_ff", "BLOCK_T", "FUSE_GATE", "PER_TOKEN"])
 @triton.jit
 def up_kernel(x_ptr, wu_ptr, bu_ptr, wg_ptr, bg_ptr, gact_ptr, mask_ptr, counts_ptr, idx_ptr, x1c_ptr,
-              n_tokens, d_model, d_ff, threshold, ACT: tl.constexpr, FUSE_GATE: tl.constexpr,
+              n_tokens, d_model, d_ff, threshold, n_given, ACT: tl.constexpr, FUSE_GATE: tl.constexpr,
               HAS_BU: tl.constexpr, HAS_BG: tl.constexpr, MASK_PER_TOKEN: tl.constexpr,
-              PER_TOKEN: tl.constexpr, IEEE: tl.constexpr, USE_GDC: tl.constexpr,
+              PER_TOKEN: tl.constexpr, N_GIVEN: tl.constexpr, IEEE: tl.constexpr, USE_GDC: tl.constexpr,
               BLOCK_T: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, GRID_PER_SM: tl.constexpr):
     gdc_start(USE_GDC)
     lst = tl.program_id(1)
-    n_listed = tl.load(counts_ptr + lst)
+    if N_GIVEN:  # the caller's index list, its length known on the host
+        n_listed = n_given
+    else:
+        n_listed = tl.load(counts_ptr + lst)
     if PER_TOKEN:
         tokens = lst + tl.arange(0, BLOCK_T)
         t_mask = tokens < lst + 1
@@ -101,7 +104,8 @@ def down_acc_result(acc, BLOCK_T: tl.constexpr):
        restore_value=["counts_ptr"])
 @triton.jit
 def down_kernel(x1c_ptr, wdt_ptr, bd_ptr, counts_ptr, idx_ptr, partial_ptr, tickets_ptr, out_ptr, done_ptr,
-                n_tokens, d_model, d_ff, HAS_BIAS: tl.constexpr, PER_TOKEN: tl.constexpr, SKIP_ZERO: tl.constexpr,
+                n_tokens, d_model, d_ff, n_given, HAS_BIAS: tl.constexpr, PER_TOKEN: tl.constexpr,
+                N_GIVEN: tl.constexpr, SKIP_ZERO: tl.constexpr,
                 IEEE: tl.constexpr, FENCE: tl.constexpr, USE_GDC: tl.constexpr, BLOCK_T: tl.constexpr,
                 BLOCK_D: tl.constexpr, BLOCK_J: tl.constexpr, SPLITS: tl.constexpr):
     gdc_start(USE_GDC)
@@ -119,7 +123,10 @@ def down_kernel(x1c_ptr, wdt_ptr, bd_ptr, counts_ptr, idx_ptr, partial_ptr, tick
     # Balanced ranges of list positions per split, [s n / SPLITS, (s + 1) n / SPLITS): with n / SPLITS <= BLOCK_J
     # every split reads its rows in one step. (Ranges of whole BLOCK_J blocks gave 1100 neurons at BLOCK_J 32 and
     # SPLITS 32 two steps in 18 splits and none in 14.)
-    n_listed = tl.load(counts_ptr + lst)
+    if N_GIVEN:
+        n_listed = n_given
+    else:
+        n_listed = tl.load(counts_ptr + lst)
     lo = (split * n_listed) // SPLITS
     hi = ((split + 1) * n_listed) // SPLITS
     acc = down_acc_init(BLOCK_T, BLOCK_J, BLOCK_D)
@@ -149,12 +156,13 @@ def down_kernel(x1c_ptr, wdt_ptr, bd_ptr, counts_ptr, idx_ptr, partial_ptr, tick
     # The last column-block reducer to finish zeroes the list lengths for the next call, so they need no memset
     # launch (the buffer lives on the SparseFFN, zeroed once). When it counts, every program of the grid has taken
     # its ticket, so every program has read its list length. Only reducers count: one atomic per column block, not
-    # one per program on a single address.
-    if reducer:
-        if tl.atomic_add(done_ptr, 1, sem="acq_rel") == tl.num_programs(0) * tl.num_programs(2) - 1:
-            lists = tl.arange(0, 64)
-            tl.store(counts_ptr + lists, tl.zeros([64], dtype=tl.int32), mask=lists < tl.num_programs(2))
-            tl.atomic_xchg(done_ptr, 0)
+    # one per program on a single address. (A list given by the caller has no length to reset.)
+    if not N_GIVEN:
+        if reducer:
+            if tl.atomic_add(done_ptr, 1, sem="acq_rel") == tl.num_programs(0) * tl.num_programs(2) - 1:
+                lists = tl.arange(0, 64)
+                tl.store(counts_ptr + lists, tl.zeros([64], dtype=tl.int32), mask=lists < tl.num_programs(2))
+                tl.atomic_xchg(done_ptr, 0)
 
 
 @triton.jit
@@ -184,9 +192,10 @@ def reduce_splits(res, split, tokens, offs_d, out_mask, d_mask, n_tokens, d_mode
 
 
 def launch_up(x, w_up, b_up, w_gate, b_gate, gate_act_in, mask, per_token, act, threshold, counts, idx, x1c,
-              n_sms: int, pdl: bool = False) -> None:
+              n_sms: int, pdl: bool = False, n_given: int | None = None) -> None:
     """x1c from listed neurons; with `gate_act_in` None the gate rows are read here too (predicted set).
-    The grid holds the config's GRID_PER_SM programs per SM (`n_sms` of them), shared by the lists."""
+    The grid holds the config's GRID_PER_SM programs per SM (`n_sms` of them), shared by the lists.
+    `n_given`: `idx` is one list of that many entries given by the caller (`counts` is not read)."""
     n_tokens, d_model = x.shape
     d_ff = w_up.shape[0]
     n_lists = n_tokens if per_token else 1
@@ -194,28 +203,30 @@ def launch_up(x, w_up, b_up, w_gate, b_gate, gate_act_in, mask, per_token, act, 
 
     def grid(meta):
         per_list = max(1, meta["GRID_PER_SM"] * n_sms // n_lists)
-        return min(per_list, triton.cdiv(d_ff, meta["BLOCK_J"])), n_lists
+        return min(per_list, triton.cdiv(d_ff if n_given is None else n_given, meta["BLOCK_J"])), n_lists
     up_kernel[grid](x, w_up, b_up if b_up is not None else w_up, w_gate, b_gate if b_gate is not None else w_gate,
                     x1c if fuse_gate else gate_act_in, mask if mask is not None else counts, counts, idx, x1c,
-                    n_tokens, d_model, d_ff, float(threshold), ACT=ACT_CODES[act], FUSE_GATE=fuse_gate,
+                    n_tokens, d_model, d_ff, float(threshold), n_given or 0, ACT=ACT_CODES[act], FUSE_GATE=fuse_gate,
                     HAS_BU=b_up is not None, HAS_BG=b_gate is not None,
                     MASK_PER_TOKEN=mask is not None and mask.shape[0] > 1, PER_TOKEN=per_token,
+                    N_GIVEN=n_given is not None,
                     IEEE=x.dtype == torch.float32, BLOCK_T=1 if per_token else token_block(n_tokens),
                     **launch_options(pdl))
 
 
 def launch_down(x1c, w_down_t, b_down, per_token, counts, idx, partials, tickets, out, done, skip_zero: bool,
-                pdl: bool = False) -> None:
+                pdl: bool = False, n_given: int | None = None) -> None:
     """out[t] = sum over listed neurons i of x1c[t, i] * W_down^T[idx[i]] (+ bias); then `counts` (<= 64 lists)
     is zeroed by the last column-block reducer to finish, with `done` (one int32, zero between calls) as its
     counter. `skip_zero`: rows whose x1 is 0 for every token are not read (worth it where listed neurons can
-    have x1 = 0: dReLU, predicted sets); otherwise the row loads do not wait for x1."""
+    have x1 = 0: dReLU, predicted sets); otherwise the row loads do not wait for x1. `n_given`: as in
+    `launch_up` (then nothing is reset)."""
     n_tokens, d_model = out.shape
     d_ff = w_down_t.shape[0]
     n_lists = n_tokens if per_token else 1
     grid = lambda meta: (triton.cdiv(d_model, meta["BLOCK_D"]), meta["SPLITS"], n_lists)  # noqa: E731
     down_kernel[grid](x1c, w_down_t, b_down if b_down is not None else w_down_t, counts, idx, partials, tickets,
-                      out, done, n_tokens, d_model, d_ff, HAS_BIAS=b_down is not None, PER_TOKEN=per_token,
-                      SKIP_ZERO=skip_zero, FENCE=not configs.INTERPRET,
+                      out, done, n_tokens, d_model, d_ff, n_given or 0, HAS_BIAS=b_down is not None,
+                      PER_TOKEN=per_token, N_GIVEN=n_given is not None, SKIP_ZERO=skip_zero, FENCE=not configs.INTERPRET,
                       IEEE=out.dtype == torch.float32, BLOCK_T=1 if per_token else token_block(n_tokens),
                       **launch_options(pdl))

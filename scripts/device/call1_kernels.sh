@@ -3,7 +3,7 @@
 # predicted paths side by side); per-kernel breakdown of batch 1 at 90%; decode benchmark (exact and predictor
 # paths, 32 layers). Each step has its own time limit, so one slow step cannot take the call's 600 s.
 #   carry: .carry/gguf_a (+ any .carry/whl_* to install on this machine)
-#   env: TESTS_S, TESTS_K (pytest -k), BENCH_S, BATCHES, SPARSITIES, DECODE_S, COMPILED_S (a time limit of 0
+#   env: TESTS_S, TESTS_K (pytest -k), BENCH_S, BREAKDOWN_S, BATCHES, SPARSITIES, DECODE_S, COMPILED_S (a time limit of 0
 #   skips that step). Eight files come back: the device tool's limit (the bench log stays in /tmp).
 set -uo pipefail
 source scripts/device/env.sh
@@ -14,7 +14,7 @@ mkdir -p /root/stash && cp .carry/gguf_a/* /root/stash/ 2>/dev/null
   --sparsities ${SPARSITIES:-0.5,0.8,0.9,0.95} --out-dir "$OUT/bk7b" > /tmp/bench7b.log 2>&1; echo "bench rc $?"
 grep -E "goal|WRONG|Error|error|copy bandwidth" /tmp/bench7b.log 2>/dev/null | head -20
 cd /tmp
-[ "${BENCH_S:-200}" = 0 ] || timeout 60 python3 -m actsparse.kernels.bench_breakdown --batch 1 --sparsity 0.9 --out "$OUT/breakdown_b1_s90.json" 2>&1 | tail -30
+[ "${BENCH_S:-200}" = 0 ] || timeout ${BREAKDOWN_S:-60} python3 -m actsparse.kernels.bench_breakdown --batch 1 --sparsity 0.9 --out "$OUT/breakdown_b1_s90.json" 2>&1 | tail -30
 [ "${DECODE_S:-150}" = 0 ] || timeout ${DECODE_S:-150} python3 -m actsparse.kernels.bench_decode --layers 32 --batches 1,8 \
   --out "$OUT/bench_decode.json" 2>&1 | grep -v Warning | tail -12
 # torch.compile for dense and sparse alike (compiled_decoding.py); 8 layers keep the compile short.

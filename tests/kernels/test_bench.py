@@ -39,8 +39,8 @@ COMMON_METHODS = {"dense", "index_select", "ours_union", "ours_union_gate_up", "
 
 
 @pytest.mark.skipif(not configs.INTERPRET, reason="needs TRITON_INTERPRET=1 (set by conftest.py)")
-def test_bench_case_batch_1_has_the_inline_compaction_and_pdl_methods(caplog):
-    """Batch 1 adds the inline compaction and the PDL launches; under the interpreter PDL is unusable, which the
+def test_bench_case_batch_1_has_the_inline_compaction_pdl_and_index_methods(caplog):
+    """Batch 1 adds the inline compaction, the PDL launches and the index list; under the interpreter PDL is unusable, which the
     log says once, and the results stay exact."""
     from actsparse.kernels import dispatch
     dispatch._warned.clear()   # warn_once is per process: another test may have said it already
@@ -49,7 +49,7 @@ def test_bench_case_batch_1_has_the_inline_compaction_and_pdl_methods(caplog):
     records = bench.bench_case("tiny", d, f, 1, 0.7, sets, torch.float32, 1, 100.0, torch.Generator().manual_seed(0),
                                timer=_one_pass_timer, device="cpu")
     assert {r["method"] for r in records} == COMMON_METHODS | {"ours_predicted_inline", "ours_union_pdl",
-                                                               "ours_predicted_union_pdl"}
+                                                               "ours_predicted_union_pdl", "ours_predicted_index"}
     for r in records:
         assert "error" not in r and r["rel_err"] < 1e-4, r
     assert "DispatchConfig(pdl=True) unavailable under the Triton interpreter" in caplog.text

@@ -84,6 +84,24 @@ def test_fused_predicted_matches_float64(dtype, d, f, tokens, kind):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("d,f", [(4096, 11008), (1000, 3001)])
+@pytest.mark.parametrize("tokens", [1, 5])
+def test_index_list_matches_float64(dtype, d, f, tokens):
+    """The default "lists" kernels given an int32 index list (no compaction): against float64, and identical bits
+    between calls (the list order is the caller's, the split order fixed)."""
+    ws, x, ffn, mask = _case(dtype, d, f, tokens, DispatchConfig())
+    mask = mask.any(0, keepdim=True)
+    ids = torch.nonzero(mask[0]).flatten()
+    active = ids[torch.randperm(ids.numel(), device="cuda")].to(torch.int32)
+    ref = _reference(ws, x, mask)
+    first = ffn(x, active)
+    assert torch.isfinite(first).all()
+    assert float((first.double() - ref).norm() / ref.norm()) < (2e-3 if dtype == torch.float16 else 1e-2)
+    for _ in range(5):
+        assert torch.equal(ffn(x, active), first)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("d,f", [(4096, 11008), (1000, 3001)])
 def test_inline_compaction_matches_float64(dtype, d, f):
     """predicted_kernel="lists_inline" at batch 1: against float64; repeated calls within one output ulp."""
     ws, x, ffn, mask = _case(dtype, d, f, 1, DispatchConfig(predicted_kernel="lists_inline"))

@@ -128,11 +128,14 @@ def _active(kind, fraction, tokens, f, seed):
     mask = torch.rand(rows, f, generator=g) < fraction
     if kind == "index":
         return torch.nonzero(mask[0]).flatten(), mask
+    if kind == "index32":  # the kernels' own list type, in no particular order (a predictor's top-k)
+        ids = torch.nonzero(mask[0]).flatten()
+        return ids[torch.randperm(ids.numel(), generator=g)].to(torch.int32), mask
     return (mask[0] if kind == "mask1d" else mask), mask
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.3, 1.0])
-@pytest.mark.parametrize("kind", ["mask1d", "mask2d", "index"])
+@pytest.mark.parametrize("kind", ["mask1d", "mask2d", "index", "index32"])
 @pytest.mark.parametrize("mode", ["union", "per_token"])
 @pytest.mark.parametrize("activation,threshold", [ACTIVATIONS[0], ACTIVATIONS[2]])
 @pytest.mark.parametrize("d,f,tokens", [SHAPES[0], SHAPES[1]])
