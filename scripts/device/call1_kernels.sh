@@ -8,7 +8,7 @@
 set -uo pipefail
 source scripts/device/env.sh
 mkdir -p /root/stash && cp .carry/gguf_a/* /root/stash/ 2>/dev/null
-[ "${TESTS_S:-100}" = 0 ] || timeout ${TESTS_S:-100} python3 -m pytest tests/kernels/test_gpu.py -q -m gpu -p no:randomly -k "${TESTS_K:-fused or graph}" \
+[ "${TESTS_S:-100}" = 0 ] || ACTSPARSE_AUTOTUNE=quick timeout ${TESTS_S:-100} python3 -m pytest tests/kernels/test_gpu.py -q -m gpu -p no:randomly -k "${TESTS_K:-fused or graph}" \
   2>&1 | tail -15 | tee "$OUT/gpu_tests.log"
 [ "${BENCH_S:-200}" = 0 ] || timeout ${BENCH_S:-200} python3 -m actsparse.launch.cli bench-kernels --shapes llama2-7b --batches ${BATCHES:-1,8,32} \
   --sparsities ${SPARSITIES:-0.5,0.8,0.9,0.95} --out-dir "$OUT/bk7b" > /tmp/bench7b.log 2>&1; echo "bench rc $?"
