@@ -7,6 +7,7 @@ the H100 runs chose is in kernels/NOTES.md and docs/RESULTS.md).
 """
 from __future__ import annotations
 
+import logging
 import os
 
 import triton
@@ -99,7 +100,8 @@ COMPACT_FIXED = dict(BLOCK_N=128)
 
 def tuned(configs: list[triton.Config], fixed: dict, key: list[str], reset_to_zero: list[str] | None = None,
           restore_value: list[str] | None = None):
-    """Decorator: `triton.autotune(configs, key)` on a GPU; the `fixed` block sizes under the interpreter.
+    """Decorator: `triton.autotune(configs, key)` on a GPU, timed by device time (tune_timing.py); the `fixed`
+    block sizes under the interpreter.
 
     `reset_to_zero` names the atomic counters a timing run would otherwise leave incremented; `restore_value`
     the inputs a timing run changes (the down kernel zeroes the list lengths it read).
@@ -111,11 +113,26 @@ def tuned(configs: list[triton.Config], fixed: dict, key: list[str], reset_to_ze
 
     def decorate(fn):
         tuner = triton.autotune(configs=configs, key=key, reset_to_zero=reset_to_zero, restore_value=restore_value,
-                                prune_configs_by={"early_config_prune": _prune_for_tokens})(fn)
+                                prune_configs_by={"early_config_prune": _prune_for_tokens}, **_timer())(fn)
         AUTOTUNERS.append(tuner)
         return tuner
     return decorate
 
+
+def _timer() -> dict:
+    """`do_bench=graph_do_bench` where this Triton's autotune takes a timer (3.2+); else its own, said once."""
+    import inspect
+    if "do_bench" in inspect.signature(triton.autotune).parameters:
+        from .tune_timing import graph_do_bench
+        return {"do_bench": graph_do_bench}
+    if not _TIMER_WARNED:
+        _TIMER_WARNED.append(True)
+        logging.getLogger(__name__).warning("triton %s: autotune takes no do_bench; configs timed by Triton's own "
+                                            "timer (host-bound for kernels under ~20 µs)", triton.__version__)
+    return {}
+
+
+_TIMER_WARNED: list = []
 
 # Every autotuned kernel, so that a benchmark can forget the chosen configs between cases.
 AUTOTUNERS: list = []
