@@ -49,6 +49,8 @@ def parse_args(argv):
     p.add_argument("--compile-backend", default="inductor", help=argparse.SUPPRESS)
     p.add_argument("--predictor-rank", type=int, default=358,
                    help="rank of the stand-in predictor (bench_predictor.py); 358 = 4%% of a 7B FFN's bytes; 0: none")
+    p.add_argument("--predicted-kernels", default="lists,lists_inline,fused",
+                   help="predicted-set kernels timed on the predictor path (DispatchConfig.predicted_kernel), comma list")
     p.add_argument("--predicted-active", type=float, default=0.15,
                    help="fraction of neurons the predictor selects (PAPERS.md (h): ~15%% incl. a safety margin)")
     p.add_argument("--model", help="a trained ReLU/FATReLU checkpoint (HF folder) instead of the random 7B-shaped "
@@ -145,7 +147,7 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
     swapped = swap_in_sparse_ffns(model, backend="triton")
     with eager(model):  # calibration reads counts back to the host: not inside a compiled graph
         per_layer_active = calibrate(model, sample)
-    kernels = ("lists", "lists_inline", "fused") if predictors else ()
+    kernels = tuple(args.predicted_kernels.split(",")) if predictors else ()
     paths = [("exact", None)] + [(f"predicted_{k}", k) for k in kernels]
     cfg = model.config
     records = []
