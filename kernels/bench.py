@@ -60,7 +60,7 @@ def _methods(sets, xs, masks, batch, calib_x):
     union = [ffn(ws, "union") for ws in sets]
     gate_up = [ffn(ws, "union", exact_kernel="gate_up") for ws in sets]  # exact path, two launches
     fused = [ffn(ws, "union", "fused") for ws in sets]  # Version 2 predicted path, timed beside Version 1
-    dispatched = [ffn(ws, "union") for ws in sets]
+    dispatched = [ffn(ws, "union", exact_kernel="auto") for ws in sets]  # the default DispatchConfig's kernels
     for f in dispatched:
         f.calibrate(calib_x)
     rows = [torch.nonzero(m.any(0)).flatten() for m in masks]

@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 
 BATCH_MODES = ("union", "per_token", "auto")
 PREDICTED_KERNELS = ("lists", "fused", "lists_inline")
-EXACT_KERNELS = ("split", "gate_up")
+EXACT_KERNELS = ("split", "gate_up", "auto")
+# "auto": gate_up for this many tokens (union mode), split otherwise.
+GATE_UP_TOKENS = range(8, 17)
 
 
 @dataclass
@@ -56,10 +58,16 @@ class DispatchConfig:
     # the 7B shape slower than "lists" at 90% sparsity, 38.1 vs 32.0 µs, faster at 95%, 24.5 vs 27.4 µs;
     # other batch sizes run "lists").
     predicted_kernel: str = "lists"
-    # Kernels of the exact (no predictor) union path: "split" (gate, up, down: three launches) or "gate_up"
-    # (the gate kernel reads its active neurons' up rows too: two launches; measured on an H100 at the 7B
-    # shape no faster: 62.4 vs 61.4 µs at 90%, the gate kernel growing by the up kernel's time).
-    exact_kernel: str = "split"
+    # Kernels of the exact (no predictor) union path: "split" (gate, up, down: three launches), "gate_up" (the
+    # gate kernel reads its active neurons' up rows too: two launches), or "auto": gate_up at 8-16 tokens, split
+    # otherwise. H100, 7B shape (sessions 5-6): at batch 1 gate_up is no faster (54.5-62.4 vs 53.7-61.4 µs at 90%);
+    # at batch 8 it was faster at 50/80/90% in all six runs (90%: 71.9-74.5 vs 74.7-80.4 µs, 1.56-1.60x over dense
+    # in session 6) and at batch 16 at 50-90%; at batch 4 and above 16 neither path led throughout.
+    exact_kernel: str = "auto"
+
+    def fuse_up(self, n_tokens: int) -> bool:
+        """Whether the exact union path runs the gate_up kernels for a batch of `n_tokens`."""
+        return self.exact_kernel == "gate_up" or (self.exact_kernel == "auto" and n_tokens in GATE_UP_TOKENS)
     # Programmatic dependent launch between the kernels of one call (pdl.py; Hopper+): each kernel's launch
     # overlaps the previous one's tail. Not yet timed; the "lists" / "split" paths (Version 2 ignores it).
     pdl: bool = False

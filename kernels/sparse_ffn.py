@@ -126,7 +126,7 @@ class SparseFFN(nn.Module):
         if self._list_state is None or self._list_state.device != x.device:
             self._list_state = list_state(x.device)
         return triton_sparse_ffn(*args, self.activation, self.threshold, mask, plan.per_token, self._ticket_buffer(x),
-                                 self.workspace_alloc, fuse_up=self.dispatch.exact_kernel == "gate_up",
+                                 self.workspace_alloc, fuse_up=self.dispatch.fuse_up(x.shape[0]),
                                  state=self._list_state,
                                  inline_compact=self.dispatch.predicted_kernel == "lists_inline",
                                  pdl=self.dispatch.pdl, index=None if idx is None else self._int32(idx))

@@ -65,3 +65,11 @@ def test_cost_model_plan_depends_on_layer_size():
     assert choose_plan(cfg, 32, very_low, False, 1, MB_7B).path == "sparse"
     with pytest.raises(ValueError, match="max_time_ratio"):
         DispatchConfig(max_time_ratio=1.5)
+
+
+def test_exact_kernel_auto_fuses_up_at_8_to_16_tokens():
+    auto = DispatchConfig()
+    assert auto.exact_kernel == "auto"
+    assert [n for n in range(1, 65) if auto.fuse_up(n)] == list(range(8, 17))
+    assert all(DispatchConfig(exact_kernel="gate_up").fuse_up(n) for n in (1, 8, 64))
+    assert not any(DispatchConfig(exact_kernel="split").fuse_up(n) for n in (1, 8, 64))

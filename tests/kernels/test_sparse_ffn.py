@@ -310,3 +310,17 @@ def test_inline_compaction_leaves_batches_to_version_1():
     x = torch.randn(3, 40, generator=torch.Generator().manual_seed(4))
     mask = torch.rand(3, 100, generator=torch.Generator().manual_seed(5)) < 0.3
     check(ffn(x, mask), ref(x, mask))
+
+
+def test_default_dispatch_runs_gate_up_at_8_tokens(monkeypatch):
+    """exact_kernel="auto" (the default): 8 tokens take the two-launch gate_up path, and it stays exact."""
+    _gate_up_only(monkeypatch)
+    g = torch.Generator().manual_seed(8)
+    d, f = 24, 72
+    w_gate, w_up = (torch.randn(f, d, generator=g) / d ** 0.5 for _ in range(2))
+    w_down = torch.randn(d, f, generator=g) / f ** 0.5
+    b_gate = torch.randn(f, generator=g) * 0.5
+    ffn = SparseFFN(w_gate, w_up, w_down.T.contiguous(), b_gate)
+    ffn.workspace_alloc = poisoned_empty
+    x = torch.randn(8, d, generator=g)
+    check(ffn(x), reference_ffn(x, w_gate, w_up, w_down, "relu", b_gate=b_gate))
