@@ -71,6 +71,14 @@ def rows_times_x(w_ptr, rows, i_mask, x_ptr, tokens, t_mask, d_model, IEEE: tl.c
 
 
 @triton.jit
+def pair_tiles(a_ptrs, b_ptrs, offs_k, i_mask, k_mask):
+    """The [rows, BLOCK_K] tiles of two matrices at columns offs_k, both loads issued before either is used."""
+    w_mask = i_mask[:, None] & k_mask[None, :]
+    return (tl.load(a_ptrs + offs_k[None, :], mask=w_mask, other=0.0),
+            tl.load(b_ptrs + offs_k[None, :], mask=w_mask, other=0.0))
+
+
+@triton.jit
 def pair_rows_times_x(wa_ptr, wb_ptr, rows, i_mask, x_ptr, tokens, t_mask, d_model, IEEE: tl.constexpr,
                       BLOCK_T: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
     """(x . wa[rows], x . wb[rows]), each [BLOCK_T, BLOCK_J] fp32, with both matrices' tiles loaded in the same K
@@ -84,9 +92,7 @@ def pair_rows_times_x(wa_ptr, wb_ptr, rows, i_mask, x_ptr, tokens, t_mask, d_mod
         for k0 in range(0, d_model, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
             k_mask = offs_k < d_model
-            w_mask = i_mask[:, None] & k_mask[None, :]
-            wa = tl.load(a_ptrs + offs_k[None, :], mask=w_mask, other=0.0)
-            wb = tl.load(b_ptrs + offs_k[None, :], mask=w_mask, other=0.0)
+            wa, wb = pair_tiles(a_ptrs, b_ptrs, offs_k, i_mask, k_mask)
             xv = tl.load(x_ptr + tokens * d_model + offs_k, mask=k_mask & t_mask, other=0.0).to(tl.float32)[None, :]
             acc_a += wa.to(tl.float32) * xv
             acc_b += wb.to(tl.float32) * xv
@@ -97,9 +103,7 @@ def pair_rows_times_x(wa_ptr, wb_ptr, rows, i_mask, x_ptr, tokens, t_mask, d_mod
         for k0 in range(0, d_model, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
             k_mask = offs_k < d_model
-            w_mask = i_mask[:, None] & k_mask[None, :]
-            wa = tl.load(a_ptrs + offs_k[None, :], mask=w_mask, other=0.0)
-            wb = tl.load(b_ptrs + offs_k[None, :], mask=w_mask, other=0.0)
+            wa, wb = pair_tiles(a_ptrs, b_ptrs, offs_k, i_mask, k_mask)
             xt = tl.load(x_ptr + tokens[:, None] * d_model + offs_k[None, :],
                          mask=t_mask[:, None] & k_mask[None, :], other=0.0)
             res_a = dot_acc(res_a, xt, tl.trans(wa), IEEE)

@@ -1,14 +1,15 @@
 """Sparse up (optionally with the gate) fused with the multiply, then sparse down on W_down^T rows.
 
-`up_kernel`: a persistent grid walks blocks of BLOCK_J listed neurons; for each it reads the neurons'
-up rows (and, with a predicted set, their gate rows too), computes full dot products over d_model and
-writes `x1 = act(gate) * up` compactly: x1c[t, i] belongs to the i-th entry of token t's list (per-token
-mode) or of the shared list (union mode).
+`up_kernel`: each program owns a balanced range of a neuron list (GRID_PER_SM programs per SM) and walks it
+BLOCK_J neurons at a time; it reads their up rows (and, with a predicted set, their gate rows in the same K
+steps), computes full dot products over d_model and writes `x1 = act(gate) * up` compactly: x1c[t, i]
+belongs to the i-th entry of token t's list (per-token mode) or of the shared list (union mode). The list
+is built on the GPU (its length read from `counts`) or given by the caller (its length passed from the host).
 `down_kernel`: output columns split in BLOCK_D blocks; SPLITS programs share the listed neurons of one
-column block; each reads only the W_down^T row segments of its neurons whose x1 is non-zero for some
-token (so dReLU's up <= 0 neurons cost no down bytes), and the last of the SPLITS programs to finish
-(ticket counter) adds the partial sums in a fixed order and writes the output: one launch,
-deterministic for a given list order.
+column block in balanced ranges; each reads the W_down^T row segments of its neurons (with SKIP_ZERO only
+those whose x1 is non-zero for some token, so dReLU's up <= 0 neurons cost no down bytes), and the last of
+the SPLITS programs to finish (ticket counter) adds the partial sums in a fixed order and writes the output:
+one launch, deterministic for a given list order.
 """
 from __future__ import annotations
 
