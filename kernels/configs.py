@@ -7,7 +7,6 @@ the H100 runs chose is in kernels/NOTES.md and docs/RESULTS.md).
 """
 from __future__ import annotations
 
-import logging
 import os
 
 import triton
@@ -125,14 +124,10 @@ def _timer() -> dict:
     if "do_bench" in inspect.signature(triton.autotune).parameters:
         from .tune_timing import graph_do_bench
         return {"do_bench": graph_do_bench}
-    if not _TIMER_WARNED:
-        _TIMER_WARNED.append(True)
-        logging.getLogger(__name__).warning("triton %s: autotune takes no do_bench; configs timed by Triton's own "
-                                            "timer (host-bound for kernels under ~20 µs)", triton.__version__)
+    from .dispatch import warn_once
+    warn_once(f"triton {triton.__version__}: autotune takes no do_bench; configs timed by Triton's own timer "
+              "(host-bound for kernels under ~20 µs)")
     return {}
-
-
-_TIMER_WARNED: list = []
 
 # Every autotuned kernel, so that a benchmark can forget the chosen configs between cases.
 AUTOTUNERS: list = []

@@ -9,15 +9,12 @@ timed replay, as Triton's `do_bench` does, so the weights come from DRAM as in a
 """
 from __future__ import annotations
 
-import logging
-
 import torch
 
-log = logging.getLogger(__name__)
+from .dispatch import warn_once
 
 FLUSH_BYTES = 128 << 20  # > 2x the H100 / H200 L2 (50-60 MB)
 _flush: dict = {}
-_warned: set = set()
 
 
 def _flush_graph(device) -> torch.cuda.CUDAGraph:
@@ -40,9 +37,7 @@ def graph_do_bench(fn, quantiles=(0.5, 0.2, 0.8), reps: int = 25, warmup: int = 
         with torch.cuda.graph(graph):
             fn()
     except Exception as e:  # noqa: BLE001 -- e.g. called inside another capture: time the plain way, and say so
-        if "graph" not in _warned:
-            _warned.add("graph")
-            log.warning("autotune: CUDA-graph timing unavailable (%s); timing with triton.testing.do_bench", e)
+        warn_once(f"autotune: CUDA-graph timing unavailable ({type(e).__name__}); timing with triton.testing.do_bench")
         import triton.testing
         return triton.testing.do_bench(fn, quantiles=list(quantiles))
     flush = _flush_graph(torch.cuda.current_device())
