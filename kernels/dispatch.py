@@ -64,10 +64,6 @@ class DispatchConfig:
     # at batch 8 it was faster at 50/80/90% in all six runs (90%: 71.9-74.5 vs 74.7-80.4 µs, 1.56-1.60x over dense
     # in session 6) and at batch 16 at 50-90%; at batch 4 and above 16 neither path led throughout.
     exact_kernel: str = "auto"
-
-    def fuse_up(self, n_tokens: int) -> bool:
-        """Whether the exact union path runs the gate_up kernels for a batch of `n_tokens`."""
-        return self.exact_kernel == "gate_up" or (self.exact_kernel == "auto" and n_tokens in GATE_UP_TOKENS)
     # Programmatic dependent launch between the kernels of one call (pdl.py; Hopper+): each kernel's launch
     # overlaps the previous one's tail. Not yet timed; the "lists" / "split" paths (Version 2 ignores it).
     pdl: bool = False
@@ -87,6 +83,10 @@ class DispatchConfig:
             raise ValueError(f"DispatchConfig.max_byte_ratio={self.max_byte_ratio} must lie in [0, 1]")
         if not 1 <= self.max_sparse_tokens <= 64:
             raise ValueError(f"DispatchConfig.max_sparse_tokens={self.max_sparse_tokens} must lie in [1, 64]")
+
+    def fuse_up(self, n_tokens: int) -> bool:
+        """Whether the exact union path runs the gate_up kernels for a batch of `n_tokens`."""
+        return self.exact_kernel == "gate_up" or (self.exact_kernel == "auto" and n_tokens in GATE_UP_TOKENS)
 
 
 def expected_fraction(neuron_prob: torch.Tensor, n_tokens: int, per_token: bool) -> float:
