@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .bench_data import (SHAPES, make_inputs, make_weight_sets, neuron_probabilities, set_gate_bias,
                          true_active)
-from .bench_report import goal_lines, markdown_table, plot_speedups
+from .bench_report import goal_lines, markdown_table, plot_speedups, write_json
 from .dispatch import DispatchConfig
 from .sparse_ffn import SparseFFN
 
@@ -146,8 +146,7 @@ def bench_case(shape, d, f, batch, sparsity, sets, dtype, reps, bandwidth_gbs, g
 
 
 def write_report(records, out_dir: Path, meta: dict) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "bench_kernels.json").write_text(json.dumps({"meta": meta, "records": records}, indent=1))
+    write_json(out_dir / "bench_kernels.json", {"meta": meta, "records": records})
     goals = goal_lines(records)
     md = (f"Device: {meta.get('device')}, dtype {meta.get('dtype')}, copy bandwidth {meta.get('copy_gbs', 0):.0f} GB/s, "
           f"command: `{meta.get('command')}`\n\n" + markdown_table(records) + "\n" + "\n".join(f"- {g}" for g in goals))

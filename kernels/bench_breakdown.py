@@ -10,14 +10,13 @@ longer than that sum spends the rest between dependent launches.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 import torch
 
 from .bench import DTYPES, case_calls
 from .bench_data import SHAPES, make_weight_sets
+from .bench_report import write_json
 
 METHODS = ("dense", "ours_union", "ours_union_gate_up", "ours_predicted_union", "ours_predicted_index", "ours_predicted_inline",
            "ours_predicted_fused")
@@ -91,8 +90,7 @@ def main(argv=None) -> int:
         for k, cfg in result["methods"][name]["configs"].items():
             print(f"    autotuned {k}: {cfg}")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1))
+        write_json(args.out, result)
     return 0
 
 

@@ -19,14 +19,13 @@ and Version 2 (kernels/NOTES.md).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 import torch
 
 from actsparse.kernels.bench_data import neuron_probabilities
 from actsparse.kernels.bench_predictor import GateSVDPredictor, predictor_bytes_fraction
+from actsparse.kernels.bench_report import write_json
 from actsparse.kernels.compiled_decoding import compile_model, eager
 from actsparse.kernels.dispatch import DispatchConfig
 from actsparse.kernels.sparse_decoding import (calibrate, greedy_decode, logit_agreement, swap_in_sparse_ffns,
@@ -210,8 +209,7 @@ def main(argv=None) -> int:
     records = [r for n in layer_counts for r in run(n, batches, args)]
     result = dict(device=torch.cuda.get_device_name(), records=records, per_layer=per_layer_slopes(records),
                   command="python -m actsparse.kernels.bench_decode " + " ".join(argv or sys.argv[1:]))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    write_json(args.out, result)
     for s in result["per_layer"]:
         print(f"{s['path']} batch {s['batch']}: per layer dense {s['dense_ms_per_layer']:.3f} ms, "
               f"sparse {s['sparse_ms_per_layer']:.3f} ms")

@@ -17,13 +17,13 @@ down - rows_only is the epilogue's cost; rows_only - rows_only_contiguous the ga
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
+
+from .bench_report import write_json
 
 
 
@@ -129,8 +129,7 @@ def main(argv=None) -> int:
         result["methods"][name] = t
         print(f"| {name} | {t['us']:.1f} ({t['us_p10']:.1f}-{t['us_p90']:.1f}) | {mb / t['us']:.2f} |", flush=True)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1))
+        write_json(args.out, result)
     return 0
 
 

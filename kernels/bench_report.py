@@ -1,6 +1,8 @@
-"""Benchmark report: markdown table, goal checks and a PNG of speed-up vs sparsity, from the JSON records."""
+"""Benchmark report: markdown table, goal checks and a PNG of speed-up vs sparsity, from the JSON records; the
+JSON writer the kernel benchmark scripts share."""
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -18,6 +20,13 @@ GOALS = [
     ("batch 1, 90%, active set given (PDL launches)", "llama2-7b", 1, 0.9, "ours_predicted_union_pdl", 6.0),
     ("batch 8, 90% per-token sparsity, the dispatcher's path", "llama2-7b", 8, 0.9, "ours_dispatch", 1.5),
 ]
+
+
+def write_json(path, result) -> None:
+    """`result` as indented JSON at `path`, its folder created if missing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
 
 
 def markdown_table(records: list[dict]) -> str:
