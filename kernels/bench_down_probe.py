@@ -9,7 +9,8 @@ weight sets rotated past L2) and is graph-timed (bench_timing):
 - `rows_only`: the same loop over the same rows with the same BLOCK_D / BLOCK_J / SPLITS, each split storing its
   partial sum and stopping there (no fence, no ticket, no final sum: its output is not the FFN's);
 - `rows_only_contiguous`: as `rows_only` over the first n rows in order (the same bytes, no gather);
-- `rows_only <D>x<J>x<S>`: other block shapes (`--configs`).
+- `rows_only <D>x<J>x<S>`: other block shapes (`--configs`); a trailing `a` (`4096x2x132a`) adds each split's partial
+  into one fp32 row with atomics instead of storing it (the cost of an atomic epilogue; S 1 has no epilogue at all).
 down - rows_only is the epilogue's cost; rows_only - rows_only_contiguous the gather's.
 
     cd /tmp && python -m actsparse.kernels.bench_down_probe --active 0.1 --out down_probe.json
@@ -29,7 +30,7 @@ from .bench_report import write_json
 
 @triton.jit
 def rows_only_kernel(x1c_ptr, wdt_ptr, idx_ptr, partial_ptr, n_listed, d_model, BLOCK_D: tl.constexpr,
-                     BLOCK_J: tl.constexpr, SPLITS: tl.constexpr):
+                     BLOCK_J: tl.constexpr, SPLITS: tl.constexpr, ATOMIC: tl.constexpr):
     """partial[split, cols] = sum over the split's balanced range of listed neurons of x1c[i] * W_down^T[idx[i], cols]
     (batch 1): `down_kernel`'s loop without its epilogue."""
     col_blk = tl.program_id(0)
@@ -47,25 +48,32 @@ def rows_only_kernel(x1c_ptr, wdt_ptr, idx_ptr, partial_ptr, n_listed, d_model, 
         w = tl.load(wdt_ptr + rows.to(tl.int64)[:, None] * d_model + offs_d[None, :],
                     mask=i_mask[:, None] & d_mask[None, :], other=0.0)
         acc += x1[:, None] * w.to(tl.float32)
-    tl.store(partial_ptr + split * d_model + offs_d, tl.sum(acc, 0), mask=d_mask)
+    if ATOMIC:
+        tl.atomic_add(partial_ptr + offs_d, tl.sum(acc, 0), mask=d_mask, sem="relaxed")
+    else:
+        tl.store(partial_ptr + split * d_model + offs_d, tl.sum(acc, 0), mask=d_mask)
 
 
-def rows_only(x1c, w_down_t, idx, partials, block_d: int, block_j: int, splits: int) -> torch.Tensor:
-    """partials [splits, d_model] (fp32) of `rows_only_kernel`; their sum over splits is x1c . W_down^T[idx]."""
+def rows_only(x1c, w_down_t, idx, partials, block_d: int, block_j: int, splits: int,
+              atomic: bool = False) -> torch.Tensor:
+    """partials [splits, d_model] (fp32) of `rows_only_kernel`; their sum over splits is x1c . W_down^T[idx].
+    `atomic`: every split adds into partials[0] (zero it first); the other rows are left alone."""
     d_model = w_down_t.shape[1]
     grid = (triton.cdiv(d_model, block_d), splits)
     rows_only_kernel[grid](x1c, w_down_t, idx, partials, idx.numel(), d_model, BLOCK_D=block_d, BLOCK_J=block_j,
-                           SPLITS=splits)
+                           SPLITS=splits, ATOMIC=atomic, num_warps=8 if block_d * block_j >= 4096 else 4)
     return partials
 
 
-def parse_config(text: str) -> tuple[int, int, int]:
-    """'128x64x8' -> (BLOCK_D, BLOCK_J, SPLITS)."""
+def parse_config(text: str) -> tuple[int, int, int, bool]:
+    """'128x64x8' -> (BLOCK_D, BLOCK_J, SPLITS, False); '4096x2x132a' -> (..., True): atomic partials."""
+    text = text.strip().lower()
+    atomic = text.endswith("a")
     try:
-        block_d, block_j, splits = (int(v) for v in text.lower().split("x"))
+        block_d, block_j, splits = (int(v) for v in text.rstrip("a").split("x"))
     except ValueError:
-        raise SystemExit(f"bench_down_probe: --configs entry {text!r} is not BLOCK_DxBLOCK_JxSPLITS, e.g. 128x64x8")
-    return block_d, block_j, splits
+        raise SystemExit(f"bench_down_probe: --configs entry {text!r} is not BLOCK_DxBLOCK_JxSPLITS[a], e.g. 128x64x8")
+    return block_d, block_j, splits, atomic
 
 
 def main(argv=None) -> int:
@@ -73,7 +81,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="bench_down_probe", description=__doc__.split("\n")[0])
     p.add_argument("--shape", default="llama2-7b", choices=list(SHAPES))
     p.add_argument("--active", type=float, default=0.1, help="fraction of d_ff listed")
-    p.add_argument("--configs", default="128x64x32,128x32x64,512x32x32,64x64x32",
+    p.add_argument("--configs", default="128x64x32,128x32x64,512x32x32,64x64x32,32x128x1,64x64x1,16x128x1,"
+                                        "128x64x32a,512x32x32a,4096x2x132a,4096x4x132a,2048x4x132a",
                    help="extra rows_only block shapes, BLOCK_DxBLOCK_JxSPLITS, comma list")
     p.add_argument("--reps", type=int, default=50)
     p.add_argument("--out", default=None, help="JSON file")
@@ -107,15 +116,17 @@ def main(argv=None) -> int:
         print("bench_down_probe: down_kernel disagrees with the float64 reference", file=sys.stderr)
         return 1
     best = triton_up_down.down_kernel.best_config.kwargs
-    tuned = (best["BLOCK_D"], best["BLOCK_J"], best["SPLITS"])
+    tuned = (best["BLOCK_D"], best["BLOCK_J"], best["SPLITS"], False)
     for cfg in [tuned] + extra:
+        partials.zero_()
         part = rows_only(x1c, sets[0].w_down_t, idxs[0], partials[:cfg[2] * d].view(cfg[2], d), *cfg)
-        if not torch.allclose(part.sum(0, keepdim=True), ref, rtol=2e-2, atol=2e-2):
+        got = part[:1] if cfg[3] else part.sum(0, keepdim=True)
+        if not torch.allclose(got, ref, rtol=2e-2, atol=2e-2):
             print(f"bench_down_probe: rows_only {cfg} disagrees with the float64 reference", file=sys.stderr)
             return 1
     methods = {"down": [lambda ws=ws, i=i: down(ws, i) for ws, i in zip(sets, idxs)]}
     for cfg in [tuned] + extra:
-        name = "rows_only" if cfg == tuned else "rows_only {}x{}x{}".format(*cfg)
+        name = "rows_only" if cfg == tuned else "rows_only {}x{}x{}{}".format(*cfg[:3], "a" if cfg[3] else "")
         methods[name] = [lambda ws=ws, i=i, c=cfg: rows_only(x1c, ws.w_down_t, i, partials, *c)
                          for ws, i in zip(sets, idxs)]
     methods["rows_only_contiguous"] = [lambda ws=ws: rows_only(x1c, ws.w_down_t, first_n, partials, *tuned)
