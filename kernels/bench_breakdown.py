@@ -18,7 +18,8 @@ from .bench import DTYPES, case_calls
 from .bench_data import SHAPES, make_weight_sets
 from .bench_report import write_json
 
-METHODS = ("dense", "ours_union", "ours_union_gate_up", "ours_predicted_union", "ours_predicted_index", "ours_predicted_inline",
+METHODS = ("dense", "ours_union", "ours_union_gate_up", "ours_union_rows", "ours_predicted_union", "ours_predicted_index",
+           "ours_predicted_index_rows", "ours_predicted_inline",
            "ours_predicted_fused")
 
 

@@ -48,7 +48,10 @@ def parse_args(argv):
     p.add_argument("--compile-backend", default="inductor", help=argparse.SUPPRESS)
     p.add_argument("--predictor-rank", type=int, default=358,
                    help="rank of the stand-in predictor (bench_predictor.py); 358 = 4%% of a 7B FFN's bytes; 0: none")
-    p.add_argument("--predicted-kernels", default="lists,lists_inline,fused",
+    p.add_argument("--exact-kernels", default="auto,rows",
+                   help="kernels of the exact path (DispatchConfig.exact_kernel), comma list; 'auto' is reported as "
+                        "path 'exact', others as 'exact_<kernel>'")
+    p.add_argument("--predicted-kernels", default="lists,rows",
                    help="predicted-set kernels timed on the predictor path (DispatchConfig.predicted_kernel), comma list")
     p.add_argument("--predicted-active", type=float, default=0.15,
                    help="fraction of neurons the predictor selects (PAPERS.md (h): ~15%% incl. a safety margin)")
@@ -147,14 +150,15 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
     with eager(model):  # calibration reads counts back to the host: not inside a compiled graph
         per_layer_active = calibrate(model, sample)
     kernels = tuple(args.predicted_kernels.split(",")) if predictors else ()
-    paths = [("exact", None)] + [(f"predicted_{k}", k) for k in kernels]
+    paths = ([("exact" if k == "auto" else f"exact_{k}", None, k) for k in args.exact_kernels.split(",")]
+             + [(f"predicted_{k}", k, "auto") for k in kernels])
     cfg = model.config
     records = []
-    for path, kernel in paths:
+    for path, kernel, exact_kernel in paths:
+        for m in swapped:
+            m.ffn.dispatch = DispatchConfig(predicted_kernel=kernel or "lists", exact_kernel=exact_kernel)
         for m, pred in zip(swapped, predictors):
             m.predictor = None if kernel is None else pred
-            if kernel is not None:
-                m.ffn.dispatch = DispatchConfig(predicted_kernel=kernel)
         for b in batches:
             sparse_tps, sparse_out = tokens_per_s(model, prompts[b], args.new_tokens, not args.no_cuda_graph)
             dense_tps, dense_out = dense[b]

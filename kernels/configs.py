@@ -92,6 +92,20 @@ COMPACT_UP_CONFIGS = [
 ]
 COMPACT_UP_FIXED = dict(BLOCK_N=16, BLOCK_R=2, BLOCK_K=16)  # interpreter: several groups and K steps
 
+# One token, one kernel over the neuron list (triton_rows_ffn.py): BLOCK_J listed neurons per step, their gate / up
+# rows BLOCK_K of d per step (4096: a 7B row in one step), W_down^T rows whole (BLOCK_D, set at launch), a grid of
+# GRID_PER_SM programs per SM. Each program adds its fp32 sum into one row with atomics: 132 programs x 4096 atomics
+# cost nothing measurable beside 9 MB of row reads (bench_down_probe, H100, session 7: 6.4 µs against 7.7 µs for
+# the best split-K loop without its epilogue).
+ROWS_CONFIGS = [
+    _cfg(w, s, BLOCK_J=j, BLOCK_K=k, GRID_PER_SM=g)
+    for j, k, w, s, g in [(1, 4096, 8, 1, 4), (1, 4096, 8, 1, 8), (1, 4096, 4, 1, 8), (2, 4096, 8, 1, 1),
+                          (2, 4096, 8, 1, 2), (2, 4096, 8, 1, 4), (4, 4096, 8, 1, 1), (4, 4096, 16, 1, 1),
+                          (4, 4096, 16, 1, 2), (1, 2048, 4, 2, 8), (2, 2048, 8, 2, 2), (4, 1024, 8, 3, 1),
+                          (2, 1024, 4, 3, 4), (8, 512, 8, 3, 1)]
+]
+ROWS_FIXED = dict(BLOCK_J=2, BLOCK_K=16, GRID_PER_SM=3)  # interpreter: 3 programs, ranges that loop, several K steps
+
 # Mask -> index-list compaction (predicted active sets).
 COMPACT_CONFIGS = [_cfg(4, 1, BLOCK_N=n) for n in (256, 1024)]
 COMPACT_FIXED = dict(BLOCK_N=128)

@@ -29,8 +29,8 @@ from .cost_model import H100_FP16, CostModel
 log = logging.getLogger(__name__)
 
 BATCH_MODES = ("union", "per_token", "auto")
-PREDICTED_KERNELS = ("lists", "fused", "lists_inline")
-EXACT_KERNELS = ("split", "gate_up", "auto")
+PREDICTED_KERNELS = ("lists", "fused", "lists_inline", "rows")
+EXACT_KERNELS = ("split", "gate_up", "auto", "rows")
 # "auto": gate_up for this many tokens (union mode), split otherwise.
 GATE_UP_TOKENS = range(8, 17)
 
@@ -56,13 +56,16 @@ class DispatchConfig:
     # launches, union mode only; measured slower than "lists"), or "lists_inline" (Version 1's lists with the
     # compaction inside the up kernel at batch 1, triton_compact_up.py: two launches; measured on an H100 at
     # the 7B shape slower than "lists" at 90% sparsity, 38.1 vs 32.0 µs, faster at 95%, 24.5 vs 27.4 µs;
-    # other batch sizes run "lists").
+    # other batch sizes run "lists"), or "rows" (one token: up, x1 and down in one kernel over the list,
+    # triton_rows_ffn.py; an index list takes that one launch alone, a mask a compaction first; other batch sizes
+    # run "lists").
     predicted_kernel: str = "lists"
     # Kernels of the exact (no predictor) union path: "split" (gate, up, down: three launches), "gate_up" (the
     # gate kernel reads its active neurons' up rows too: two launches), or "auto": gate_up at 8-16 tokens, split
     # otherwise. H100, 7B shape (sessions 5-6): at batch 1 gate_up is no faster (54.5-62.4 vs 53.7-61.4 µs at 90%);
     # at batch 8 it was faster at 50/80/90% in all six runs (90%: 71.9-74.5 vs 74.7-80.4 µs, 1.56-1.60x over dense
-    # in session 6) and at batch 16 at 50-90%; at batch 4 and above 16 neither path led throughout.
+    # in session 6) and at batch 16 at 50-90%; at batch 4 and above 16 neither path led throughout. "rows": one token
+    # takes the gate kernel and then up, x1 and down in one kernel (triton_rows_ffn.py); other batches as "auto".
     exact_kernel: str = "auto"
     # Programmatic dependent launch between the kernels of one call (pdl.py; Hopper+): each kernel's launch
     # overlaps the previous one's tail. Not yet timed; the "lists" / "split" paths (Version 2 ignores it).
@@ -86,7 +89,11 @@ class DispatchConfig:
 
     def fuse_up(self, n_tokens: int) -> bool:
         """Whether the exact union path runs the gate_up kernels for a batch of `n_tokens`."""
-        return self.exact_kernel == "gate_up" or (self.exact_kernel == "auto" and n_tokens in GATE_UP_TOKENS)
+        return self.exact_kernel == "gate_up" or (self.exact_kernel in ("auto", "rows") and n_tokens in GATE_UP_TOKENS)
+
+    def rows(self, n_tokens: int, predicted: bool) -> bool:
+        """Whether a call of `n_tokens` runs the one-token rows kernel (triton_rows_ffn.py)."""
+        return n_tokens == 1 and (self.predicted_kernel if predicted else self.exact_kernel) == "rows"
 
 
 def expected_fraction(neuron_prob: torch.Tensor, n_tokens: int, per_token: bool) -> float:

@@ -54,6 +54,7 @@ class SparseFFN(nn.Module):
         self._plans: dict = {}
         self._tickets: torch.Tensor | None = None
         self._list_state: torch.Tensor | None = None  # list lengths + finish counter (triton_ffn.list_state)
+        self._rows_acc: torch.Tensor | None = None  # the rows kernel's fp32 sum (triton_rows_ffn.py)
         # Allocator of the Triton path's float workspaces and output; tests swap in a NaN-filling one.
         self.workspace_alloc = torch.empty
 
@@ -108,7 +109,7 @@ class SparseFFN(nn.Module):
         fused = active is not None and self.backend == "triton" and self.dispatch.predicted_kernel == "fused"
         # The fused and the lists kernels read an index list as given (no mask built from it, no compaction).
         idx = active if (active is not None and self.backend == "triton" and self._is_index(active)
-                         and self.dispatch.predicted_kernel in ("fused", "lists")) else None
+                         and self.dispatch.predicted_kernel in ("fused", "lists", "rows")) else None
         mask = None if active is None or idx is not None else self._as_mask(active, x.shape[0])
         plan = self._plan(x.shape[0], active is not None, 1 if mask is None else mask.shape[0])
         if self.neuron_prob is None:
@@ -129,7 +130,9 @@ class SparseFFN(nn.Module):
                                  self.workspace_alloc, fuse_up=self.dispatch.fuse_up(x.shape[0]),
                                  state=self._list_state,
                                  inline_compact=self.dispatch.predicted_kernel == "lists_inline",
-                                 pdl=self.dispatch.pdl, index=None if idx is None else self._int32(idx))
+                                 pdl=self.dispatch.pdl, index=None if idx is None else self._int32(idx),
+                                 rows=self.dispatch.rows(x.shape[0], active is not None),
+                                 rows_acc=self._rows_acc_buffer(x))
 
     def _plan(self, n_tokens: int, predicted: bool, mask_rows: int = 1):
         """The dispatcher's choice, cached per (tokens, predicted, mask rows): host-only, no sync.
@@ -166,6 +169,12 @@ class SparseFFN(nn.Module):
             return mask.index_fill_(0, active.long(), True)[None]
         raise ValueError(f"active must be a bool mask or a 1-D index tensor, got {active.dtype} "
                          f"{tuple(active.shape)}")
+
+    def _rows_acc_buffer(self, x: torch.Tensor) -> torch.Tensor:
+        """The rows kernel's fp32 [d_model] sum: zeroed once, left zero by every call (triton_rows_ffn.py)."""
+        if self._rows_acc is None or self._rows_acc.device != x.device:
+            self._rows_acc = torch.zeros(self.w_gate.shape[1], dtype=torch.float32, device=x.device)
+        return self._rows_acc
 
     def _ticket_buffer(self, x: torch.Tensor) -> torch.Tensor:
         """Zeroed once; the down kernel leaves every ticket at 0 again when it finishes."""

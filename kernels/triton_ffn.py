@@ -30,14 +30,17 @@ def list_state(device) -> torch.Tensor:
 
 def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, per_token,
                       tickets, alloc=torch.empty, fuse_up=False, state=None, inline_compact=False, pdl=False,
-                      index=None):
+                      index=None, rows=False, rows_acc=None):
     """x [T, d] -> [T, d]. mask: None (dense gate decides), [1, d_ff] or [T, d_ff] bool (predicted set).
     `alloc` makes the float workspaces and the output (tests poison them with NaN). `fuse_up` (no mask, union
     mode): the gate kernel also computes x1, one launch fewer. `state`: a `list_state` buffer (None: a fresh one).
     `inline_compact` (one token, one mask row): compaction inside the up kernel (triton_compact_up.py).
     `pdl`: programmatic dependent launch for the gate / compaction, up and down kernels (pdl.py), where usable.
     `index` (mask None, union mode): the predicted set as the caller's 1-D int32 list of unique neuron ids, used
-    as the list itself: its length is known on the host, so there is no compaction launch (two launches in all)."""
+    as the list itself: its length is known on the host, so there is no compaction launch (two launches in all).
+    `rows` (one token, union mode): up, x1 and down in one kernel over the list (triton_rows_ffn.py), after the gate
+    kernel or the compaction, or alone with `index`; `rows_acc` is its fp32 [d_model] row, zero between calls
+    (None: a fresh one)."""
     if x.device.type != "cuda" and not configs.INTERPRET:
         raise RuntimeError("the Triton backend needs a CUDA tensor (or TRITON_INTERPRET=1 set before importing "
                            "triton); use backend='torch' on CPU")
@@ -50,11 +53,14 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
     state = list_state(dev) if state is None else state
     pdl = pdl and pdl_usable(dev)
     counts, done = state[:n_lists], state[MAX_LISTS:]
-    x1c = alloc(n_tokens, d_ff, dtype=torch.float32, device=dev)
     n_given = None if index is None else index.numel()
     if index is not None and (mask is not None or per_token or index.dtype != torch.int32 or index.dim() != 1):
         raise ValueError("index: a 1-D int32 tensor of neuron ids, with mask None and per_token False")
     idx = index if index is not None else torch.empty(n_lists, d_ff, dtype=torch.int32, device=dev)
+    if rows and n_tokens == 1 and not per_token:
+        return _rows_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, counts, idx,
+                         n_given, tickets, alloc, rows_acc, pdl)
+    x1c = alloc(n_tokens, d_ff, dtype=torch.float32, device=dev)
     if index is not None:
         if n_given > 0:  # (a grid of 0 programs is not launched)
             launch_up(x, w_up, b_up, w_gate, b_gate, None, None, False, activation, threshold, counts, idx, x1c,
@@ -78,4 +84,22 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
     out = alloc(n_tokens, d_model, dtype=x.dtype, device=dev)
     launch_down(x1c, w_down_t, b_down, per_token, counts, idx, partials, tickets, out, done,
                 skip_zero=mask is not None or index is not None or activation == "drelu", pdl=pdl, n_given=n_given)
+    return out
+
+
+def _rows_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, counts, idx, n_given,
+              tickets, alloc, rows_acc, pdl):
+    """One token through the rows kernel: gate kernel (no predictor) or compaction (mask) first, then rows_ffn."""
+    from .triton_rows_ffn import launch_rows
+    dev = x.device
+    gate_act = None
+    if n_given is None and mask is None:
+        gate_act = alloc(1, w_gate.shape[0], dtype=torch.float32, device=dev)
+        launch_gate(x, w_gate, b_gate, activation, threshold, False, gate_act, counts, idx, pdl=pdl)
+    elif n_given is None:
+        compact_mask(mask, False, counts, idx, pdl=pdl)
+    acc = rows_acc if rows_acc is not None else torch.zeros(x.shape[1], dtype=torch.float32, device=dev)
+    out = alloc(1, x.shape[1], dtype=x.dtype, device=dev)
+    launch_rows(x, w_gate, b_gate, w_up, b_up, w_down_t, b_down, gate_act, activation, threshold, counts, idx, acc,
+                tickets[:1], out, _n_sms(dev), pdl=pdl, n_given=n_given)
     return out

@@ -49,7 +49,9 @@ def test_bench_case_batch_1_has_the_inline_compaction_pdl_and_index_methods(capl
     records = bench.bench_case("tiny", d, f, 1, 0.7, sets, torch.float32, 1, 100.0, torch.Generator().manual_seed(0),
                                timer=_one_pass_timer, device="cpu")
     assert {r["method"] for r in records} == COMMON_METHODS | {"ours_predicted_inline", "ours_union_pdl",
-                                                               "ours_predicted_union_pdl", "ours_predicted_index"}
+                                                               "ours_predicted_union_pdl", "ours_predicted_index",
+                                                               "ours_union_rows", "ours_predicted_rows",
+                                                               "ours_predicted_index_rows"}
     for r in records:
         assert "error" not in r and r["rel_err"] < 1e-4, r
     assert "DispatchConfig(pdl=True) unavailable under the Triton interpreter" in caplog.text
@@ -78,21 +80,21 @@ def test_bench_decode_flow_on_a_tiny_model():
     """bench_decode's model build, layer-by-layer gate biases and dense-vs-sparse loop, tiny and on CPU."""
     from actsparse.kernels import bench_decode
     args = bench_decode.parse_args(["--sparsity", "0.8", "--prompt-len", "4", "--new-tokens", "3",
-                                    "--no-cuda-graph"])
+                                    "--no-cuda-graph", "--predicted-kernels", "lists,lists_inline,fused,rows"])
     args.dtype = "fp32"
     shape = dict(hidden_size=32, intermediate_size=400, num_attention_heads=4, num_key_value_heads=2,
                  vocab_size=97, max_position_embeddings=64)
     args.predictor_rank = 8
-    exact, lists, inline, fused = bench_decode.run(2, [1], args, device="cpu", shape=shape)
-    assert [r["path"] for r in (exact, lists, inline, fused)] == ["exact", "predicted_lists", "predicted_lists_inline",
-                                                                  "predicted_fused"]
-    for r in (lists, inline, fused):
+    exact, exact_rows, lists, inline, fused, rows = bench_decode.run(2, [1], args, device="cpu", shape=shape)
+    assert [r["path"] for r in (exact, exact_rows, lists, inline, fused, rows)] == [
+        "exact", "exact_rows", "predicted_lists", "predicted_lists_inline", "predicted_fused", "predicted_rows"]
+    for r in (lists, inline, fused, rows):
         assert 0 < r["predictor_recall"] <= 1 and r["sparse_tok_s"] > 0
-    rec = exact
-    assert len(rec["per_layer_active"]) == 2
-    assert all(0.1 < a < 0.3 for a in rec["per_layer_active"]), rec["per_layer_active"]  # target 0.2
-    assert rec["greedy_sequences_identical"] == 1.0 and rec["sparse_tok_s"] > 0
-    assert rec["teacher_forced"]["argmax_agreement"] == 1.0 and rec["teacher_forced"]["max_abs_diff"] < 1e-3
+    for rec in (exact, exact_rows):
+        assert len(rec["per_layer_active"]) == 2
+        assert all(0.1 < a < 0.3 for a in rec["per_layer_active"]), rec["per_layer_active"]  # target 0.2
+        assert rec["greedy_sequences_identical"] == 1.0 and rec["sparse_tok_s"] > 0
+        assert rec["teacher_forced"]["argmax_agreement"] == 1.0 and rec["teacher_forced"]["max_abs_diff"] < 1e-3
 
 
 @pytest.mark.skipif(not configs.INTERPRET, reason="needs TRITON_INTERPRET=1 (set by conftest.py)")
@@ -110,7 +112,8 @@ def test_bench_decode_on_a_trained_checkpoint_folder(tmp_path):
     args = bench_decode.parse_args(["--model", str(tmp_path / "ckpt"), "--prompt-len", "4", "--new-tokens", "3",
                                     "--no-cuda-graph", "--predictor-rank", "0", "--layers", "8"])
     args.dtype = "fp32"
-    (rec,) = bench_decode.run(0, [1], args, device="cpu")
+    rec, rows = bench_decode.run(0, [1], args, device="cpu")
+    assert rows["path"] == "exact_rows" and rows["greedy_sequences_identical"] == 1.0
     assert rec["layers"] == 3 and len(rec["per_layer_active"]) == 3
     loaded = bench_decode.load_trained(str(tmp_path / "ckpt"), torch.float32, "cpu")
     assert [m.threshold for m in sparse_mlps(loaded)] == [0.01] * 3
@@ -158,9 +161,9 @@ def test_bench_decode_compiled_matches_eager_without_recompiling():
     args.dtype, args.compile_backend = "fp32", "aot_eager"   # no code generation on CPU: what is traced is the point
     shape = dict(hidden_size=32, intermediate_size=400, num_attention_heads=4, num_key_value_heads=2,
                  vocab_size=97, max_position_embeddings=64)
-    (rec,) = bench_decode.run(2, [1], args, device="cpu", shape=shape)
-    assert rec["compiled"] and rec["greedy_sequences_identical"] == 1.0
-    assert rec["teacher_forced"]["argmax_agreement"] == 1.0
+    for rec in bench_decode.run(2, [1], args, device="cpu", shape=shape):   # exact, exact_rows
+        assert rec["compiled"] and rec["greedy_sequences_identical"] == 1.0
+        assert rec["teacher_forced"]["argmax_agreement"] == 1.0
     counters = torch._dynamo.utils.counters
     assert not counters["graph_break"], dict(counters["graph_break"])
     assert counters["stats"]["unique_graphs"] <= 4   # dense and sparse, prefill and decode each

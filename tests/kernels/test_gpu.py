@@ -113,6 +113,29 @@ def test_inline_compaction_matches_float64(dtype, d, f):
         torch.testing.assert_close(ffn(x, mask), first, rtol=ulp, atol=ulp)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("d,f", [(4096, 11008), (1000, 3001), (5120, 13824)])
+@pytest.mark.parametrize("kind", ["exact", "mask", "index"])
+def test_rows_kernel_matches_float64(dtype, d, f, kind):
+    """One token through the rows kernel (triton_rows_ffn.py) after the gate kernel, after the compaction, or
+    alone: against float64; repeated calls (also replayed in a CUDA graph) within one output ulp, since its fp32
+    atomics add in the order programs finish. 5120 (13B) is wider than one down step's power of two."""
+    ws, x, ffn, mask = _case(dtype, d, f, 1, DispatchConfig(exact_kernel="rows", predicted_kernel="rows"))
+    active = {"exact": None, "mask": mask, "index": torch.nonzero(mask[0]).flatten().to(torch.int32)}[kind]
+    ref = _reference(ws, x, None if kind == "exact" else mask)
+    first = ffn(x, active)
+    assert torch.isfinite(first).all()
+    assert float((first.double() - ref).norm() / ref.norm()) < (2e-3 if dtype == torch.float16 else 1e-2)
+    ulp = torch.finfo(dtype).eps
+    for _ in range(5):
+        torch.testing.assert_close(ffn(x, active), first, rtol=ulp, atol=ulp)
+    graph, out = _captured(lambda: ffn(x, active))
+    for _ in range(3):
+        graph.replay()
+        torch.testing.assert_close(out, first, rtol=ulp, atol=ulp)
+    assert not ffn._rows_acc.any() and not ffn._list_state.any() and not ffn._tickets.any()
+
+
 def _captured(call):
     """(graph, output) of `call` captured in a CUDA graph; each replay rewrites the output in place."""
     graph = torch.cuda.CUDAGraph()

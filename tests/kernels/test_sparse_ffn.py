@@ -324,3 +324,84 @@ def test_default_dispatch_runs_gate_up_at_8_tokens(monkeypatch):
     ffn.workspace_alloc = poisoned_empty
     x = torch.randn(8, d, generator=g)
     check(ffn(x), reference_ffn(x, w_gate, w_up, w_down, "relu", b_gate=b_gate))
+
+
+# One token through the rows kernel (exact_kernel / predicted_kernel "rows", triton_rows_ffn.py).
+ROWS = DispatchConfig(exact_kernel="rows", predicted_kernel="rows")
+
+
+def _rows_only(monkeypatch, one_step_d=True):
+    """Make the up and down kernels unreachable, so a passing test did run the rows kernel; `one_step_d` False
+    makes it walk the W_down^T rows 16 columns at a time (the path of d_model > MAX_ONE_STEP_D)."""
+    from actsparse.kernels import triton_ffn, triton_rows_ffn
+
+    def unreachable(*_a, **_k):
+        raise AssertionError("the rows path at one token ran the separate up / down kernels")
+    monkeypatch.setattr(triton_ffn, "launch_up", unreachable)
+    monkeypatch.setattr(triton_ffn, "launch_down", unreachable)
+    if not one_step_d:
+        monkeypatch.setattr(triton_rows_ffn, "MAX_ONE_STEP_D", 16)
+
+
+def _state_is_zero(ffn):
+    assert not ffn._list_state.any() and not ffn._rows_acc.any() and not ffn._tickets.any()
+
+
+@pytest.mark.parametrize("one_step_d", [True, False])
+@pytest.mark.parametrize("pattern", list(PATTERNS))
+@pytest.mark.parametrize("activation,threshold", ACTIVATIONS)
+@pytest.mark.parametrize("d,f", [(24, 72), (40, 100)])
+def test_rows_kernel_exact_matches_float64(d, f, activation, threshold, pattern, one_step_d, monkeypatch):
+    _rows_only(monkeypatch, one_step_d)
+    ffn, ref = make_ffn(d, f, activation, threshold, "union", PATTERNS[pattern], seed=d + f, biases=True)
+    ffn.dispatch = ROWS
+    g = torch.Generator().manual_seed(f)
+    for _ in range(2):   # twice on one SparseFFN: its list length, sum row and ticket must be zero in between
+        x = torch.randn(1, d, generator=g)
+        check(ffn(x), ref(x))
+        _state_is_zero(ffn)
+
+
+@pytest.mark.parametrize("one_step_d", [True, False])
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("kind", ["mask1d", "mask2d", "index", "index32"])
+@pytest.mark.parametrize("activation,threshold", [ACTIVATIONS[0], ACTIVATIONS[2]])
+def test_rows_kernel_predicted_matches_float64(activation, threshold, kind, fraction, one_step_d, monkeypatch):
+    _rows_only(monkeypatch, one_step_d)
+    d, f = 40, 100
+    ffn, ref = make_ffn(d, f, activation, threshold, "union", 0.0, seed=5, biases=True)
+    ffn.dispatch = ROWS
+    g = torch.Generator().manual_seed(6)
+    for _ in range(2):
+        x = torch.randn(1, d, generator=g)
+        active, mask = _active(kind, fraction, 1, f, seed=int(torch.randint(0, 1000, (1,), generator=g)))
+        check(ffn(x, active), ref(x, mask))
+        _state_is_zero(ffn)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 1e-2)])
+def test_rows_kernel_half_precision(dtype, tol, monkeypatch):
+    _rows_only(monkeypatch)
+    g = torch.Generator().manual_seed(9)
+    d, f = 40, 100
+    w_gate, w_up = ((torch.randn(f, d, generator=g) / d ** 0.5).to(dtype) for _ in range(2))
+    w_down = (torch.randn(d, f, generator=g) / f ** 0.5).to(dtype)
+    ffn = SparseFFN(w_gate, w_up, w_down.T.contiguous(), dispatch=ROWS)
+    ffn.workspace_alloc = poisoned_empty
+    x = torch.randn(1, d, generator=g).to(dtype)
+    idx = torch.randperm(f, generator=g)[:37].to(torch.int32)
+    mask = torch.zeros(1, f, dtype=torch.bool).index_fill_(1, idx.long(), True)
+    for y, m in ((ffn(x), None), (ffn(x, idx), mask)):
+        assert y.dtype == dtype and torch.isfinite(y).all()
+        assert rel_err(y, reference_ffn(x, w_gate, w_up, w_down, "relu", mask=m)) < tol
+
+
+def test_rows_kernel_leaves_batches_to_the_other_kernels():
+    """Several tokens with "rows": the split / lists kernels run, still exact."""
+    ffn, ref = make_ffn(40, 100, "relu", 0.0, "union", 0.0, seed=3, biases=True)
+    ffn.dispatch = ROWS
+    x = torch.randn(3, 40, generator=torch.Generator().manual_seed(4))
+    mask = torch.rand(3, 100, generator=torch.Generator().manual_seed(5)) < 0.3
+    check(ffn(x), ref(x))
+    check(ffn(x, mask), ref(x, mask))
+    assert ffn._rows_acc is None or not ffn._rows_acc.any()

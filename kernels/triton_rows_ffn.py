@@ -1,0 +1,137 @@
+"""One token's sparse FFN in one kernel over a neuron list: up (and gate) rows, x1, and down rows together.
+
+Each program owns a balanced range of the list (GRID_PER_SM programs per SM) and walks it BLOCK_J neurons at a
+time: it issues the loads of their W_down^T rows (whole rows where d_model <= MAX_ONE_STEP_D) together with their
+up rows (and gate rows for a predicted set; otherwise act(gate) comes from the gate kernel's buffer), computes
+x1 = act(gate) * up, and sums x1 * W_down^T rows in fp32. Its sum goes into one zeroed fp32 row with atomics; the
+last program to finish (ticket counter) adds the bias, writes the output in the weights' dtype, zeroes the row
+and, for a list built on the GPU, the list length, so the next call needs no memset.
+
+Against up_kernel + down_kernel (triton_up_down.py): one launch instead of two, x1 never leaves the program, the
+down rows' loads do not wait for x1 (they need only the list entry), and there is no split-K partial buffer.
+The price: fp32 atomics add in the order programs finish, so the last bits of the output may differ from call
+to call (the split kernels are deterministic for a given list order). One token only (decode at batch 1);
+dReLU's x1 = 0 neurons (up <= 0) still have their down rows read (the split path skips them).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .configs import ROWS_CONFIGS, ROWS_FIXED, tuned
+from .pdl import gdc_start, launch_options
+from .triton_gate import ACT_CODES, gate_act, gate_up_of_rows, up_of_rows
+
+# W_down^T rows are read whole (one load per neuron block, issued with the up rows) up to this d_model; wider
+# models walk them MAX_ONE_STEP_D columns at a time, adding each block's sum with atomics.
+MAX_ONE_STEP_D = 8192
+
+
+@triton.jit
+def rows_x1(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, gact_ptr, rows, i_mask, d_model, threshold, ACT: tl.constexpr,
+            FUSE_GATE: tl.constexpr, HAS_BG: tl.constexpr, HAS_BU: tl.constexpr, IEEE: tl.constexpr,
+            BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
+    """x1 = act(gate) * up of neurons `rows` for token 0, [BLOCK_J] fp32; act(gate) from the gate and up rows read
+    in the same K steps (FUSE_GATE), or from the gate kernel's act(gate) buffer."""
+    tokens = tl.arange(0, 1)
+    t_mask = tokens < 1
+    if FUSE_GATE:
+        g, up = gate_up_of_rows(wg_ptr, bg_ptr, wu_ptr, bu_ptr, rows, i_mask, x_ptr, tokens, t_mask, d_model, ACT,
+                                HAS_BG, HAS_BU, IEEE, 1, BLOCK_J, BLOCK_K)
+        a = gate_act(g, threshold, ACT)
+    else:
+        up = up_of_rows(wu_ptr, bu_ptr, rows, i_mask, x_ptr, tokens, t_mask, d_model, ACT, HAS_BU, IEEE, 1, BLOCK_J,
+                        BLOCK_K)
+        a = tl.load(gact_ptr + rows, mask=i_mask, other=0.0)[None, :]
+    return tl.sum(a * up, 0)
+
+
+@tuned(ROWS_CONFIGS, ROWS_FIXED, key=["d_model", "d_ff", "FUSE_GATE", "N_GIVEN", "BLOCK_D"],
+       restore_value=["counts_ptr"])
+@triton.jit
+def rows_ffn_kernel(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, bd_ptr, gact_ptr, counts_ptr, idx_ptr, acc_ptr,
+                    ticket_ptr, out_ptr, d_model, d_ff, threshold, n_given, ACT: tl.constexpr,
+                    FUSE_GATE: tl.constexpr, HAS_BG: tl.constexpr, HAS_BU: tl.constexpr, HAS_BD: tl.constexpr,
+                    N_GIVEN: tl.constexpr, ONE_STEP_D: tl.constexpr, IEEE: tl.constexpr, FENCE: tl.constexpr,
+                    USE_GDC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr,
+                    GRID_PER_SM: tl.constexpr):
+    gdc_start(USE_GDC)
+    if N_GIVEN:
+        n_listed = n_given
+    else:
+        n_listed = tl.load(counts_ptr)
+    lo = (tl.program_id(0) * n_listed) // tl.num_programs(0)
+    hi = ((tl.program_id(0) + 1) * n_listed) // tl.num_programs(0)
+    offs_d = tl.arange(0, BLOCK_D)
+    acc = tl.zeros([BLOCK_J, BLOCK_D], dtype=tl.float32)  # ONE_STEP_D: this program's sum, reduced over J at the end
+    for i0 in range(lo, hi, BLOCK_J):
+        offs_i = i0 + tl.arange(0, BLOCK_J)
+        i_mask = offs_i < hi
+        rows = tl.load(idx_ptr + offs_i, mask=i_mask, other=0)
+        down_rows = wdt_ptr + rows.to(tl.int64)[:, None] * d_model
+        if ONE_STEP_D:  # issued before x1's loads: both wait on the list entry only
+            w = tl.load(down_rows + offs_d[None, :], mask=i_mask[:, None] & (offs_d < d_model)[None, :], other=0.0)
+            x1 = rows_x1(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, gact_ptr, rows, i_mask, d_model, threshold, ACT,
+                         FUSE_GATE, HAS_BG, HAS_BU, IEEE, BLOCK_J, BLOCK_K)
+            acc += x1[:, None] * w.to(tl.float32)
+        else:
+            x1 = rows_x1(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, gact_ptr, rows, i_mask, d_model, threshold, ACT,
+                         FUSE_GATE, HAS_BG, HAS_BU, IEEE, BLOCK_J, BLOCK_K)
+            for d0 in range(0, d_model, BLOCK_D):
+                cols = d0 + offs_d
+                w = tl.load(down_rows + cols[None, :], mask=i_mask[:, None] & (cols < d_model)[None, :], other=0.0)
+                tl.atomic_add(acc_ptr + cols, tl.sum(x1[:, None] * w.to(tl.float32), 0), mask=cols < d_model,
+                              sem="relaxed")
+    if ONE_STEP_D:
+        if hi > lo:
+            tl.atomic_add(acc_ptr + offs_d, tl.sum(acc, 0), mask=offs_d < d_model, sem="relaxed")
+    if FENCE:  # each thread's atomics visible GPU-wide before the ticket (not in the interpreter)
+        tl.inline_asm_elementwise("fence.acq_rel.gpu; mov.u32 $0, $1;", "=r,r", [tl.full([1], 0, tl.int32)],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+    tl.debug_barrier()  # every warp has added its sum (and read the list length) before the ticket is taken
+    if tl.atomic_add(ticket_ptr, 1, sem="acq_rel") == tl.num_programs(0) - 1:
+        for d0 in range(0, d_model, BLOCK_D):
+            cols = d0 + offs_d
+            c_mask = cols < d_model
+            total = tl.load(acc_ptr + cols, mask=c_mask, other=0.0, cache_modifier=".cg")
+            if HAS_BD:
+                total += tl.load(bd_ptr + cols, mask=c_mask, other=0.0).to(tl.float32)
+            tl.store(out_ptr + cols, total, mask=c_mask)
+            tl.store(acc_ptr + cols, tl.zeros([BLOCK_D], dtype=tl.float32), mask=c_mask)
+        tl.atomic_xchg(ticket_ptr, 0)
+        if not N_GIVEN:  # every program read the length before its ticket
+            tl.store(counts_ptr, 0)
+
+
+def rows_block_d(d_model: int) -> int:
+    """BLOCK_D: the whole row (next power of two) up to MAX_ONE_STEP_D, else MAX_ONE_STEP_D columns per step."""
+    return min(triton.next_power_of_2(d_model), MAX_ONE_STEP_D)
+
+
+def launch_rows(x, w_gate, b_gate, w_up, b_up, w_down_t, b_down, gate_act_in, act, threshold, counts, idx, acc,
+                ticket, out, n_sms: int, pdl: bool = False, n_given: int | None = None,
+                block_d: int | None = None) -> None:
+    """out[0] = sum over listed neurons i of x1_i * W_down^T[idx[i]] (+ b_down), x [1, d_model].
+    `gate_act_in` None: the gate rows of listed neurons are read here (predicted set); else act(gate) [1, d_ff]
+    from the gate kernel. The list: `idx` with its length in counts[0] (zeroed here when done), or the caller's
+    1-D list of `n_given` entries. `acc`: fp32 [d_model], zero between calls (left zero); `ticket`: int32 [1],
+    zero between calls. `block_d`: columns per down step (tests force several steps)."""
+    n_tokens, d_model = x.shape
+    if n_tokens != 1:
+        raise ValueError(f"launch_rows computes one token, got {n_tokens}")
+    d_ff = w_up.shape[0]
+    block_d = block_d or rows_block_d(d_model)
+    fuse_gate = gate_act_in is None
+
+    def grid(meta):
+        return (max(1, min(meta["GRID_PER_SM"] * n_sms, triton.cdiv(d_ff if n_given is None else n_given,
+                                                                    meta["BLOCK_J"]))),)
+    from . import configs
+    rows_ffn_kernel[grid](x, w_gate, b_gate if b_gate is not None else w_gate, w_up,
+                          b_up if b_up is not None else w_up, w_down_t, b_down if b_down is not None else w_down_t,
+                          acc if fuse_gate else gate_act_in, counts, idx, acc, ticket, out, d_model, d_ff,
+                          float(threshold), n_given or 0, ACT=ACT_CODES[act], FUSE_GATE=fuse_gate,
+                          HAS_BG=b_gate is not None, HAS_BU=b_up is not None, HAS_BD=b_down is not None,
+                          N_GIVEN=n_given is not None, ONE_STEP_D=block_d >= d_model, IEEE=x.dtype == torch.float32,
+                          FENCE=not configs.INTERPRET, BLOCK_D=block_d, **launch_options(pdl))
