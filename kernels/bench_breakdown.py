@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     d, f = SHAPES[args.shape]
     dtype = DTYPES[args.dtype]
     gen = torch.Generator(device="cuda").manual_seed(0)
-    sets = make_weight_sets(d, f, dtype, "cuda", 120 << 20)
+    sets = make_weight_sets(d, f, dtype, "cuda", 120 << 20, touched_fraction=1 - args.sparsity)
     _, _, methods, _ = case_calls(sets, d, f, args.batch, args.sparsity, dtype, "cuda", gen)
     result = dict(shape=args.shape, batch=args.batch, sparsity=args.sparsity, dtype=args.dtype,
                   device=torch.cuda.get_device_name(), methods={})

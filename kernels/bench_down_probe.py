@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     d, f = SHAPES[args.shape]
     n = max(1, int(round(args.active * f)))
     gen = torch.Generator(device="cuda").manual_seed(0)
-    sets = make_weight_sets(d, f, torch.float16, "cuda", 120 << 20)
+    sets = make_weight_sets(d, f, torch.float16, "cuda", 120 << 20, touched_fraction=args.active / 3)
     idxs = [torch.randperm(f, device="cuda", generator=gen)[:n].to(torch.int32) for _ in sets]
     first_n = torch.arange(n, dtype=torch.int32, device="cuda")
     x1c = torch.randn(n, device="cuda", generator=gen)

@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import configs
 from .configs import ROWS_CONFIGS, ROWS_FIXED, tuned
 from .pdl import gdc_start, launch_options
 from .triton_gate import ACT_CODES, gate_act, gate_up_of_rows, up_of_rows
@@ -111,12 +112,13 @@ def rows_block_d(d_model: int) -> int:
 
 def launch_rows(x, w_gate, b_gate, w_up, b_up, w_down_t, b_down, gate_act_in, act, threshold, counts, idx, acc,
                 ticket, out, n_sms: int, pdl: bool = False, n_given: int | None = None,
-                block_d: int | None = None) -> None:
+                block_d: int | None = None, config=None) -> None:
     """out[0] = sum over listed neurons i of x1_i * W_down^T[idx[i]] (+ b_down), x [1, d_model].
     `gate_act_in` None: the gate rows of listed neurons are read here (predicted set); else act(gate) [1, d_ff]
     from the gate kernel. The list: `idx` with its length in counts[0] (zeroed here when done), or the caller's
     1-D list of `n_given` entries. `acc`: fp32 [d_model], zero between calls (left zero); `ticket`: int32 [1],
-    zero between calls. `block_d`: columns per down step (tests force several steps)."""
+    zero between calls. `block_d`: columns per down step (tests force several steps). `config`: a
+    `triton.Config` of ROWS_CONFIGS run as given, not autotuned (bench_rows_probe times each)."""
     n_tokens, d_model = x.shape
     if n_tokens != 1:
         raise ValueError(f"launch_rows computes one token, got {n_tokens}")
@@ -125,13 +127,16 @@ def launch_rows(x, w_gate, b_gate, w_up, b_up, w_down_t, b_down, gate_act_in, ac
     fuse_gate = gate_act_in is None
 
     def grid(meta):
+        meta = config.kwargs if config is not None else meta
         return (max(1, min(meta["GRID_PER_SM"] * n_sms, triton.cdiv(d_ff if n_given is None else n_given,
                                                                     meta["BLOCK_J"]))),)
-    from . import configs
-    rows_ffn_kernel[grid](x, w_gate, b_gate if b_gate is not None else w_gate, w_up,
-                          b_up if b_up is not None else w_up, w_down_t, b_down if b_down is not None else w_down_t,
-                          acc if fuse_gate else gate_act_in, counts, idx, acc, ticket, out, d_model, d_ff,
-                          float(threshold), n_given or 0, ACT=ACT_CODES[act], FUSE_GATE=fuse_gate,
-                          HAS_BG=b_gate is not None, HAS_BU=b_up is not None, HAS_BD=b_down is not None,
-                          N_GIVEN=n_given is not None, ONE_STEP_D=block_d >= d_model, IEEE=x.dtype == torch.float32,
-                          FENCE=not configs.INTERPRET, BLOCK_D=block_d, **launch_options(pdl))
+    kernel, extra = rows_ffn_kernel, {}
+    if config is not None:
+        kernel, extra = rows_ffn_kernel.fn, dict(config.kwargs, num_warps=config.num_warps,
+                                                 num_stages=config.num_stages)
+    kernel[grid](x, w_gate, b_gate if b_gate is not None else w_gate, w_up, b_up if b_up is not None else w_up,
+                 w_down_t, b_down if b_down is not None else w_down_t, acc if fuse_gate else gate_act_in, counts, idx,
+                 acc, ticket, out, d_model, d_ff, float(threshold), n_given or 0, ACT=ACT_CODES[act],
+                 FUSE_GATE=fuse_gate, HAS_BG=b_gate is not None, HAS_BU=b_up is not None, HAS_BD=b_down is not None,
+                 N_GIVEN=n_given is not None, ONE_STEP_D=block_d >= d_model, IEEE=x.dtype == torch.float32,
+                 FENCE=not configs.INTERPRET, BLOCK_D=block_d, **launch_options(pdl), **extra)

@@ -36,3 +36,31 @@ def test_cli_needs_a_gpu_and_checks_configs(capsys):
     assert bench_down_probe.parse_config("4096x2x132a") == (4096, 2, 132, True)
     with pytest.raises(SystemExit, match="BLOCK_DxBLOCK_JxSPLITS"):
         bench_down_probe.main(["--configs", "128x64"])
+
+
+def test_rows_probe_cli_needs_a_gpu():
+    from actsparse.kernels import bench_rows_probe
+    if torch.cuda.is_available():
+        pytest.skip("has a GPU")
+    assert bench_rows_probe.main(["--active", "0.1"]) == 2
+
+
+@pytest.mark.skipif(not configs.INTERPRET, reason="needs TRITON_INTERPRET=1 (set by conftest.py)")
+def test_rows_kernel_at_a_given_config_matches_float64():
+    """launch_rows(config=...) (the probe's per-config launches) runs that config, not the interpreter's fixed one."""
+    from actsparse.kernels.triton_ffn import list_state
+    from actsparse.kernels.triton_rows_ffn import launch_rows
+    g = torch.Generator().manual_seed(0)
+    d, f, n = 40, 100, 23
+    wg, wu, wdt = (torch.randn(f, d, generator=g) for _ in range(3))
+    x = torch.randn(1, d, generator=g)
+    idx = torch.randperm(f, generator=g)[:n].to(torch.int32)
+    out = torch.full((1, d), float("nan"))
+    acc, ticket = torch.zeros(d), torch.zeros(1, dtype=torch.int32)
+    launch_rows(x, wg, None, wu, None, wdt, None, None, "relu", 0.0, list_state("cpu")[:1], idx, acc, ticket, out,
+                n_sms=1, n_given=n, config=configs.ROWS_CONFIGS[-1])
+    i = idx.long()
+    x1 = torch.relu(x.double() @ wg[i].double().t()) * (x.double() @ wu[i].double().t())
+    ref = x1 @ wdt[i].double()
+    assert float((out.double() - ref).norm() / ref.norm()) < 1e-6
+    assert not acc.any() and not ticket.any()

@@ -1,0 +1,107 @@
+"""The rows kernel (triton_rows_ffn.py) config by config, beside the lists kernels and a gather floor (GPU).
+
+At the 7B shape, batch 1, 90%, an index list: the rows kernel read its 27 MB in 19.2 µs of device time (1.4 TB/s;
+H100, session 7), no faster than the up + down kernels (18.4 µs), while the dense gate kernel streams 2.7 TB/s.
+This times, for one index list per weight set (weight sets rotated so that the rows read exceed 2x L2):
+- `lists`: SparseFFN's default kernels given the list (up, then down: two launches, autotuned);
+- `rows`: SparseFFN with predicted_kernel="rows" (autotuned);
+- `rows J<j> K<k> w<w> s<s> G<g>`: the rows kernel at each ROWS_CONFIGS entry, as given;
+- `gather <D>x<J>x<S>a`: bench_down_probe's row loop over the same gate, up and W_down^T rows stacked in one
+  [3 d_ff, d_model] matrix (3n listed rows, atomics into one fp32 row): the same bytes gathered with no x1 and no
+  dependence between them, what one kernel reading these rows can hope for.
+
+    cd /tmp && python -m actsparse.kernels.bench_rows_probe --active 0.1 --out rows_probe.json
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from .bench_report import write_json
+
+
+def main(argv=None) -> int:
+    from .bench_data import SHAPES, make_weight_sets
+    from .bench_down_probe import parse_config
+    p = argparse.ArgumentParser(prog="bench_rows_probe", description=__doc__.split("\n")[0])
+    p.add_argument("--shape", default="llama2-7b", choices=list(SHAPES))
+    p.add_argument("--active", type=float, default=0.1, help="fraction of d_ff listed")
+    p.add_argument("--gather", default="4096x4x132a,2048x4x132a,4096x2x264a,4096x1x528a",
+                   help="gather-floor block shapes, BLOCK_DxBLOCK_JxSPLITS[a], comma list")
+    p.add_argument("--reps", type=int, default=50)
+    p.add_argument("--out", default=None, help="JSON file")
+    args = p.parse_args(argv)
+    gathers = [parse_config(c) for c in args.gather.split(",") if c]
+    if not torch.cuda.is_available():
+        print("bench_rows_probe needs a CUDA GPU (none found)", file=sys.stderr)
+        return 2
+    from .bench_down_probe import rows_only
+    from .bench_timing import time_calls_us
+    from .configs import ROWS_CONFIGS
+    from .dispatch import DispatchConfig
+    from .sparse_ffn import SparseFFN
+    from .triton_ffn import _n_sms, list_state
+    from .triton_rows_ffn import launch_rows
+    d, f = SHAPES[args.shape]
+    n = max(1, int(round(args.active * f)))
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    sets = make_weight_sets(d, f, torch.float16, "cuda", 120 << 20, touched_fraction=args.active)
+    idxs = [torch.randperm(f, device="cuda", generator=gen)[:n].to(torch.int32) for _ in sets]
+    xs = [torch.randn(1, d, device="cuda", generator=gen, dtype=torch.float16) for _ in sets]
+    stacked = [torch.cat([ws.w_gate, ws.w_up, ws.w_down_t]) for ws in sets]
+    idx3 = [torch.cat([i, i + f, i + 2 * f]) for i in idxs]
+    ones = torch.ones(3 * n, device="cuda")
+    partials = torch.zeros(max(c[2] for c in gathers) * d, dtype=torch.float32, device="cuda")
+    lists = [SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t) for ws in sets]
+    rows = [SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, dispatch=DispatchConfig(predicted_kernel="rows")) for ws in sets]
+    state, acc = list_state("cuda"), torch.zeros(d, dtype=torch.float32, device="cuda")
+    ticket = torch.zeros(1, dtype=torch.int32, device="cuda")
+    out = torch.empty(1, d, dtype=torch.float16, device="cuda")
+
+    def rows_at(cfg, ws, x, idx):
+        launch_rows(x, ws.w_gate, None, ws.w_up, None, ws.w_down_t, None, None, "relu", 0.0, state[:1], idx, acc,
+                    ticket, out, _n_sms(x.device), n_given=n, config=cfg)
+        return out
+
+    def reference(ws, x, idx):
+        i = idx.long()
+        x1 = torch.relu(x.double() @ ws.w_gate[i].double().t()) * (x.double() @ ws.w_up[i].double().t())
+        return x1 @ ws.w_down_t[i].double()
+
+    methods = {"lists": [lambda m=m, x=x, i=i: m(x, i) for m, x, i in zip(lists, xs, idxs)],
+               "rows": [lambda m=m, x=x, i=i: m(x, i) for m, x, i in zip(rows, xs, idxs)]}
+    for cfg in ROWS_CONFIGS:
+        k = cfg.kwargs
+        name = f"rows J{k['BLOCK_J']} K{k['BLOCK_K']} w{cfg.num_warps} s{cfg.num_stages} G{k['GRID_PER_SM']}"
+        methods[name] = [lambda c=cfg, ws=ws, x=x, i=i: rows_at(c, ws, x, i) for ws, x, i in zip(sets, xs, idxs)]
+    ref = reference(sets[0], xs[0], idxs[0])
+    bad = []
+    for name, calls in methods.items():
+        got = calls[0]().double()
+        if not float((got - ref).norm() / ref.norm()) < 2e-2:
+            bad.append(name)
+    for g in gathers:
+        methods["gather {}x{}x{}{}".format(*g[:3], "a" if g[3] else "")] = [
+            lambda s=s, i=i, g=g: rows_only(ones, s, i, partials, *g) for s, i in zip(stacked, idx3)]
+    mb = 3 * n * d * 2 / 1e6
+    result = dict(shape=args.shape, active=args.active, listed=n, megabytes=mb, n_weight_sets=len(sets),
+                  device=torch.cuda.get_device_name(), wrong=bad, methods={})
+    print(f"{args.shape}, {n} listed neurons, {mb:.1f} MB of gate + up + W_down^T rows, {len(sets)} weight sets")
+    if bad:
+        print(f"disagree with float64 (not timed): {', '.join(bad)}")
+    print("| method | µs (p10-p90) | TB/s |\n|---|---|---|")
+    for name, calls in methods.items():
+        if name in bad:
+            continue
+        t = time_calls_us(calls, args.reps)
+        result["methods"][name] = t
+        print(f"| {name} | {t['us']:.1f} ({t['us_p10']:.1f}-{t['us_p90']:.1f}) | {mb / t['us']:.2f} |", flush=True)
+    if args.out:
+        write_json(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
