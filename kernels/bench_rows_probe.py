@@ -5,6 +5,9 @@ H100, session 7), no faster than the up + down kernels (18.4 µs), while the den
 This times, for one index list per weight set (weight sets rotated so that the rows read exceed 2x L2):
 - `lists`: SparseFFN's default kernels given the list (up, then down: two launches, autotuned);
 - `rows`: SparseFFN with predicted_kernel="rows" (autotuned);
+- `lists_dot16`: the up and down kernels as `lists` runs them, but with a token block of 16 (the tl.dot code path,
+  token 0 real, the rest masked): Triton pipelines the loads that feed tl.dot over several stages, which the
+  elementwise batch-1 path does not get;
 - `rows J<j> K<k> w<w> s<s> G<g>`: the rows kernel at each ROWS_CONFIGS entry, as given;
 - `gather <D>x<J>x<S>a`: bench_down_probe's row loop over the same gate, up and W_down^T rows stacked in one
   [3 d_ff, d_model] matrix (3n listed rows, atomics into one fp32 row): the same bytes gathered with no x1 and no
@@ -44,6 +47,7 @@ def main(argv=None) -> int:
     from .sparse_ffn import SparseFFN
     from .triton_ffn import _n_sms, list_state
     from .triton_rows_ffn import launch_rows
+    from .triton_up_down import launch_down, launch_up
     d, f = SHAPES[args.shape]
     n = max(1, int(round(args.active * f)))
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -65,13 +69,26 @@ def main(argv=None) -> int:
                     ticket, out, _n_sms(x.device), n_given=n, config=cfg)
         return out
 
+    x1c = torch.empty(1, f, dtype=torch.float32, device="cuda")
+    tickets = torch.zeros(64 * (d // 32 + 1), dtype=torch.int32, device="cuda")
+    from .configs import MAX_SPLITS
+    parts = torch.empty(MAX_SPLITS * d, dtype=torch.float32, device="cuda")
+
+    def lists_dot16(ws, x, idx):
+        launch_up(x, ws.w_up, None, ws.w_gate, None, None, None, False, "relu", 0.0, state[:1], idx, x1c,
+                  _n_sms(x.device), n_given=n, block_t=16)
+        launch_down(x1c, ws.w_down_t, None, False, state[:1], idx, parts, tickets, out, state[64:], skip_zero=True,
+                    n_given=n, block_t=16)
+        return out
+
     def reference(ws, x, idx):
         i = idx.long()
         x1 = torch.relu(x.double() @ ws.w_gate[i].double().t()) * (x.double() @ ws.w_up[i].double().t())
         return x1 @ ws.w_down_t[i].double()
 
     methods = {"lists": [lambda m=m, x=x, i=i: m(x, i) for m, x, i in zip(lists, xs, idxs)],
-               "rows": [lambda m=m, x=x, i=i: m(x, i) for m, x, i in zip(rows, xs, idxs)]}
+               "rows": [lambda m=m, x=x, i=i: m(x, i) for m, x, i in zip(rows, xs, idxs)],
+               "lists_dot16": [lambda ws=ws, x=x, i=i: lists_dot16(ws, x, i) for ws, x, i in zip(sets, xs, idxs)]}
     for cfg in ROWS_CONFIGS:
         k = cfg.kwargs
         name = f"rows J{k['BLOCK_J']} K{k['BLOCK_K']} w{cfg.num_warps} s{cfg.num_stages} G{k['GRID_PER_SM']}"

@@ -197,10 +197,11 @@ def reduce_splits(res, split, tokens, offs_d, out_mask, d_mask, n_tokens, d_mode
 
 
 def launch_up(x, w_up, b_up, w_gate, b_gate, gate_act_in, mask, per_token, act, threshold, counts, idx, x1c,
-              n_sms: int, pdl: bool = False, n_given: int | None = None) -> None:
+              n_sms: int, pdl: bool = False, n_given: int | None = None, block_t: int | None = None) -> None:
     """x1c from listed neurons; with `gate_act_in` None the gate rows are read here too (predicted set).
     The grid holds the config's GRID_PER_SM programs per SM (`n_sms` of them), shared by the lists.
-    `n_given`: `idx` is one list of that many entries given by the caller (`counts` is not read)."""
+    `n_given`: `idx` is one list of that many entries given by the caller (`counts` is not read). `block_t`: the
+    token block (default `token_block`; 16 at one token runs the tl.dot code path, whose loads Triton pipelines)."""
     n_tokens, d_model = x.shape
     d_ff = w_up.shape[0]
     n_lists = n_tokens if per_token else 1
@@ -215,17 +216,17 @@ def launch_up(x, w_up, b_up, w_gate, b_gate, gate_act_in, mask, per_token, act, 
                     HAS_BU=b_up is not None, HAS_BG=b_gate is not None,
                     MASK_PER_TOKEN=mask is not None and mask.shape[0] > 1, PER_TOKEN=per_token,
                     N_GIVEN=n_given is not None,
-                    IEEE=x.dtype == torch.float32, BLOCK_T=1 if per_token else token_block(n_tokens),
-                    **launch_options(pdl))
+                    IEEE=x.dtype == torch.float32,
+                    BLOCK_T=block_t or (1 if per_token else token_block(n_tokens)), **launch_options(pdl))
 
 
 def launch_down(x1c, w_down_t, b_down, per_token, counts, idx, partials, tickets, out, done, skip_zero: bool,
-                pdl: bool = False, n_given: int | None = None) -> None:
+                pdl: bool = False, n_given: int | None = None, block_t: int | None = None) -> None:
     """out[t] = sum over listed neurons i of x1c[t, i] * W_down^T[idx[i]] (+ bias); then `counts` (<= 64 lists)
     is zeroed by the last column-block reducer to finish, with `done` (one int32, zero between calls) as its
     counter. `skip_zero`: rows whose x1 is 0 for every token are not read (worth it where listed neurons can
     have x1 = 0: dReLU, predicted sets); otherwise the row loads do not wait for x1. `n_given`: as in
-    `launch_up` (then nothing is reset)."""
+    `launch_up` (then nothing is reset); `block_t` as in `launch_up`."""
     n_tokens, d_model = out.shape
     d_ff = w_down_t.shape[0]
     n_lists = n_tokens if per_token else 1
@@ -233,5 +234,5 @@ def launch_down(x1c, w_down_t, b_down, per_token, counts, idx, partials, tickets
     down_kernel[grid](x1c, w_down_t, b_down if b_down is not None else w_down_t, counts, idx, partials, tickets,
                       out, done, n_tokens, d_model, d_ff, n_given or 0, HAS_BIAS=b_down is not None,
                       PER_TOKEN=per_token, N_GIVEN=n_given is not None, SKIP_ZERO=skip_zero, FENCE=not configs.INTERPRET,
-                      IEEE=out.dtype == torch.float32, BLOCK_T=1 if per_token else token_block(n_tokens),
-                      **launch_options(pdl))
+                      IEEE=out.dtype == torch.float32,
+                      BLOCK_T=block_t or (1 if per_token else token_block(n_tokens)), **launch_options(pdl))
