@@ -24,7 +24,8 @@ from .sparse_ffn import SparseFFN
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 PREDICTED = ("ours_predicted_union", "ours_predicted_per_token", "ours_predicted_fused", "ours_predicted_inline",
-             "ours_predicted_union_pdl", "ours_predicted_index", "ours_predicted_rows", "ours_predicted_index_rows")
+             "ours_predicted_union_pdl", "ours_predicted_index", "ours_predicted_rows", "ours_predicted_index_rows",
+             "ours_predicted_index_atomic")
 
 
 def parse_args(argv):
@@ -90,6 +91,11 @@ def _methods(sets, xs, masks, batch, calib_x):
         methods["ours_union_rows"] = [lambda f=f, x=x: f(x) for f, x in zip(one, xs)]
         methods["ours_predicted_rows"] = [lambda f=f, x=x, m=m: f(x, m) for f, x, m in zip(one, xs, masks)]
         methods["ours_predicted_index_rows"] = [lambda f=f, x=x, i=i: f(x, i) for f, x, i in zip(one, xs, ids)]
+        # The default kernels with the atomic down kernel (DispatchConfig.down_kernel="atomic").
+        atomic = [SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, dispatch=DispatchConfig(down_kernel="atomic"))
+                  for ws in sets]
+        methods["ours_union_atomic"] = [lambda f=f, x=x: f(x) for f, x in zip(atomic, xs)]
+        methods["ours_predicted_index_atomic"] = [lambda f=f, x=x, i=i: f(x, i) for f, x, i in zip(atomic, xs, ids)]
     if batch > 1:
         per_token = [ffn(ws, "per_token") for ws in sets]
         methods["ours_per_token"] = [lambda f=f, x=x: f(x) for f, x in zip(per_token, xs)]

@@ -5,6 +5,7 @@ H100, session 7), no faster than the up + down kernels (18.4 µs), while the den
 This times, for one index list per weight set (weight sets rotated so that the rows read exceed 2x L2):
 - `lists`: SparseFFN's default kernels given the list (up, then down: two launches, autotuned);
 - `rows`: SparseFFN with predicted_kernel="rows" (autotuned);
+- `lists_atomic`: SparseFFN with down_kernel="atomic": the up kernel, then the rows kernel given x1 (autotuned);
 - `lists_dot16`: the up and down kernels as `lists` runs them, but with a token block of 16 (the tl.dot code path,
   token 0 real, the rest masked): Triton pipelines the loads that feed tl.dot over several stages, which the
   elementwise batch-1 path does not get;
@@ -60,6 +61,7 @@ def main(argv=None) -> int:
     partials = torch.zeros(max(c[2] for c in gathers) * d, dtype=torch.float32, device="cuda")
     lists = [SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t) for ws in sets]
     rows = [SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, dispatch=DispatchConfig(predicted_kernel="rows")) for ws in sets]
+    atomic = [SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, dispatch=DispatchConfig(down_kernel="atomic")) for ws in sets]
     state, acc = list_state("cuda"), torch.zeros(d, dtype=torch.float32, device="cuda")
     ticket = torch.zeros(1, dtype=torch.int32, device="cuda")
     out = torch.empty(1, d, dtype=torch.float16, device="cuda")
@@ -88,6 +90,7 @@ def main(argv=None) -> int:
 
     methods = {"lists": [lambda m=m, x=x, i=i: m(x, i) for m, x, i in zip(lists, xs, idxs)],
                "rows": [lambda m=m, x=x, i=i: m(x, i) for m, x, i in zip(rows, xs, idxs)],
+               "lists_atomic": [lambda m=m, x=x, i=i: m(x, i) for m, x, i in zip(atomic, xs, idxs)],
                "lists_dot16": [lambda ws=ws, x=x, i=i: lists_dot16(ws, x, i) for ws, x, i in zip(sets, xs, idxs)]}
     for cfg in ROWS_CONFIGS:
         k = cfg.kwargs

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 BATCH_MODES = ("union", "per_token", "auto")
 PREDICTED_KERNELS = ("lists", "fused", "lists_inline", "rows")
 EXACT_KERNELS = ("split", "gate_up", "auto", "rows")
+DOWN_KERNELS = ("split", "atomic")
 # "auto": gate_up for this many tokens (union mode), split otherwise.
 GATE_UP_TOKENS = range(8, 17)
 
@@ -67,6 +68,11 @@ class DispatchConfig:
     # in session 6) and at batch 16 at 50-90%; at batch 4 and above 16 neither path led throughout. "rows": one token
     # takes the gate kernel and then up, x1 and down in one kernel (triton_rows_ffn.py); other batches as "auto".
     exact_kernel: str = "auto"
+    # The down kernel after the up kernel (lists / split / gate_up paths): "split" (triton_up_down.down_kernel:
+    # split-K partial sums added by the last program in a fixed order, deterministic), or "atomic" at one token
+    # (triton_rows_ffn.py with x1 given: whole W_down^T rows, each program's fp32 sum added with atomics, so the
+    # last bits may differ between calls; no dReLU x1 = 0 skipping). Other batch sizes run "split".
+    down_kernel: str = "split"
     # Programmatic dependent launch between the kernels of one call (pdl.py; Hopper+): each kernel's launch
     # overlaps the previous one's tail. Not yet timed; the "lists" / "split" paths (Version 2 ignores it).
     pdl: bool = False
@@ -78,6 +84,8 @@ class DispatchConfig:
         if self.exact_kernel not in EXACT_KERNELS:
             raise ValueError(f"DispatchConfig.exact_kernel={self.exact_kernel!r}; supported: "
                              f"{', '.join(EXACT_KERNELS)}")
+        if self.down_kernel not in DOWN_KERNELS:
+            raise ValueError(f"DispatchConfig.down_kernel={self.down_kernel!r}; supported: {', '.join(DOWN_KERNELS)}")
         if self.batch_mode not in BATCH_MODES:
             raise ValueError(f"DispatchConfig.batch_mode={self.batch_mode!r}; supported: {', '.join(BATCH_MODES)}")
         if not 0.0 < self.max_time_ratio <= 1.0:

@@ -30,7 +30,7 @@ def list_state(device) -> torch.Tensor:
 
 def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, per_token,
                       tickets, alloc=torch.empty, fuse_up=False, state=None, inline_compact=False, pdl=False,
-                      index=None, rows=False, rows_acc=None):
+                      index=None, rows=False, rows_acc=None, atomic_down=False):
     """x [T, d] -> [T, d]. mask: None (dense gate decides), [1, d_ff] or [T, d_ff] bool (predicted set).
     `alloc` makes the float workspaces and the output (tests poison them with NaN). `fuse_up` (no mask, union
     mode): the gate kernel also computes x1, one launch fewer. `state`: a `list_state` buffer (None: a fresh one).
@@ -40,7 +40,8 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
     as the list itself: its length is known on the host, so there is no compaction launch (two launches in all).
     `rows` (one token, union mode): up, x1 and down in one kernel over the list (triton_rows_ffn.py), after the gate
     kernel or the compaction, or alone with `index`; `rows_acc` is its fp32 [d_model] row, zero between calls
-    (None: a fresh one)."""
+    (None: a fresh one). `atomic_down` (one token, union mode): the down step is the rows kernel given x1
+    (fp32 atomics, triton_rows_ffn.py) instead of the split-K down kernel."""
     if x.device.type != "cuda" and not configs.INTERPRET:
         raise RuntimeError("the Triton backend needs a CUDA tensor (or TRITON_INTERPRET=1 set before importing "
                            "triton); use backend='torch' on CPU")
@@ -79,6 +80,13 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
             compact_mask(mask, per_token, counts, idx, pdl=pdl)
         launch_up(x, w_up, b_up, w_gate, b_gate, gate_act, mask, per_token, activation, threshold, counts, idx,
                   x1c, _n_sms(dev), pdl=pdl)
+    if atomic_down and n_tokens == 1 and not per_token:
+        from .triton_rows_ffn import launch_rows
+        acc = rows_acc if rows_acc is not None else torch.zeros(d_model, dtype=torch.float32, device=dev)
+        out = alloc(1, d_model, dtype=x.dtype, device=dev)
+        launch_rows(x, w_gate, b_gate, w_up, b_up, w_down_t, b_down, None, activation, threshold, counts, idx, acc,
+                    tickets[:1], out, _n_sms(dev), pdl=pdl, n_given=n_given, x1c=x1c)
+        return out
     splits = configs.DOWN_FIXED["SPLITS"] if configs.INTERPRET else configs.MAX_SPLITS
     partials = alloc(splits * n_tokens * d_model, dtype=torch.float32, device=dev)
     out = alloc(n_tokens, d_model, dtype=x.dtype, device=dev)

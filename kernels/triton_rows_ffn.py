@@ -1,4 +1,5 @@
-"""One token's sparse FFN in one kernel over a neuron list: up (and gate) rows, x1, and down rows together.
+"""One token's sparse FFN in one kernel over a neuron list: up (and gate) rows, x1, and down rows together; or,
+given x1 from the up kernel, the down rows alone (an atomic down kernel).
 
 Each program owns a balanced range of the list (GRID_PER_SM programs per SM) and walks it BLOCK_J neurons at a
 time: it issues the loads of their W_down^T rows (whole rows where d_model <= MAX_ONE_STEP_D) together with their
@@ -48,12 +49,26 @@ def rows_x1(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, gact_ptr, rows, i_mask, d_mod
     return tl.sum(a * up, 0)
 
 
-@tuned(ROWS_CONFIGS, ROWS_FIXED, key=["d_model", "d_ff", "FUSE_GATE", "N_GIVEN", "BLOCK_D"],
+@triton.jit
+def list_x1(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, gact_ptr, rows, offs_i, i_mask, d_model, threshold,
+            ACT: tl.constexpr, FUSE_GATE: tl.constexpr, X1_GIVEN: tl.constexpr, HAS_BG: tl.constexpr,
+            HAS_BU: tl.constexpr, IEEE: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
+    """x1 [BLOCK_J] of list positions `offs_i` (neurons `rows`): given (X1_GIVEN: the up kernel's compact x1, the
+    `gact_ptr` buffer read at list positions), or computed by `rows_x1`."""
+    if X1_GIVEN:
+        x1 = tl.load(gact_ptr + offs_i, mask=i_mask, other=0.0)
+    else:
+        x1 = rows_x1(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, gact_ptr, rows, i_mask, d_model, threshold, ACT,
+                     FUSE_GATE, HAS_BG, HAS_BU, IEEE, BLOCK_J, BLOCK_K)
+    return x1
+
+
+@tuned(ROWS_CONFIGS, ROWS_FIXED, key=["d_model", "d_ff", "FUSE_GATE", "X1_GIVEN", "N_GIVEN", "BLOCK_D"],
        restore_value=["counts_ptr"])
 @triton.jit
 def rows_ffn_kernel(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, bd_ptr, gact_ptr, counts_ptr, idx_ptr, acc_ptr,
                     ticket_ptr, out_ptr, d_model, d_ff, threshold, n_given, ACT: tl.constexpr,
-                    FUSE_GATE: tl.constexpr, HAS_BG: tl.constexpr, HAS_BU: tl.constexpr, HAS_BD: tl.constexpr,
+                    FUSE_GATE: tl.constexpr, X1_GIVEN: tl.constexpr, HAS_BG: tl.constexpr, HAS_BU: tl.constexpr, HAS_BD: tl.constexpr,
                     N_GIVEN: tl.constexpr, ONE_STEP_D: tl.constexpr, IEEE: tl.constexpr, FENCE: tl.constexpr,
                     USE_GDC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr,
                     GRID_PER_SM: tl.constexpr):
@@ -73,12 +88,12 @@ def rows_ffn_kernel(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, bd_ptr, gact
         down_rows = wdt_ptr + rows.to(tl.int64)[:, None] * d_model
         if ONE_STEP_D:  # issued before x1's loads: both wait on the list entry only
             w = tl.load(down_rows + offs_d[None, :], mask=i_mask[:, None] & (offs_d < d_model)[None, :], other=0.0)
-            x1 = rows_x1(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, gact_ptr, rows, i_mask, d_model, threshold, ACT,
-                         FUSE_GATE, HAS_BG, HAS_BU, IEEE, BLOCK_J, BLOCK_K)
+            x1 = list_x1(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, gact_ptr, rows, offs_i, i_mask, d_model, threshold,
+                         ACT, FUSE_GATE, X1_GIVEN, HAS_BG, HAS_BU, IEEE, BLOCK_J, BLOCK_K)
             acc += x1[:, None] * w.to(tl.float32)
         else:
-            x1 = rows_x1(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, gact_ptr, rows, i_mask, d_model, threshold, ACT,
-                         FUSE_GATE, HAS_BG, HAS_BU, IEEE, BLOCK_J, BLOCK_K)
+            x1 = list_x1(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, gact_ptr, rows, offs_i, i_mask, d_model, threshold,
+                         ACT, FUSE_GATE, X1_GIVEN, HAS_BG, HAS_BU, IEEE, BLOCK_J, BLOCK_K)
             for d0 in range(0, d_model, BLOCK_D):
                 cols = d0 + offs_d
                 w = tl.load(down_rows + cols[None, :], mask=i_mask[:, None] & (cols < d_model)[None, :], other=0.0)
@@ -112,19 +127,21 @@ def rows_block_d(d_model: int) -> int:
 
 def launch_rows(x, w_gate, b_gate, w_up, b_up, w_down_t, b_down, gate_act_in, act, threshold, counts, idx, acc,
                 ticket, out, n_sms: int, pdl: bool = False, n_given: int | None = None,
-                block_d: int | None = None, config=None) -> None:
+                block_d: int | None = None, config=None, x1c: torch.Tensor | None = None) -> None:
     """out[0] = sum over listed neurons i of x1_i * W_down^T[idx[i]] (+ b_down), x [1, d_model].
     `gate_act_in` None: the gate rows of listed neurons are read here (predicted set); else act(gate) [1, d_ff]
     from the gate kernel. The list: `idx` with its length in counts[0] (zeroed here when done), or the caller's
     1-D list of `n_given` entries. `acc`: fp32 [d_model], zero between calls (left zero); `ticket`: int32 [1],
     zero between calls. `block_d`: columns per down step (tests force several steps). `config`: a
-    `triton.Config` of ROWS_CONFIGS run as given, not autotuned (bench_rows_probe times each)."""
+    `triton.Config` of ROWS_CONFIGS run as given, not autotuned (bench_rows_probe times each). `x1c`: x1 of
+    the listed neurons at their list positions (the up kernel's [1, d_ff] output): only the W_down^T rows are read
+    here, an atomic down kernel (`DispatchConfig.down_kernel="atomic"`)."""
     n_tokens, d_model = x.shape
     if n_tokens != 1:
         raise ValueError(f"launch_rows computes one token, got {n_tokens}")
     d_ff = w_up.shape[0]
     block_d = block_d or rows_block_d(d_model)
-    fuse_gate = gate_act_in is None
+    fuse_gate = gate_act_in is None and x1c is None
 
     def grid(meta):
         meta = config.kwargs if config is not None else meta
@@ -135,8 +152,9 @@ def launch_rows(x, w_gate, b_gate, w_up, b_up, w_down_t, b_down, gate_act_in, ac
         kernel, extra = rows_ffn_kernel.fn, dict(config.kwargs, num_warps=config.num_warps,
                                                  num_stages=config.num_stages)
     kernel[grid](x, w_gate, b_gate if b_gate is not None else w_gate, w_up, b_up if b_up is not None else w_up,
-                 w_down_t, b_down if b_down is not None else w_down_t, acc if fuse_gate else gate_act_in, counts, idx,
+                 w_down_t, b_down if b_down is not None else w_down_t,
+                 x1c if x1c is not None else acc if fuse_gate else gate_act_in, counts, idx,
                  acc, ticket, out, d_model, d_ff, float(threshold), n_given or 0, ACT=ACT_CODES[act],
-                 FUSE_GATE=fuse_gate, HAS_BG=b_gate is not None, HAS_BU=b_up is not None, HAS_BD=b_down is not None,
-                 N_GIVEN=n_given is not None, ONE_STEP_D=block_d >= d_model, IEEE=x.dtype == torch.float32,
+                 FUSE_GATE=fuse_gate, X1_GIVEN=x1c is not None, HAS_BG=b_gate is not None, HAS_BU=b_up is not None,
+                 HAS_BD=b_down is not None, N_GIVEN=n_given is not None, ONE_STEP_D=block_d >= d_model, IEEE=x.dtype == torch.float32,
                  FENCE=not configs.INTERPRET, BLOCK_D=block_d, **launch_options(pdl), **extra)

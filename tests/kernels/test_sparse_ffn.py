@@ -405,3 +405,36 @@ def test_rows_kernel_leaves_batches_to_the_other_kernels():
     check(ffn(x), ref(x))
     check(ffn(x, mask), ref(x, mask))
     assert ffn._rows_acc is None or not ffn._rows_acc.any()
+
+
+# One token with DispatchConfig(down_kernel="atomic"): the up kernel, then the rows kernel given x1 (no split-K).
+def _atomic_down_only(monkeypatch):
+    from actsparse.kernels import triton_ffn
+
+    def unreachable(*_a, **_k):
+        raise AssertionError("down_kernel='atomic' at one token ran the split-K down kernel")
+    monkeypatch.setattr(triton_ffn, "launch_down", unreachable)
+
+
+@pytest.mark.parametrize("exact_kernel", ["split", "gate_up"])
+@pytest.mark.parametrize("kind", ["exact", "mask1d", "index32"])
+@pytest.mark.parametrize("activation,threshold", ACTIVATIONS)
+def test_atomic_down_matches_float64(activation, threshold, kind, exact_kernel, monkeypatch):
+    _atomic_down_only(monkeypatch)
+    d, f = 40, 100
+    ffn, ref = make_ffn(d, f, activation, threshold, "union", 0.0, seed=13, biases=True)
+    ffn.dispatch = DispatchConfig(down_kernel="atomic", exact_kernel=exact_kernel)
+    g = torch.Generator().manual_seed(14)
+    for fraction in (0.0, 0.3, 1.0):
+        x = torch.randn(1, d, generator=g)
+        if kind == "exact":
+            check(ffn(x), ref(x))
+        else:
+            active, mask = _active(kind, fraction, 1, f, seed=int(torch.randint(0, 1000, (1,), generator=g)))
+            check(ffn(x, active), ref(x, mask))
+        _state_is_zero(ffn)
+
+
+def test_down_kernel_is_checked():
+    with pytest.raises(ValueError, match="down_kernel"):
+        DispatchConfig(down_kernel="tree")
