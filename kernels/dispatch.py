@@ -62,11 +62,13 @@ class DispatchConfig:
     # run "lists").
     predicted_kernel: str = "lists"
     # Kernels of the exact (no predictor) union path: "split" (gate, up, down: three launches), "gate_up" (the
-    # gate kernel reads its active neurons' up rows too: two launches), or "auto": gate_up at 8-16 tokens, split
-    # otherwise. H100, 7B shape (sessions 5-6): at batch 1 gate_up is no faster (54.5-62.4 vs 53.7-61.4 µs at 90%);
+    # gate kernel reads its active neurons' up rows too: two launches), or "auto": rows at one token, gate_up at
+    # 8-16 tokens, split otherwise. H100, 7B shape (sessions 5-6): at batch 1 gate_up is no faster (54.5-62.4 vs 53.7-61.4 µs at 90%);
     # at batch 8 it was faster at 50/80/90% in all six runs (90%: 71.9-74.5 vs 74.7-80.4 µs, 1.56-1.60x over dense
     # in session 6) and at batch 16 at 50-90%; at batch 4 and above 16 neither path led throughout. "rows": one token
     # takes the gate kernel and then up, x1 and down in one kernel (triton_rows_ffn.py); other batches as "auto".
+    # At one token rows beat split in all four bench runs of session 7 (7B, 80/90/95%: 48.5-52.1 vs 51.9-53.8 µs
+    # at 90%) and in the 32-layer compiled decode (1.42x vs 1.38x over dense).
     exact_kernel: str = "auto"
     # The down kernel after the up kernel (lists / split / gate_up paths): "split" (triton_up_down.down_kernel:
     # split-K partial sums added by the last program in a fixed order, deterministic), or "atomic" at one token
@@ -101,7 +103,9 @@ class DispatchConfig:
 
     def rows(self, n_tokens: int, predicted: bool) -> bool:
         """Whether a call of `n_tokens` runs the one-token rows kernel (triton_rows_ffn.py)."""
-        return n_tokens == 1 and (self.predicted_kernel if predicted else self.exact_kernel) == "rows"
+        if predicted:
+            return n_tokens == 1 and self.predicted_kernel == "rows"
+        return n_tokens == 1 and self.exact_kernel in ("rows", "auto")
 
 
 def expected_fraction(neuron_prob: torch.Tensor, n_tokens: int, per_token: bool) -> float:

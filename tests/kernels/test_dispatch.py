@@ -73,3 +73,11 @@ def test_exact_kernel_auto_fuses_up_at_8_to_16_tokens():
     assert [n for n in range(1, 65) if auto.fuse_up(n)] == list(range(8, 17))
     assert all(DispatchConfig(exact_kernel="gate_up").fuse_up(n) for n in (1, 8, 64))
     assert not any(DispatchConfig(exact_kernel="split").fuse_up(n) for n in (1, 8, 64))
+
+
+def test_exact_kernel_auto_runs_rows_at_one_token_only():
+    auto = DispatchConfig()
+    assert [n for n in range(1, 65) if auto.rows(n, predicted=False)] == [1]
+    assert not auto.rows(1, predicted=True)   # the predicted default stays "lists"
+    assert DispatchConfig(predicted_kernel="rows").rows(1, predicted=True)
+    assert not any(DispatchConfig(exact_kernel=k).rows(1, predicted=False) for k in ("split", "gate_up"))

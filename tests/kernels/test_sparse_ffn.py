@@ -59,9 +59,11 @@ ACTIVATIONS = [("relu", 0.0), ("fatrelu", 0.25), ("drelu", 0.0), ("relu2", 0.0)]
 PATTERNS = {"none": -50.0, "half": 0.0, "all": 50.0}
 
 
-# "union_gate_up": union lists with DispatchConfig(exact_kernel="gate_up") (the gate kernel computes x1 too).
+# "union_gate_up": union lists with DispatchConfig(exact_kernel="gate_up") (the gate kernel computes x1 too);
+# "union_split": the three-launch exact path at every batch size ("auto" runs the rows kernel at one token).
 MODES = {"union": DispatchConfig(batch_mode="union"), "per_token": DispatchConfig(batch_mode="per_token"),
-         "union_gate_up": DispatchConfig(batch_mode="union", exact_kernel="gate_up")}
+         "union_gate_up": DispatchConfig(batch_mode="union", exact_kernel="gate_up"),
+         "union_split": DispatchConfig(batch_mode="union", exact_kernel="split")}
 
 
 def make_ffn(d, f, activation, threshold, mode, gate_bias, seed, biases=False):
@@ -438,3 +440,13 @@ def test_atomic_down_matches_float64(activation, threshold, kind, exact_kernel, 
 def test_down_kernel_is_checked():
     with pytest.raises(ValueError, match="down_kernel"):
         DispatchConfig(down_kernel="tree")
+
+
+def test_default_dispatch_runs_the_rows_kernel_at_one_token(monkeypatch):
+    """exact_kernel="auto" (the default): one token takes the gate kernel and the rows kernel, and stays exact."""
+    _rows_only(monkeypatch)
+    ffn, ref = make_ffn(40, 100, "relu", 0.0, "union", 0.0, seed=21, biases=True)
+    ffn.dispatch = DispatchConfig()
+    x = torch.randn(1, 40, generator=torch.Generator().manual_seed(22))
+    check(ffn(x), ref(x))
+    _state_is_zero(ffn)
