@@ -25,7 +25,7 @@ from .sparse_ffn import SparseFFN
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 PREDICTED = ("ours_predicted_union", "ours_predicted_per_token", "ours_predicted_fused", "ours_predicted_inline",
              "ours_predicted_union_pdl", "ours_predicted_index", "ours_predicted_rows", "ours_predicted_index_rows",
-             "ours_predicted_index_atomic")
+             "ours_predicted_index_atomic", "ours_predicted_index_pdl")
 
 
 def parse_args(argv):
@@ -85,6 +85,8 @@ def _methods(sets, xs, masks, batch, calib_x):
         pdl = [ffn(ws, "union", pdl=True) for ws in sets]  # the default kernels, launches overlapped (pdl.py)
         methods["ours_union_pdl"] = [lambda f=f, x=x: f(x) for f, x in zip(pdl, xs)]
         methods["ours_predicted_union_pdl"] = [lambda f=f, x=x, m=m: f(x, m) for f, x, m in zip(pdl, xs, masks)]
+        # The index list with PDL: the down kernel loads its first W_down^T rows while the up kernel runs.
+        methods["ours_predicted_index_pdl"] = [lambda f=f, x=x, i=i: f(x, i) for f, x, i in zip(pdl, xs, ids)]
         # One token through one kernel over the list (triton_rows_ffn.py): after the gate kernel (exact), after
         # the compaction (mask), or alone (index list).
         one = [ffn(ws, "union", "rows", exact_kernel="rows") for ws in sets]

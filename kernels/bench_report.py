@@ -25,6 +25,8 @@ GOALS = [
     ("batch 1, 90%, no predictor (atomic down)", "llama2-7b", 1, 0.9, "ours_union_atomic", 3.0),
     ("batch 1, 90%, active set given as an index list (atomic down)", "llama2-7b", 1, 0.9,
      "ours_predicted_index_atomic", 6.0),
+    ("batch 1, 90%, active set given as an index list (PDL, down rows prefetched)", "llama2-7b", 1, 0.9,
+     "ours_predicted_index_pdl", 6.0),
     ("batch 8, 90% per-token sparsity, the dispatcher's path", "llama2-7b", 8, 0.9, "ours_dispatch", 1.5),
 ]
 

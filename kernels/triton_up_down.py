@@ -80,15 +80,26 @@ def down_acc_init(BLOCK_T: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.cons
 
 
 @triton.jit
-def down_acc_add(acc, x1, wdt_ptr, rows, live, offs_d, d_mask, d_model, IEEE: tl.constexpr, BLOCK_T: tl.constexpr):
-    """acc + x1 [BLOCK_T, BLOCK_J] times the W_down^T row segments of `rows` (only `live` rows are read)."""
-    w = tl.load(wdt_ptr + rows.to(tl.int64)[:, None] * d_model + offs_d[None, :],
-                mask=live[:, None] & d_mask[None, :], other=0.0)
+def down_rows_tile(wdt_ptr, rows, live, offs_d, d_mask, d_model):
+    """The [BLOCK_J, BLOCK_D] W_down^T row segments of `rows` (only `live` rows are read)."""
+    return tl.load(wdt_ptr + rows.to(tl.int64)[:, None] * d_model + offs_d[None, :],
+                   mask=live[:, None] & d_mask[None, :], other=0.0)
+
+
+@triton.jit
+def down_acc_fma(acc, x1, w, IEEE: tl.constexpr, BLOCK_T: tl.constexpr):
+    """acc + x1 [BLOCK_T, BLOCK_J] times the row segments w [BLOCK_J, BLOCK_D]."""
     if BLOCK_T == 1:
         acc += tl.sum(x1, 0)[:, None] * w.to(tl.float32)
     else:
         acc = dot_acc(acc, x1.to(w.dtype), w, IEEE)
     return acc
+
+
+@triton.jit
+def down_acc_add(acc, x1, wdt_ptr, rows, live, offs_d, d_mask, d_model, IEEE: tl.constexpr, BLOCK_T: tl.constexpr):
+    """acc + x1 [BLOCK_T, BLOCK_J] times the W_down^T row segments of `rows` (only `live` rows are read)."""
+    return down_acc_fma(acc, x1, down_rows_tile(wdt_ptr, rows, live, offs_d, d_mask, d_model), IEEE, BLOCK_T)
 
 
 @triton.jit
@@ -101,15 +112,16 @@ def down_acc_result(acc, BLOCK_T: tl.constexpr):
     return res
 
 
-@tuned(DOWN_CONFIGS, DOWN_FIXED, key=["d_model", "d_ff", "BLOCK_T", "PER_TOKEN", "SKIP_ZERO"],
+@tuned(DOWN_CONFIGS, DOWN_FIXED, key=["d_model", "d_ff", "BLOCK_T", "PER_TOKEN", "SKIP_ZERO", "PREFETCH"],
        restore_value=["counts_ptr"])
 @triton.jit
 def down_kernel(x1c_ptr, wdt_ptr, bd_ptr, counts_ptr, idx_ptr, partial_ptr, tickets_ptr, out_ptr, done_ptr,
                 n_tokens, d_model, d_ff, n_given, HAS_BIAS: tl.constexpr, PER_TOKEN: tl.constexpr,
-                N_GIVEN: tl.constexpr, SKIP_ZERO: tl.constexpr,
+                N_GIVEN: tl.constexpr, SKIP_ZERO: tl.constexpr, PREFETCH: tl.constexpr,
                 IEEE: tl.constexpr, FENCE: tl.constexpr, USE_GDC: tl.constexpr, BLOCK_T: tl.constexpr,
                 BLOCK_D: tl.constexpr, BLOCK_J: tl.constexpr, SPLITS: tl.constexpr):
-    gdc_start(USE_GDC)
+    if not PREFETCH:
+        gdc_start(USE_GDC)
     col_blk = tl.program_id(0)
     split = tl.program_id(1)
     lst = tl.program_id(2)
@@ -131,7 +143,22 @@ def down_kernel(x1c_ptr, wdt_ptr, bd_ptr, counts_ptr, idx_ptr, partial_ptr, tick
     lo = (split * n_listed) // SPLITS
     hi = ((split + 1) * n_listed) // SPLITS
     acc = down_acc_init(BLOCK_T, BLOCK_J, BLOCK_D)
-    for i0 in range(lo, hi, BLOCK_J):
+    first = lo
+    if PREFETCH:
+        # PDL with the caller's list (launch_down): this kernel starts while the up kernel still runs. The list
+        # and the weights are not the up kernel's output, so the first block's W_down^T rows are loaded before
+        # waiting for it; only x1 is read after the wait. (No SKIP_ZERO for that block: it would need x1.)
+        tl.extra.cuda.gdc_launch_dependents()
+        offs_i = lo + tl.arange(0, BLOCK_J)
+        i_mask = offs_i < hi
+        rows = tl.load(idx_ptr + offs_i, mask=i_mask, other=0)
+        w = down_rows_tile(wdt_ptr, rows, i_mask, offs_d, d_mask, d_model)
+        tl.extra.cuda.gdc_wait()
+        x1 = tl.load(x1c_ptr + tokens[:, None] * d_ff + offs_i[None, :],
+                     mask=t_mask[:, None] & i_mask[None, :], other=0.0)
+        acc = down_acc_fma(acc, x1, w, IEEE, BLOCK_T)
+        first = lo + BLOCK_J
+    for i0 in range(first, hi, BLOCK_J):
         offs_i = i0 + tl.arange(0, BLOCK_J)
         i_mask = offs_i < hi
         rows = tl.load(idx_ptr + lst * d_ff + offs_i, mask=i_mask, other=0)
@@ -226,13 +253,15 @@ def launch_down(x1c, w_down_t, b_down, per_token, counts, idx, partials, tickets
     is zeroed by the last column-block reducer to finish, with `done` (one int32, zero between calls) as its
     counter. `skip_zero`: rows whose x1 is 0 for every token are not read (worth it where listed neurons can
     have x1 = 0: dReLU, predicted sets); otherwise the row loads do not wait for x1. `n_given`: as in
-    `launch_up` (then nothing is reset); `block_t` as in `launch_up`."""
+    `launch_up` (then nothing is reset); `block_t` as in `launch_up`. `pdl` with `n_given`: the first W_down^T
+    rows of each program are loaded before it waits for the up kernel (they depend on the list only)."""
     n_tokens, d_model = out.shape
     d_ff = w_down_t.shape[0]
     n_lists = n_tokens if per_token else 1
     grid = lambda meta: (triton.cdiv(d_model, meta["BLOCK_D"]), meta["SPLITS"], n_lists)  # noqa: E731
     down_kernel[grid](x1c, w_down_t, b_down if b_down is not None else w_down_t, counts, idx, partials, tickets,
                       out, done, n_tokens, d_model, d_ff, n_given or 0, HAS_BIAS=b_down is not None,
-                      PER_TOKEN=per_token, N_GIVEN=n_given is not None, SKIP_ZERO=skip_zero, FENCE=not configs.INTERPRET,
+                      PER_TOKEN=per_token, N_GIVEN=n_given is not None, SKIP_ZERO=skip_zero,
+                      PREFETCH=pdl and n_given is not None, FENCE=not configs.INTERPRET,
                       IEEE=out.dtype == torch.float32,
                       BLOCK_T=block_t or (1 if per_token else token_block(n_tokens)), **launch_options(pdl))
