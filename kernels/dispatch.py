@@ -62,8 +62,8 @@ class DispatchConfig:
     # run "lists").
     predicted_kernel: str = "lists"
     # Kernels of the exact (no predictor) union path: "split" (gate, up, down: three launches), "gate_up" (the
-    # gate kernel reads its active neurons' up rows too: two launches), or "auto": rows at one token, gate_up at
-    # 8-16 tokens, split otherwise. H100, 7B shape (sessions 5-6): at batch 1 gate_up is no faster (54.5-62.4 vs 53.7-61.4 µs at 90%);
+    # gate kernel reads its active neurons' up rows too: two launches), or "auto": rows at one token (split for
+    # dReLU), gate_up at 8-16 tokens, split otherwise. H100, 7B shape (sessions 5-6): at batch 1 gate_up is no faster (54.5-62.4 vs 53.7-61.4 µs at 90%);
     # at batch 8 it was faster at 50/80/90% in all six runs (90%: 71.9-74.5 vs 74.7-80.4 µs, 1.56-1.60x over dense
     # in session 6) and at batch 16 at 50-90%; at batch 4 and above 16 neither path led throughout. "rows": one token
     # takes the gate kernel and then up, x1 and down in one kernel (triton_rows_ffn.py); other batches as "auto".
@@ -101,11 +101,14 @@ class DispatchConfig:
         """Whether the exact union path runs the gate_up kernels for a batch of `n_tokens`."""
         return self.exact_kernel == "gate_up" or (self.exact_kernel in ("auto", "rows") and n_tokens in GATE_UP_TOKENS)
 
-    def rows(self, n_tokens: int, predicted: bool) -> bool:
-        """Whether a call of `n_tokens` runs the one-token rows kernel (triton_rows_ffn.py)."""
+    def rows(self, n_tokens: int, predicted: bool, activation: str = "relu") -> bool:
+        """Whether a call of `n_tokens` runs the one-token rows kernel (triton_rows_ffn.py). "auto" leaves dReLU's
+        exact path on split: its down kernel skips the rows of x1 = 0 neurons (up <= 0), which the rows kernel reads."""
+        if n_tokens != 1:
+            return False
         if predicted:
-            return n_tokens == 1 and self.predicted_kernel == "rows"
-        return n_tokens == 1 and self.exact_kernel in ("rows", "auto")
+            return self.predicted_kernel == "rows"
+        return self.exact_kernel == "rows" or (self.exact_kernel == "auto" and activation != "drelu")
 
 
 def expected_fraction(neuron_prob: torch.Tensor, n_tokens: int, per_token: bool) -> float:

@@ -81,12 +81,8 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
         launch_up(x, w_up, b_up, w_gate, b_gate, gate_act, mask, per_token, activation, threshold, counts, idx,
                   x1c, _n_sms(dev), pdl=pdl)
     if atomic_down and n_tokens == 1 and not per_token:
-        from .triton_rows_ffn import launch_rows
-        acc = rows_acc if rows_acc is not None else torch.zeros(d_model, dtype=torch.float32, device=dev)
-        out = alloc(1, d_model, dtype=x.dtype, device=dev)
-        launch_rows(x, w_gate, b_gate, w_up, b_up, w_down_t, b_down, None, activation, threshold, counts, idx, acc,
-                    tickets[:1], out, _n_sms(dev), pdl=pdl, n_given=n_given, x1c=x1c)
-        return out
+        return _rows_out(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, counts, idx, n_given,
+                         tickets, alloc, rows_acc, pdl, x1c=x1c)
     splits = configs.DOWN_FIXED["SPLITS"] if configs.INTERPRET else configs.MAX_SPLITS
     partials = alloc(splits * n_tokens * d_model, dtype=torch.float32, device=dev)
     out = alloc(n_tokens, d_model, dtype=x.dtype, device=dev)
@@ -98,7 +94,6 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
 def _rows_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, counts, idx, n_given,
               tickets, alloc, rows_acc, pdl):
     """One token through the rows kernel: gate kernel (no predictor) or compaction (mask) first, then rows_ffn."""
-    from .triton_rows_ffn import launch_rows
     dev = x.device
     gate_act = None
     if n_given is None and mask is None:
@@ -106,8 +101,17 @@ def _rows_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, thres
         launch_gate(x, w_gate, b_gate, activation, threshold, False, gate_act, counts, idx, pdl=pdl)
     elif n_given is None:
         compact_mask(mask, False, counts, idx, pdl=pdl)
+    return _rows_out(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, counts, idx, n_given,
+                     tickets, alloc, rows_acc, pdl, gate_act=gate_act)
+
+
+def _rows_out(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, counts, idx, n_given, tickets,
+              alloc, rows_acc, pdl, gate_act=None, x1c=None):
+    """The rows kernel's output [1, d_model] over the list (see launch_rows for gate_act / x1c)."""
+    from .triton_rows_ffn import launch_rows
+    dev = x.device
     acc = rows_acc if rows_acc is not None else torch.zeros(x.shape[1], dtype=torch.float32, device=dev)
     out = alloc(1, x.shape[1], dtype=x.dtype, device=dev)
     launch_rows(x, w_gate, b_gate, w_up, b_up, w_down_t, b_down, gate_act, activation, threshold, counts, idx, acc,
-                tickets[:1], out, _n_sms(dev), pdl=pdl, n_given=n_given)
+                tickets[:1], out, _n_sms(dev), pdl=pdl, n_given=n_given, x1c=x1c)
     return out

@@ -81,3 +81,5 @@ def test_exact_kernel_auto_runs_rows_at_one_token_only():
     assert not auto.rows(1, predicted=True)   # the predicted default stays "lists"
     assert DispatchConfig(predicted_kernel="rows").rows(1, predicted=True)
     assert not any(DispatchConfig(exact_kernel=k).rows(1, predicted=False) for k in ("split", "gate_up"))
+    assert not auto.rows(1, predicted=False, activation="drelu")   # split skips dReLU's x1 = 0 down rows
+    assert DispatchConfig(exact_kernel="rows").rows(1, predicted=False, activation="drelu")
