@@ -104,6 +104,8 @@ ROWS_CONFIGS = [
                           (4, 4096, 16, 1, 2), (1, 2048, 4, 2, 8), (2, 2048, 8, 2, 2), (4, 1024, 8, 3, 1),
                           (2, 1024, 4, 3, 4), (8, 512, 8, 3, 1)]
 ]
+# compile_report (sm_90, fp16): with the gate rows too (a predicted set), BLOCK_J 4 x BLOCK_K 4096 and 8 x 512 at 8-16
+# warps spill 48-176 bytes of stack; the autotuner times them like the others.
 ROWS_FIXED = dict(BLOCK_J=2, BLOCK_K=16, GRID_PER_SM=3)  # interpreter: 3 programs, ranges that loop, several K steps
 
 # Mask -> index-list compaction (predicted active sets).
