@@ -56,10 +56,10 @@ def _index_select(ws, x, rows):
 
 def _methods(sets, xs, masks, batch, calib_x):
     """(name -> list of zero-argument calls, one per weight set; the path the dispatcher picks)."""
-    def ffn(ws, mode, predicted_kernel="lists", exact_kernel="split", pdl=False):
+    def ffn(ws, mode, predicted_kernel="lists", exact_kernel="split", pdl=False, down_kernel="split"):
         return SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, activation="relu",
                          dispatch=DispatchConfig(batch_mode=mode, predicted_kernel=predicted_kernel,
-                                                 exact_kernel=exact_kernel, pdl=pdl))
+                                                 exact_kernel=exact_kernel, pdl=pdl, down_kernel=down_kernel))
     union = [ffn(ws, "union") for ws in sets]
     gate_up = [ffn(ws, "union", exact_kernel="gate_up") for ws in sets]  # exact path, two launches
     fused = [ffn(ws, "union", "fused") for ws in sets]  # Version 2 predicted path, timed beside Version 1
@@ -93,9 +93,8 @@ def _methods(sets, xs, masks, batch, calib_x):
         methods["ours_union_rows"] = [lambda f=f, x=x: f(x) for f, x in zip(one, xs)]
         methods["ours_predicted_rows"] = [lambda f=f, x=x, m=m: f(x, m) for f, x, m in zip(one, xs, masks)]
         methods["ours_predicted_index_rows"] = [lambda f=f, x=x, i=i: f(x, i) for f, x, i in zip(one, xs, ids)]
-        # The default kernels with the atomic down kernel (DispatchConfig.down_kernel="atomic").
-        atomic = [SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, dispatch=DispatchConfig(down_kernel="atomic"))
-                  for ws in sets]
+        # The split / lists kernels with the atomic down kernel (DispatchConfig.down_kernel="atomic").
+        atomic = [ffn(ws, "union", down_kernel="atomic") for ws in sets]
         methods["ours_union_atomic"] = [lambda f=f, x=x: f(x) for f, x in zip(atomic, xs)]
         methods["ours_predicted_index_atomic"] = [lambda f=f, x=x, i=i: f(x, i) for f, x, i in zip(atomic, xs, ids)]
     if batch > 1:
