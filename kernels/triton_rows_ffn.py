@@ -24,6 +24,7 @@ from . import configs
 from .configs import ROWS_CONFIGS, ROWS_FIXED, tuned
 from .pdl import gdc_start, launch_options
 from .triton_gate import ACT_CODES, gate_act, gate_up_of_rows, up_of_rows
+from .triton_up_down import last_ticket
 
 # W_down^T rows are read whole (one load per neuron block, issued with the up rows) up to this d_model; wider
 # models walk them MAX_ONE_STEP_D columns at a time, adding each block's sum with atomics.
@@ -68,10 +69,10 @@ def list_x1(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, gact_ptr, rows, offs_i, i_mas
 @triton.jit
 def rows_ffn_kernel(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, bd_ptr, gact_ptr, counts_ptr, idx_ptr, acc_ptr,
                     ticket_ptr, out_ptr, d_model, d_ff, threshold, n_given, ACT: tl.constexpr,
-                    FUSE_GATE: tl.constexpr, X1_GIVEN: tl.constexpr, HAS_BG: tl.constexpr, HAS_BU: tl.constexpr, HAS_BD: tl.constexpr,
-                    N_GIVEN: tl.constexpr, ONE_STEP_D: tl.constexpr, IEEE: tl.constexpr, FENCE: tl.constexpr,
-                    USE_GDC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr,
-                    GRID_PER_SM: tl.constexpr):
+                    FUSE_GATE: tl.constexpr, X1_GIVEN: tl.constexpr, HAS_BG: tl.constexpr, HAS_BU: tl.constexpr,
+                    HAS_BD: tl.constexpr, N_GIVEN: tl.constexpr, ONE_STEP_D: tl.constexpr, IEEE: tl.constexpr,
+                    FENCE: tl.constexpr, USE_GDC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_J: tl.constexpr,
+                    BLOCK_K: tl.constexpr, GRID_PER_SM: tl.constexpr):
     gdc_start(USE_GDC)
     if N_GIVEN:
         n_listed = n_given
@@ -102,11 +103,8 @@ def rows_ffn_kernel(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, bd_ptr, gact
     if ONE_STEP_D:
         if hi > lo:
             tl.atomic_add(acc_ptr + offs_d, tl.sum(acc, 0), mask=offs_d < d_model, sem="relaxed")
-    if FENCE:  # each thread's atomics visible GPU-wide before the ticket (not in the interpreter)
-        tl.inline_asm_elementwise("fence.acq_rel.gpu; mov.u32 $0, $1;", "=r,r", [tl.full([1], 0, tl.int32)],
-                                  dtype=tl.int32, is_pure=False, pack=1)
-    tl.debug_barrier()  # every warp has added its sum (and read the list length) before the ticket is taken
-    if tl.atomic_add(ticket_ptr, 1, sem="acq_rel") == tl.num_programs(0) - 1:
+    # The last program (every warp of every program has added its sum and read the list length) writes the output.
+    if last_ticket(ticket_ptr, tl.num_programs(0), FENCE):
         for d0 in range(0, d_model, BLOCK_D):
             cols = d0 + offs_d
             c_mask = cols < d_model
@@ -156,5 +154,6 @@ def launch_rows(x, w_gate, b_gate, w_up, b_up, w_down_t, b_down, gate_act_in, ac
                  x1c if x1c is not None else acc if fuse_gate else gate_act_in, counts, idx,
                  acc, ticket, out, d_model, d_ff, float(threshold), n_given or 0, ACT=ACT_CODES[act],
                  FUSE_GATE=fuse_gate, X1_GIVEN=x1c is not None, HAS_BG=b_gate is not None, HAS_BU=b_up is not None,
-                 HAS_BD=b_down is not None, N_GIVEN=n_given is not None, ONE_STEP_D=block_d >= d_model, IEEE=x.dtype == torch.float32,
-                 FENCE=not configs.INTERPRET, BLOCK_D=block_d, **launch_options(pdl), **extra)
+                 HAS_BD=b_down is not None, N_GIVEN=n_given is not None, ONE_STEP_D=block_d >= d_model,
+                 IEEE=x.dtype == torch.float32, FENCE=not configs.INTERPRET, BLOCK_D=block_d, **launch_options(pdl),
+                 **extra)

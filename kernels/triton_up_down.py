@@ -151,7 +151,7 @@ def down_kernel(x1c_ptr, wdt_ptr, bd_ptr, counts_ptr, idx_ptr, partial_ptr, tick
         tl.extra.cuda.gdc_launch_dependents()
         offs_i = lo + tl.arange(0, BLOCK_J)
         i_mask = offs_i < hi
-        rows = tl.load(idx_ptr + offs_i, mask=i_mask, other=0)
+        rows = tl.load(idx_ptr + lst * d_ff + offs_i, mask=i_mask, other=0)
         w = down_rows_tile(wdt_ptr, rows, i_mask, offs_d, d_mask, d_model)
         tl.extra.cuda.gdc_wait()
         x1 = tl.load(x1c_ptr + tokens[:, None] * d_ff + offs_i[None, :],
@@ -194,6 +194,18 @@ def down_kernel(x1c_ptr, wdt_ptr, bd_ptr, counts_ptr, idx_ptr, partial_ptr, tick
 
 
 @triton.jit
+def last_ticket(ticket_ptr, n_takers, FENCE: tl.constexpr):
+    """Take a ticket after this program's global writes (and atomics) are visible GPU-wide: whether it was the last
+    of `n_takers`, the one that may then read everybody's writes. FENCE: a `fence.acq_rel.gpu` per thread first
+    (not in the interpreter)."""
+    if FENCE:
+        tl.inline_asm_elementwise("fence.acq_rel.gpu; mov.u32 $0, $1;", "=r,r", [tl.full([1], 0, tl.int32)],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+    tl.debug_barrier()  # every thread's writes are done before the ticket is taken (release below)
+    return tl.atomic_add(ticket_ptr, 1, sem="acq_rel") == n_takers - 1
+
+
+@triton.jit
 def reduce_splits(res, split, tokens, offs_d, out_mask, d_mask, n_tokens, d_model, partial_ptr, out_ptr, bd_ptr,
                   ticket_ptr, HAS_BIAS: tl.constexpr, FENCE: tl.constexpr, BLOCK_T: tl.constexpr,
                   BLOCK_D: tl.constexpr, SPLITS: tl.constexpr):
@@ -203,11 +215,7 @@ def reduce_splits(res, split, tokens, offs_d, out_mask, d_mask, n_tokens, d_mode
     part_ptrs = partial_ptr + tokens[:, None] * d_model + offs_d[None, :]
     part_stride = n_tokens * d_model
     tl.store(part_ptrs + split * part_stride, res, mask=out_mask)
-    if FENCE:  # each thread's partial made visible GPU-wide before the ticket (not in the interpreter)
-        tl.inline_asm_elementwise("fence.acq_rel.gpu; mov.u32 $0, $1;", "=r,r", [tl.full([1], 0, tl.int32)],
-                                  dtype=tl.int32, is_pure=False, pack=1)
-    tl.debug_barrier()  # every thread's partial is stored before the ticket is taken (release below)
-    last = tl.atomic_add(ticket_ptr, 1, sem="acq_rel") == SPLITS - 1
+    last = last_ticket(ticket_ptr, SPLITS, FENCE)
     if last:
         total = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
         # Unrolled: the SPLITS loads are independent and issue back to back, one L2 round trip in all. (A runtime
