@@ -76,23 +76,49 @@ def parse_config(text: str) -> tuple[int, int, int, bool]:
     return block_d, block_j, splits, atomic
 
 
-def main(argv=None) -> int:
-    from .bench_data import SHAPES, make_weight_sets
-    p = argparse.ArgumentParser(prog="bench_down_probe", description=__doc__.split("\n")[0])
+def config_name(cfg: tuple[int, int, int, bool]) -> str:
+    """(BLOCK_D, BLOCK_J, SPLITS, atomic) -> '128x64x8' / '4096x2x132a', as `parse_config` reads it."""
+    return "{}x{}x{}{}".format(*cfg[:3], "a" if cfg[3] else "")
+
+
+def probe_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """The probes' common options: --shape, --active, --reps, --out."""
+    from .bench_data import SHAPES
+    p = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0])
     p.add_argument("--shape", default="llama2-7b", choices=list(SHAPES))
     p.add_argument("--active", type=float, default=0.1, help="fraction of d_ff listed")
+    p.add_argument("--reps", type=int, default=50)
+    p.add_argument("--out", default=None, help="JSON file")
+    return p
+
+
+def time_table(methods: dict, reps: int, megabytes: float, skip=()) -> dict:
+    """Graph-time each method's calls (bench_timing), printing a markdown row per method as it goes; the times by
+    name. `skip`: names not timed."""
+    from .bench_timing import time_calls_us
+    print("| method | µs (p10-p90) | TB/s |\n|---|---|---|")
+    times = {}
+    for name, calls in methods.items():
+        if name in skip:
+            continue
+        t = times[name] = time_calls_us(calls, reps)
+        print(f"| {name} | {t['us']:.1f} ({t['us_p10']:.1f}-{t['us_p90']:.1f}) | {megabytes / t['us']:.2f} |",
+              flush=True)
+    return times
+
+
+def main(argv=None) -> int:
+    from .bench_data import SHAPES, make_weight_sets
+    p = probe_parser("bench_down_probe", __doc__)
     p.add_argument("--configs", default="128x64x32,128x32x64,512x32x32,64x64x32,32x128x1,64x64x1,16x128x1,"
                                         "128x64x32a,512x32x32a,4096x2x132a,4096x4x132a,2048x4x132a",
                    help="extra rows_only block shapes, BLOCK_DxBLOCK_JxSPLITS, comma list")
-    p.add_argument("--reps", type=int, default=50)
-    p.add_argument("--out", default=None, help="JSON file")
     args = p.parse_args(argv)
     extra = [parse_config(c) for c in args.configs.split(",") if c]
     if not torch.cuda.is_available():
         print("bench_down_probe needs a CUDA GPU (none found)", file=sys.stderr)
         return 2
     from . import triton_up_down
-    from .bench_timing import time_calls_us
     from .triton_ffn import list_state
     d, f = SHAPES[args.shape]
     n = max(1, int(round(args.active * f)))
@@ -126,19 +152,16 @@ def main(argv=None) -> int:
             return 1
     methods = {"down": [lambda ws=ws, i=i: down(ws, i) for ws, i in zip(sets, idxs)]}
     for cfg in [tuned] + extra:
-        name = "rows_only" if cfg == tuned else "rows_only {}x{}x{}{}".format(*cfg[:3], "a" if cfg[3] else "")
+        name = "rows_only" if cfg == tuned else f"rows_only {config_name(cfg)}"
         methods[name] = [lambda ws=ws, i=i, c=cfg: rows_only(x1c, ws.w_down_t, i, partials, *c)
                          for ws, i in zip(sets, idxs)]
     methods["rows_only_contiguous"] = [lambda ws=ws: rows_only(x1c, ws.w_down_t, first_n, partials, *tuned)
                                        for ws in sets]
     mb = n * d * 2 / 1e6
-    result = dict(shape=args.shape, active=args.active, listed=n, megabytes=mb, tuned_down_config=best, device=torch.cuda.get_device_name(), methods={})
+    result = dict(shape=args.shape, active=args.active, listed=n, megabytes=mb, tuned_down_config=best,
+                  device=torch.cuda.get_device_name())
     print(f"{args.shape}, {n} listed rows, {mb:.1f} MB of W_down^T; down_kernel config {tuned}")
-    print("| method | µs (p10-p90) | TB/s |\n|---|---|---|")
-    for name, calls in methods.items():
-        t = time_calls_us(calls, args.reps)
-        result["methods"][name] = t
-        print(f"| {name} | {t['us']:.1f} ({t['us_p10']:.1f}-{t['us_p90']:.1f}) | {mb / t['us']:.2f} |", flush=True)
+    result["methods"] = time_table(methods, args.reps, mb)
     if args.out:
         write_json(args.out, result)
     return 0

@@ -18,7 +18,6 @@ This times, for one index list per weight set (weight sets rotated so that the r
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
@@ -28,21 +27,16 @@ from .bench_report import write_json
 
 def main(argv=None) -> int:
     from .bench_data import SHAPES, make_weight_sets
-    from .bench_down_probe import parse_config
-    p = argparse.ArgumentParser(prog="bench_rows_probe", description=__doc__.split("\n")[0])
-    p.add_argument("--shape", default="llama2-7b", choices=list(SHAPES))
-    p.add_argument("--active", type=float, default=0.1, help="fraction of d_ff listed")
+    from .bench_down_probe import config_name, parse_config, probe_parser, time_table
+    p = probe_parser("bench_rows_probe", __doc__)
     p.add_argument("--gather", default="4096x4x132a,2048x4x132a,4096x2x264a,4096x1x528a",
                    help="gather-floor block shapes, BLOCK_DxBLOCK_JxSPLITS[a], comma list")
-    p.add_argument("--reps", type=int, default=50)
-    p.add_argument("--out", default=None, help="JSON file")
     args = p.parse_args(argv)
     gathers = [parse_config(c) for c in args.gather.split(",") if c]
     if not torch.cuda.is_available():
         print("bench_rows_probe needs a CUDA GPU (none found)", file=sys.stderr)
         return 2
     from .bench_down_probe import rows_only
-    from .bench_timing import time_calls_us
     from .configs import ROWS_CONFIGS
     from .dispatch import DispatchConfig
     from .sparse_ffn import SparseFFN
@@ -103,21 +97,15 @@ def main(argv=None) -> int:
         if not float((got - ref).norm() / ref.norm()) < 2e-2:
             bad.append(name)
     for g in gathers:
-        methods["gather {}x{}x{}{}".format(*g[:3], "a" if g[3] else "")] = [
+        methods[f"gather {config_name(g)}"] = [
             lambda s=s, i=i, g=g: rows_only(ones, s, i, partials, *g) for s, i in zip(stacked, idx3)]
     mb = 3 * n * d * 2 / 1e6
     result = dict(shape=args.shape, active=args.active, listed=n, megabytes=mb, n_weight_sets=len(sets),
-                  device=torch.cuda.get_device_name(), wrong=bad, methods={})
+                  device=torch.cuda.get_device_name(), wrong=bad)
     print(f"{args.shape}, {n} listed neurons, {mb:.1f} MB of gate + up + W_down^T rows, {len(sets)} weight sets")
     if bad:
         print(f"disagree with float64 (not timed): {', '.join(bad)}")
-    print("| method | µs (p10-p90) | TB/s |\n|---|---|---|")
-    for name, calls in methods.items():
-        if name in bad:
-            continue
-        t = time_calls_us(calls, args.reps)
-        result["methods"][name] = t
-        print(f"| {name} | {t['us']:.1f} ({t['us_p10']:.1f}-{t['us_p90']:.1f}) | {mb / t['us']:.2f} |", flush=True)
+    result["methods"] = time_table(methods, args.reps, mb, skip=bad)
     if args.out:
         write_json(args.out, result)
     return 0

@@ -45,23 +45,28 @@ def test_rows_probe_cli_needs_a_gpu():
     assert bench_rows_probe.main(["--active", "0.1"]) == 2
 
 
+def _listed_ffn(d, f, n, seed):
+    """Random gate, up and W_down^T [f, d], one token x, a list of n neurons, and the float64 FFN over that list."""
+    g = torch.Generator().manual_seed(seed)
+    wg, wu, wdt = (torch.randn(f, d, generator=g) for _ in range(3))
+    x = torch.randn(1, d, generator=g)
+    idx = torch.randperm(f, generator=g)[:n].to(torch.int32)
+    i = idx.long()
+    x1 = torch.relu(x.double() @ wg[i].double().t()) * (x.double() @ wu[i].double().t())
+    return wg, wu, wdt, x, idx, x1 @ wdt[i].double()
+
+
 @pytest.mark.skipif(not configs.INTERPRET, reason="needs TRITON_INTERPRET=1 (set by conftest.py)")
 def test_rows_kernel_at_a_given_config_matches_float64():
     """launch_rows(config=...) (the probe's per-config launches) runs that config, not the interpreter's fixed one."""
     from actsparse.kernels.triton_ffn import list_state
     from actsparse.kernels.triton_rows_ffn import launch_rows
-    g = torch.Generator().manual_seed(0)
     d, f, n = 40, 100, 23
-    wg, wu, wdt = (torch.randn(f, d, generator=g) for _ in range(3))
-    x = torch.randn(1, d, generator=g)
-    idx = torch.randperm(f, generator=g)[:n].to(torch.int32)
+    wg, wu, wdt, x, idx, ref = _listed_ffn(d, f, n, seed=0)
     out = torch.full((1, d), float("nan"))
     acc, ticket = torch.zeros(d), torch.zeros(1, dtype=torch.int32)
     launch_rows(x, wg, None, wu, None, wdt, None, None, "relu", 0.0, list_state("cpu")[:1], idx, acc, ticket, out,
                 n_sms=1, n_given=n, config=configs.ROWS_CONFIGS[-1])
-    i = idx.long()
-    x1 = torch.relu(x.double() @ wg[i].double().t()) * (x.double() @ wu[i].double().t())
-    ref = x1 @ wdt[i].double()
     assert float((out.double() - ref).norm() / ref.norm()) < 1e-6
     assert not acc.any() and not ticket.any()
 
@@ -71,17 +76,11 @@ def test_up_down_with_a_16_token_block_at_one_token_match_float64():
     """block_t=16 at one token (the probe's lists_dot16): the tl.dot code path with 15 masked tokens."""
     from actsparse.kernels.triton_ffn import list_state
     from actsparse.kernels.triton_up_down import launch_down, launch_up
-    g = torch.Generator().manual_seed(1)
     d, f, n = 40, 100, 37
-    wg, wu, wdt = (torch.randn(f, d, generator=g) for _ in range(3))
-    x = torch.randn(1, d, generator=g)
-    idx = torch.randperm(f, generator=g)[:n].to(torch.int32)
+    wg, wu, wdt, x, idx, ref = _listed_ffn(d, f, n, seed=1)
     state = list_state("cpu")
     x1c, out = torch.full((1, f), float("nan")), torch.full((1, d), float("nan"))
     launch_up(x, wu, None, wg, None, None, None, False, "relu", 0.0, state[:1], idx, x1c, 1, n_given=n, block_t=16)
     launch_down(x1c, wdt, None, False, state[:1], idx, torch.empty(8 * d), torch.zeros(64, dtype=torch.int32), out,
                 state[64:], skip_zero=True, n_given=n, block_t=16)
-    i = idx.long()
-    x1 = torch.relu(x.double() @ wg[i].double().t()) * (x.double() @ wu[i].double().t())
-    ref = x1 @ wdt[i].double()
     assert float((out.double() - ref).norm() / ref.norm()) < 1e-6
