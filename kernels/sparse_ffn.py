@@ -171,9 +171,10 @@ class SparseFFN(nn.Module):
                          f"{tuple(active.shape)}")
 
     def _rows_acc_buffer(self, x: torch.Tensor) -> torch.Tensor:
-        """The rows kernel's fp32 [d_model] sum: zeroed once, left zero by every call (triton_rows_ffn.py)."""
+        """The rows kernel's fp32 sum rows: zeroed once, left zero by every call (triton_rows_ffn.py)."""
         if self._rows_acc is None or self._rows_acc.device != x.device:
-            self._rows_acc = torch.zeros(self.w_gate.shape[1], dtype=torch.float32, device=x.device)
+            from .triton_rows_ffn import new_rows_acc
+            self._rows_acc = new_rows_acc(self.w_gate.shape[1], x.device)
         return self._rows_acc
 
     def _ticket_buffer(self, x: torch.Tensor) -> torch.Tensor:

@@ -56,17 +56,26 @@ def _listed_ffn(d, f, n, seed):
     return wg, wu, wdt, x, idx, x1 @ wdt[i].double()
 
 
+PLAIN_ROWS = next(c for c in configs.ROWS_CONFIGS if not c.kwargs["PIPELINE"] and c.kwargs["BLOCK_K"] <= 1024)
+PLAIN_COPIES = next(c for c in configs.ROWS_CONFIGS if not c.kwargs["PIPELINE"] and c.kwargs["REPLICAS"] > 1)
+PIPELINED_ROWS = next(c for c in configs.ROWS_CONFIGS if c.kwargs["PIPELINE"] and c.kwargs["BLOCK_J"] > 1)
+
+
 @pytest.mark.skipif(not configs.INTERPRET, reason="needs TRITON_INTERPRET=1 (set by conftest.py)")
-def test_rows_kernel_at_a_given_config_matches_float64():
-    """launch_rows(config=...) (the probe's per-config launches) runs that config, not the interpreter's fixed one."""
+@pytest.mark.parametrize("config,n_sms", [(PLAIN_ROWS, 1), (PLAIN_COPIES, 3), (PIPELINED_ROWS, 1)],
+                         ids=["plain", "plain_copies", "pipelined"])
+def test_rows_kernel_at_a_given_config_matches_float64(config, n_sms):
+    """launch_rows(config=...) (the probe's per-config launches) runs that config, not the interpreter's fixed one:
+    the plain loop (one block after another) and the software-pipelined one, one program (n_sms=1) walking the
+    whole list; several programs adding into several copies of the sum row."""
     from actsparse.kernels.triton_ffn import list_state
-    from actsparse.kernels.triton_rows_ffn import launch_rows
+    from actsparse.kernels.triton_rows_ffn import launch_rows, new_rows_acc
     d, f, n = 40, 100, 23
     wg, wu, wdt, x, idx, ref = _listed_ffn(d, f, n, seed=0)
     out = torch.full((1, d), float("nan"))
-    acc, ticket = torch.zeros(d), torch.zeros(1, dtype=torch.int32)
+    acc, ticket = new_rows_acc(d, "cpu"), torch.zeros(1, dtype=torch.int32)
     launch_rows(x, wg, None, wu, None, wdt, None, None, "relu", 0.0, list_state("cpu")[:1], idx, acc, ticket, out,
-                n_sms=1, n_given=n, config=configs.ROWS_CONFIGS[-1])
+                n_sms=n_sms, n_given=n, config=config)
     assert float((out.double() - ref).norm() / ref.norm()) < 1e-6
     assert not acc.any() and not ticket.any()
 
