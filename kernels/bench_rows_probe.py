@@ -9,8 +9,8 @@ This times, for one index list per weight set (weight sets rotated so that the r
 - `lists_dot16`: the up and down kernels as `lists` runs them, but with a token block of 16 (the tl.dot code path,
   token 0 real, the rest masked): Triton pipelines the loads that feed tl.dot over several stages, which the
   elementwise batch-1 path does not get;
-- `rows J<j> K<k> s<s>|pipe w<w> G<g> R<r>`: the rows kernel at each ROWS_CONFIGS entry, as given (pipe: the
-  software-pipelined loop; R: copies of the sum row);
+- `rows J<j> K<k> s<s>|pipe<n> w<w> G<g>`: the rows kernel at each ROWS_CONFIGS entry, as given (pipe<n>: the
+  software-pipelined loop, loads issued n blocks ahead);
 - `gather <D>x<J>x<S>a`: bench_down_probe's row loop over the same gate, up and W_down^T rows stacked in one
   [3 d_ff, d_model] matrix (3n listed rows, atomics into one fp32 row): the same bytes gathered with no x1 and no
   dependence between them, what one kernel reading these rows can hope for.
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     from .dispatch import DispatchConfig
     from .sparse_ffn import SparseFFN
     from .triton_ffn import _n_sms, list_state
-    from .triton_rows_ffn import launch_rows, new_rows_acc
+    from .triton_rows_ffn import launch_rows
     from .triton_up_down import launch_down, launch_up
     d, f = SHAPES[args.shape]
     n = max(1, int(round(args.active * f)))
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     lists = [SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t) for ws in sets]
     rows = [SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, dispatch=DispatchConfig(predicted_kernel="rows")) for ws in sets]
     atomic = [SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, dispatch=DispatchConfig(down_kernel="atomic")) for ws in sets]
-    state, acc = list_state("cuda"), new_rows_acc(d, "cuda")
+    state, acc = list_state("cuda"), torch.zeros(d, dtype=torch.float32, device="cuda")
     ticket = torch.zeros(1, dtype=torch.int32, device="cuda")
     out = torch.empty(1, d, dtype=torch.float16, device="cuda")
 
@@ -89,8 +89,8 @@ def main(argv=None) -> int:
                "lists_dot16": [lambda ws=ws, x=x, i=i: lists_dot16(ws, x, i) for ws, x, i in zip(sets, xs, idxs)]}
     for cfg in ROWS_CONFIGS:
         k = cfg.kwargs
-        loop = "pipe" if k["PIPELINE"] else f"K{k['BLOCK_K']} s{cfg.num_stages}"
-        name = f"rows J{k['BLOCK_J']} {loop} w{cfg.num_warps} G{k['GRID_PER_SM']} R{k['REPLICAS']}"
+        loop = f"pipe{k['PIPELINE']}" if k["PIPELINE"] else f"K{k['BLOCK_K']} s{cfg.num_stages}"
+        name = f"rows J{k['BLOCK_J']} {loop} w{cfg.num_warps} G{k['GRID_PER_SM']}"
         methods[name] = [lambda c=cfg, ws=ws, x=x, i=i: rows_at(c, ws, x, i) for ws, x, i in zip(sets, xs, idxs)]
     ref = reference(sets[0], xs[0], idxs[0])
     bad = []

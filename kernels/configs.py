@@ -94,34 +94,27 @@ COMPACT_UP_FIXED = dict(BLOCK_N=16, BLOCK_R=2, BLOCK_K=16)  # interpreter: sever
 
 # One token, one kernel over the neuron list (triton_rows_ffn.py): BLOCK_J listed neurons per step, their gate / up
 # rows BLOCK_K of d per step (4096: a 7B row in one step), W_down^T rows whole (BLOCK_D, set at launch), a grid of
-# GRID_PER_SM programs per SM. Each program adds its fp32 sum with atomics into one of REPLICAS copies of the sum
-# row (program p into copy p % REPLICAS); the last program adds the copies. Session 7 (H100) had one copy: the
-# kernel's time grew with its program count (132 programs 20.9 µs, 264: 25.3, 528: 29.6, 1056: 41.0 at the 7B
-# shape, 1101 listed neurons), as if the atomics into one address queue one after another (~30 ns a program);
-# copies divide that queue.
+# GRID_PER_SM programs per SM. Each program adds its fp32 sum into one row with atomics.
 ROWS_CONFIGS = [
-    _cfg(w, s, BLOCK_J=j, BLOCK_K=k, GRID_PER_SM=g, PIPELINE=0, REPLICAS=r)
-    for j, k, w, s, g, r in [(1, 4096, 8, 1, 4, 1), (1, 4096, 8, 1, 8, 1), (1, 4096, 4, 1, 8, 1), (2, 4096, 8, 1, 1, 1),
-                             (2, 4096, 8, 1, 2, 1), (2, 4096, 8, 1, 4, 1), (4, 4096, 8, 1, 1, 1), (4, 4096, 16, 1, 1, 1),
-                             (4, 4096, 16, 1, 2, 1), (1, 2048, 4, 2, 8, 1), (2, 2048, 8, 2, 2, 1), (4, 1024, 8, 3, 1, 1),
-                             (2, 1024, 4, 3, 4, 1), (8, 512, 8, 3, 1, 1),
-                             (2, 4096, 8, 1, 1, 4), (2, 4096, 8, 1, 2, 4), (2, 4096, 8, 1, 2, 8), (1, 4096, 8, 1, 4, 8),
-                             (1, 4096, 4, 1, 8, 8), (2, 2048, 8, 2, 2, 4), (4, 1024, 8, 3, 1, 4)]
+    _cfg(w, s, BLOCK_J=j, BLOCK_K=k, GRID_PER_SM=g, PIPELINE=0)
+    for j, k, w, s, g in [(1, 4096, 8, 1, 4), (1, 4096, 8, 1, 8), (1, 4096, 4, 1, 8), (2, 4096, 8, 1, 1),
+                          (2, 4096, 8, 1, 2), (2, 4096, 8, 1, 4), (4, 4096, 8, 1, 1), (4, 4096, 16, 1, 1),
+                          (4, 4096, 16, 1, 2), (1, 2048, 4, 2, 8), (2, 2048, 8, 2, 2), (4, 1024, 8, 3, 1),
+                          (2, 1024, 4, 3, 4), (8, 512, 8, 3, 1)]
 ] + [
-    # Software-pipelined (PIPELINE=1, where W_down^T rows are read whole, d_model <= 8192): every block's gate / up /
-    # W_down^T rows are read whole, the next block's loads issued before this block's reductions. BLOCK_K serves
-    # only wider models (the plain loop).
-    _cfg(w, 1, BLOCK_J=j, BLOCK_K=4096, GRID_PER_SM=g, PIPELINE=1, REPLICAS=r)
-    for j, w, g, r in [(1, 4, 1, 1), (1, 4, 2, 1), (1, 8, 1, 1), (1, 8, 2, 1), (2, 8, 1, 1), (2, 16, 1, 1), (2, 8, 2, 1),
-                       (4, 16, 1, 1), (1, 4, 2, 4), (1, 8, 2, 4), (2, 8, 1, 4), (2, 8, 2, 4), (2, 16, 1, 4),
-                       (1, 8, 4, 8), (2, 8, 2, 8), (1, 4, 4, 8)]
+    # Software-pipelined (PIPELINE = how many blocks ahead the loads are issued; where W_down^T rows are read whole,
+    # d_model <= 8192): every block's gate / up / W_down^T rows are read whole. BLOCK_K serves only wider models (the
+    # plain loop). H100, 7B, 1101 listed neurons (session 8): PIPELINE 1 at BLOCK_J 2, 8 warps, one program per SM
+    # 17.4 µs against 21.4 for the same plain config.
+    _cfg(w, 1, BLOCK_J=j, BLOCK_K=4096, GRID_PER_SM=g, PIPELINE=p)
+    for j, w, g, p in [(1, 4, 1, 1), (1, 4, 2, 1), (1, 8, 1, 1), (1, 8, 2, 1), (2, 8, 1, 1), (2, 16, 1, 1), (2, 8, 2, 1),
+                       (4, 16, 1, 1), (1, 4, 1, 2), (1, 8, 1, 2), (1, 8, 2, 2), (2, 8, 1, 2), (2, 16, 1, 2)]
 ]
-ROWS_MAX_REPLICAS = max(c.kwargs["REPLICAS"] for c in ROWS_CONFIGS)
 # compile_report (sm_90, fp16): with the gate rows too (a predicted set), BLOCK_J 4 x BLOCK_K 4096 and 8 x 512 at 8-16
 # warps spill 48-176 bytes of stack; the autotuner times them like the others.
-# Interpreter: 3 programs, ranges that loop, two copies of the sum row; pipelined where W_down^T rows are whole (the
-# plain loop's several K steps: tests pass a PIPELINE=0 config, or force W_down^T column steps).
-ROWS_FIXED = dict(BLOCK_J=2, BLOCK_K=16, GRID_PER_SM=3, PIPELINE=1, REPLICAS=2)
+# Interpreter: 3 programs, ranges that loop; pipelined two blocks ahead where W_down^T rows are whole (the plain
+# loop's several K steps: tests pass a PIPELINE=0 config, or force W_down^T column steps).
+ROWS_FIXED = dict(BLOCK_J=2, BLOCK_K=16, GRID_PER_SM=3, PIPELINE=2)
 
 # Mask -> index-list compaction (predicted active sets).
 COMPACT_CONFIGS = [_cfg(4, 1, BLOCK_N=n) for n in (256, 1024)]

@@ -29,7 +29,7 @@ from .cost_model import H100_FP16, CostModel
 log = logging.getLogger(__name__)
 
 BATCH_MODES = ("union", "per_token", "auto")
-PREDICTED_KERNELS = ("lists", "fused", "lists_inline", "rows")
+PREDICTED_KERNELS = ("lists", "fused", "lists_inline", "rows", "auto")
 EXACT_KERNELS = ("split", "gate_up", "auto", "rows")
 DOWN_KERNELS = ("split", "atomic")
 # "auto": gate_up for this many tokens (union mode), split otherwise.
@@ -59,8 +59,9 @@ class DispatchConfig:
     # the 7B shape slower than "lists" at 90% sparsity, 38.1 vs 32.0 µs, faster at 95%, 24.5 vs 27.4 µs;
     # other batch sizes run "lists"), or "rows" (one token: up, x1 and down in one kernel over the list,
     # triton_rows_ffn.py; an index list takes that one launch alone, a mask a compaction first; other batch sizes
-    # run "lists").
-    predicted_kernel: str = "lists"
+    # run "lists"), or "auto": rows at one token, lists otherwise. H100, 7B, batch 1, 90% (session 8, the rows
+    # kernel software-pipelined): index list 16.6 µs (rows) against 19.8 (lists), mask 19.2 against 23.6.
+    predicted_kernel: str = "auto"
     # Kernels of the exact (no predictor) union path: "split" (gate, up, down: three launches), "gate_up" (the
     # gate kernel reads its active neurons' up rows too: two launches), or "auto": rows at one token (split for
     # dReLU), gate_up at 8-16 tokens, split otherwise. H100, 7B shape (sessions 5-6): at batch 1 gate_up is no faster (54.5-62.4 vs 53.7-61.4 µs at 90%);
@@ -107,7 +108,7 @@ class DispatchConfig:
         if n_tokens != 1:
             return False
         if predicted:
-            return self.predicted_kernel == "rows"
+            return self.predicted_kernel in ("rows", "auto")
         return self.exact_kernel == "rows" or (self.exact_kernel == "auto" and activation != "drelu")
 
 

@@ -109,7 +109,7 @@ class SparseFFN(nn.Module):
         fused = active is not None and self.backend == "triton" and self.dispatch.predicted_kernel == "fused"
         # The fused and the lists kernels read an index list as given (no mask built from it, no compaction).
         idx = active if (active is not None and self.backend == "triton" and self._is_index(active)
-                         and self.dispatch.predicted_kernel in ("fused", "lists", "rows")) else None
+                         and self.dispatch.predicted_kernel in ("fused", "lists", "rows", "auto")) else None
         mask = None if active is None or idx is not None else self._as_mask(active, x.shape[0])
         plan = self._plan(x.shape[0], active is not None, 1 if mask is None else mask.shape[0])
         if self.neuron_prob is None:
@@ -171,10 +171,9 @@ class SparseFFN(nn.Module):
                          f"{tuple(active.shape)}")
 
     def _rows_acc_buffer(self, x: torch.Tensor) -> torch.Tensor:
-        """The rows kernel's fp32 sum rows: zeroed once, left zero by every call (triton_rows_ffn.py)."""
+        """The rows kernel's fp32 [d_model] sum: zeroed once, left zero by every call (triton_rows_ffn.py)."""
         if self._rows_acc is None or self._rows_acc.device != x.device:
-            from .triton_rows_ffn import new_rows_acc
-            self._rows_acc = new_rows_acc(self.w_gate.shape[1], x.device)
+            self._rows_acc = torch.zeros(self.w_gate.shape[1], dtype=torch.float32, device=x.device)
         return self._rows_acc
 
     def _ticket_buffer(self, x: torch.Tensor) -> torch.Tensor:

@@ -108,9 +108,9 @@ def _rows_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, thres
 def _rows_out(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, counts, idx, n_given, tickets,
               alloc, rows_acc, pdl, gate_act=None, x1c=None):
     """The rows kernel's output [1, d_model] over the list (see launch_rows for gate_act / x1c)."""
-    from .triton_rows_ffn import launch_rows, new_rows_acc
+    from .triton_rows_ffn import launch_rows
     dev = x.device
-    acc = rows_acc if rows_acc is not None else new_rows_acc(x.shape[1], dev)
+    acc = rows_acc if rows_acc is not None else torch.zeros(x.shape[1], dtype=torch.float32, device=dev)
     out = alloc(1, x.shape[1], dtype=x.dtype, device=dev)
     launch_rows(x, w_gate, b_gate, w_up, b_up, w_down_t, b_down, gate_act, activation, threshold, counts, idx, acc,
                 tickets[:1], out, _n_sms(dev), pdl=pdl, n_given=n_given, x1c=x1c)

@@ -4,11 +4,10 @@ given x1 from the up kernel, the down rows alone (an atomic down kernel).
 Each program owns a balanced range of the list (GRID_PER_SM programs per SM) and walks it BLOCK_J neurons at a
 time: it issues the loads of their W_down^T rows (whole rows where d_model <= MAX_ONE_STEP_D) together with their
 up rows (and gate rows for a predicted set; otherwise act(gate) comes from the gate kernel's buffer), computes
-x1 = act(gate) * up, and sums x1 * W_down^T rows in fp32. Its sum goes with atomics into one of REPLICAS zeroed fp32
-copies of the output row (program p into copy p % REPLICAS: fewer programs adding into each address); the last
-program to finish (ticket counter) adds the copies and the bias, writes the output in the weights' dtype, zeroes
-the copies and, for a list built on the GPU, the list length, so the next call needs no memset. With PIPELINE
-(whole rows) a program issues the next block's loads before it reduces the current block.
+x1 = act(gate) * up, and sums x1 * W_down^T rows in fp32. Its sum goes into one zeroed fp32 row with atomics; the
+last program to finish (ticket counter) adds the bias, writes the output in the weights' dtype, zeroes the row
+and, for a list built on the GPU, the list length, so the next call needs no memset. With PIPELINE (whole rows) a
+program issues the loads of the block PIPELINE blocks ahead before it reduces the current block.
 
 Against up_kernel + down_kernel (triton_up_down.py): one launch instead of two, x1 never leaves the program, the
 down rows' loads do not wait for x1 (they need only the list entry), and there is no split-K partial buffer.
@@ -23,7 +22,7 @@ import triton
 import triton.language as tl
 
 from . import configs
-from .configs import ROWS_CONFIGS, ROWS_FIXED, ROWS_MAX_REPLICAS, tuned
+from .configs import ROWS_CONFIGS, ROWS_FIXED, tuned
 from .pdl import gdc_start, launch_options
 from .triton_gate import ACT_CODES, gate_act, gate_up_of_rows, up_of_rows
 from .triton_up_down import last_ticket
@@ -145,31 +144,46 @@ def tiles_x1(wg, wu, a, bg, bu, xv, threshold, ACT: tl.constexpr, FUSE_GATE: tl.
 @triton.jit
 def pipelined_rows_sum(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, gact_ptr, idx_ptr, lo, hi, offs_d, d_model,
                        threshold, ACT: tl.constexpr, FUSE_GATE: tl.constexpr, X1_GIVEN: tl.constexpr,
-                       HAS_BG: tl.constexpr, HAS_BU: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):
+                       HAS_BG: tl.constexpr, HAS_BU: tl.constexpr, DEPTH: tl.constexpr, BLOCK_J: tl.constexpr,
+                       BLOCK_D: tl.constexpr):
     """sum over list positions lo..hi of x1 * W_down^T rows, [BLOCK_J, BLOCK_D] fp32 (whole rows, one token),
-    software-pipelined: each step issues the next block's row loads (and the list entries of the block after it)
-    before it reduces its own block, so a program keeps two blocks of rows in flight instead of waiting for each
-    block's loads and reductions before the next block's loads issue (`rows_ffn_kernel`'s plain loop)."""
+    software-pipelined: each step issues the row loads of the block DEPTH (1 or 2) blocks ahead, and the list
+    entries of the block after that, before it reduces its own block; a program keeps DEPTH + 1 blocks of rows in
+    flight instead of waiting for each block's loads and reductions before the next block's loads issue
+    (`plain_rows_sum`). ptxas places each step's new loads after the current block's first multiplies, which wait
+    for that block's rows: with DEPTH 1 the next block is in flight only during the reductions, with DEPTH 2 for a
+    whole step more."""
     xv = tl.load(x_ptr + offs_d, mask=offs_d < d_model, other=0.0).to(tl.float32)
     offs_i = lo + tl.arange(0, BLOCK_J)
     i_mask = offs_i < hi
     rows = tl.load(idx_ptr + offs_i, mask=i_mask, other=0)
-    next_i = offs_i + BLOCK_J
+    wg, wu, wd, a, bg, bu = listed_tiles(wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, gact_ptr, rows, offs_i, i_mask,
+                                         offs_d, d_model, FUSE_GATE, X1_GIVEN, HAS_BG, HAS_BU, BLOCK_J)
+    if DEPTH == 2:  # the second block's loads too
+        offs_i = offs_i + BLOCK_J
+        i_mask = offs_i < hi
+        rows = tl.load(idx_ptr + offs_i, mask=i_mask, other=0)
+        wg2, wu2, wd2, a2, bg2, bu2 = listed_tiles(wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, gact_ptr, rows, offs_i,
+                                                   i_mask, offs_d, d_model, FUSE_GATE, X1_GIVEN, HAS_BG, HAS_BU,
+                                                   BLOCK_J)
+    next_i = offs_i + BLOCK_J  # the first block not yet loaded, and its list entries
     next_mask = next_i < hi
     next_rows = tl.load(idx_ptr + next_i, mask=next_mask, other=0)
-    wg, wu, wd, a, bg, bu = listed_tiles(wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, gact_ptr, rows, offs_i,
-                                         i_mask, offs_d, d_model, FUSE_GATE, X1_GIVEN, HAS_BG, HAS_BU, BLOCK_J)
     acc = tl.zeros([BLOCK_J, BLOCK_D], dtype=tl.float32)
     for i0 in range(lo, hi, BLOCK_J):
-        after_i = next_i + BLOCK_J  # the list entries two blocks ahead
+        after_i = next_i + BLOCK_J
         after_mask = after_i < hi
         after_rows = tl.load(idx_ptr + after_i, mask=after_mask, other=0)
-        ng, nu, nd, na, nbg, nbu = listed_tiles(wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, gact_ptr, next_rows,
-                                                next_i, next_mask, offs_d, d_model, FUSE_GATE, X1_GIVEN, HAS_BG,
-                                                HAS_BU, BLOCK_J)
+        ng, nu, nd, na, nbg, nbu = listed_tiles(wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, gact_ptr, next_rows, next_i,
+                                                next_mask, offs_d, d_model, FUSE_GATE, X1_GIVEN, HAS_BG, HAS_BU,
+                                                BLOCK_J)
         x1 = tiles_x1(wg, wu, a, bg, bu, xv, threshold, ACT, FUSE_GATE, X1_GIVEN)
         acc += x1[:, None] * wd.to(tl.float32)
-        wg, wu, wd, a, bg, bu = ng, nu, nd, na, nbg, nbu
+        if DEPTH == 2:
+            wg, wu, wd, a, bg, bu = wg2, wu2, wd2, a2, bg2, bu2
+            wg2, wu2, wd2, a2, bg2, bu2 = ng, nu, nd, na, nbg, nbu
+        else:
+            wg, wu, wd, a, bg, bu = ng, nu, nd, na, nbg, nbu
         next_i, next_mask, next_rows = after_i, after_mask, after_rows
     return acc
 
@@ -182,8 +196,7 @@ def rows_ffn_kernel(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, bd_ptr, gact
                     FUSE_GATE: tl.constexpr, X1_GIVEN: tl.constexpr, HAS_BG: tl.constexpr, HAS_BU: tl.constexpr,
                     HAS_BD: tl.constexpr, N_GIVEN: tl.constexpr, ONE_STEP_D: tl.constexpr, IEEE: tl.constexpr,
                     FENCE: tl.constexpr, USE_GDC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_J: tl.constexpr,
-                    BLOCK_K: tl.constexpr, GRID_PER_SM: tl.constexpr, PIPELINE: tl.constexpr,
-                    REPLICAS: tl.constexpr):
+                    BLOCK_K: tl.constexpr, GRID_PER_SM: tl.constexpr, PIPELINE: tl.constexpr):
     gdc_start(USE_GDC)
     if N_GIVEN:
         n_listed = n_given
@@ -192,38 +205,30 @@ def rows_ffn_kernel(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, bd_ptr, gact
     lo = (tl.program_id(0) * n_listed) // tl.num_programs(0)
     hi = ((tl.program_id(0) + 1) * n_listed) // tl.num_programs(0)
     offs_d = tl.arange(0, BLOCK_D)
-    acc_row = acc_ptr + (tl.program_id(0) % REPLICAS) * d_model  # this program's copy of the sum row
-    if PIPELINE and ONE_STEP_D:  # whole gate / up / W_down^T rows per block, two blocks in flight
+    if PIPELINE and ONE_STEP_D:  # whole gate / up / W_down^T rows per block, PIPELINE + 1 blocks in flight
         acc = pipelined_rows_sum(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, gact_ptr, idx_ptr, lo, hi, offs_d,
-                                 d_model, threshold, ACT, FUSE_GATE, X1_GIVEN, HAS_BG, HAS_BU, BLOCK_J, BLOCK_D)
+                                 d_model, threshold, ACT, FUSE_GATE, X1_GIVEN, HAS_BG, HAS_BU, PIPELINE, BLOCK_J,
+                                 BLOCK_D)
     else:
-        acc = plain_rows_sum(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, acc_row, gact_ptr, idx_ptr, lo, hi,
+        acc = plain_rows_sum(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, acc_ptr, gact_ptr, idx_ptr, lo, hi,
                              offs_d, d_model, threshold, ACT, FUSE_GATE, X1_GIVEN, HAS_BG, HAS_BU, ONE_STEP_D, IEEE,
                              BLOCK_J, BLOCK_K, BLOCK_D)
     if ONE_STEP_D:
         if hi > lo:
-            tl.atomic_add(acc_row + offs_d, tl.sum(acc, 0), mask=offs_d < d_model, sem="relaxed")
+            tl.atomic_add(acc_ptr + offs_d, tl.sum(acc, 0), mask=offs_d < d_model, sem="relaxed")
     # The last program (every warp of every program has added its sum and read the list length) writes the output.
     if last_ticket(ticket_ptr, tl.num_programs(0), FENCE):
         for d0 in range(0, d_model, BLOCK_D):
             cols = d0 + offs_d
             c_mask = cols < d_model
-            total = tl.zeros([BLOCK_D], dtype=tl.float32)
-            for r in tl.static_range(REPLICAS):  # independent loads, issued back to back
-                total += tl.load(acc_ptr + r * d_model + cols, mask=c_mask, other=0.0, cache_modifier=".cg")
+            total = tl.load(acc_ptr + cols, mask=c_mask, other=0.0, cache_modifier=".cg")
             if HAS_BD:
                 total += tl.load(bd_ptr + cols, mask=c_mask, other=0.0).to(tl.float32)
             tl.store(out_ptr + cols, total, mask=c_mask)
-            for r in tl.static_range(REPLICAS):
-                tl.store(acc_ptr + r * d_model + cols, tl.zeros([BLOCK_D], dtype=tl.float32), mask=c_mask)
+            tl.store(acc_ptr + cols, tl.zeros([BLOCK_D], dtype=tl.float32), mask=c_mask)
         tl.atomic_xchg(ticket_ptr, 0)
         if not N_GIVEN:  # every program read the length before its ticket
             tl.store(counts_ptr, 0)
-
-
-def new_rows_acc(d_model: int, device) -> torch.Tensor:
-    """The rows kernel's zeroed fp32 sum rows (ROWS_MAX_REPLICAS copies of d_model), left zero by every call."""
-    return torch.zeros(ROWS_MAX_REPLICAS * d_model, dtype=torch.float32, device=device)
 
 
 def rows_block_d(d_model: int) -> int:
@@ -237,7 +242,7 @@ def launch_rows(x, w_gate, b_gate, w_up, b_up, w_down_t, b_down, gate_act_in, ac
     """out[0] = sum over listed neurons i of x1_i * W_down^T[idx[i]] (+ b_down), x [1, d_model].
     `gate_act_in` None: the gate rows of listed neurons are read here (predicted set); else act(gate) [1, d_ff]
     from the gate kernel. The list: `idx` with its length in counts[0] (zeroed here when done), or the caller's
-    1-D list of `n_given` entries. `acc`: `new_rows_acc`'s rows, zero between calls (left zero); `ticket`: int32 [1],
+    1-D list of `n_given` entries. `acc`: fp32 [d_model], zero between calls (left zero); `ticket`: int32 [1],
     zero between calls. `block_d`: columns per down step (tests force several steps). `config`: a
     `triton.Config` of ROWS_CONFIGS run as given, not autotuned (bench_rows_probe times each). `x1c`: x1 of
     the listed neurons at their list positions (the up kernel's [1, d_ff] output): only the W_down^T rows are read
@@ -246,9 +251,6 @@ def launch_rows(x, w_gate, b_gate, w_up, b_up, w_down_t, b_down, gate_act_in, ac
     if n_tokens != 1:
         raise ValueError(f"launch_rows computes one token, got {n_tokens}")
     d_ff = w_up.shape[0]
-    if acc.numel() < ROWS_MAX_REPLICAS * d_model:
-        raise ValueError(f"launch_rows: acc holds {acc.numel()} floats, needs {ROWS_MAX_REPLICAS} x d_model "
-                         f"{d_model} (new_rows_acc)")
     block_d = block_d or rows_block_d(d_model)
     fuse_gate = gate_act_in is None and x1c is None
 

@@ -39,8 +39,9 @@ def test_choose_plan_byte_rule():
 
 
 def test_predicted_kernel_choice():
-    """Version 1 ("lists") stays the default; "fused" runs per-token masks in union mode."""
-    assert DispatchConfig().predicted_kernel == "lists"
+    """"auto" (rows at one token, Version 1's lists otherwise) is the default; "fused" runs per-token masks in
+    union mode."""
+    assert DispatchConfig().predicted_kernel == "auto"
     per_token = DispatchConfig(batch_mode="per_token")
     assert choose_plan(per_token, 4, None, True, 4, MB_7B).per_token
     fused = DispatchConfig(batch_mode="per_token", predicted_kernel="fused")
@@ -75,11 +76,12 @@ def test_exact_kernel_auto_fuses_up_at_8_to_16_tokens():
     assert not any(DispatchConfig(exact_kernel="split").fuse_up(n) for n in (1, 8, 64))
 
 
-def test_exact_kernel_auto_runs_rows_at_one_token_only():
+def test_auto_kernels_run_rows_at_one_token_only():
     auto = DispatchConfig()
     assert [n for n in range(1, 65) if auto.rows(n, predicted=False)] == [1]
-    assert not auto.rows(1, predicted=True)   # the predicted default stays "lists"
+    assert [n for n in range(1, 65) if auto.rows(n, predicted=True)] == [1]   # predicted "auto" too
     assert DispatchConfig(predicted_kernel="rows").rows(1, predicted=True)
+    assert not any(DispatchConfig(predicted_kernel=k).rows(1, predicted=True) for k in ("lists", "lists_inline"))
     assert not any(DispatchConfig(exact_kernel=k).rows(1, predicted=False) for k in ("split", "gate_up"))
     assert not auto.rows(1, predicted=False, activation="drelu")   # split skips dReLU's x1 = 0 down rows
     assert DispatchConfig(exact_kernel="rows").rows(1, predicted=False, activation="drelu")

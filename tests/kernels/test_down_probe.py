@@ -57,23 +57,23 @@ def _listed_ffn(d, f, n, seed):
 
 
 PLAIN_ROWS = next(c for c in configs.ROWS_CONFIGS if not c.kwargs["PIPELINE"] and c.kwargs["BLOCK_K"] <= 1024)
-PLAIN_COPIES = next(c for c in configs.ROWS_CONFIGS if not c.kwargs["PIPELINE"] and c.kwargs["REPLICAS"] > 1)
-PIPELINED_ROWS = next(c for c in configs.ROWS_CONFIGS if c.kwargs["PIPELINE"] and c.kwargs["BLOCK_J"] > 1)
+PIPELINED = {depth: next(c for c in configs.ROWS_CONFIGS if c.kwargs["PIPELINE"] == depth and c.kwargs["BLOCK_J"] > 1)
+             for depth in (1, 2)}
 
 
 @pytest.mark.skipif(not configs.INTERPRET, reason="needs TRITON_INTERPRET=1 (set by conftest.py)")
-@pytest.mark.parametrize("config,n_sms", [(PLAIN_ROWS, 1), (PLAIN_COPIES, 3), (PIPELINED_ROWS, 1)],
-                         ids=["plain", "plain_copies", "pipelined"])
+@pytest.mark.parametrize("config,n_sms", [(PLAIN_ROWS, 1), (PIPELINED[1], 1), (PIPELINED[2], 1), (PIPELINED[2], 3)],
+                         ids=["plain", "pipelined1", "pipelined2", "pipelined2_3_programs"])
 def test_rows_kernel_at_a_given_config_matches_float64(config, n_sms):
     """launch_rows(config=...) (the probe's per-config launches) runs that config, not the interpreter's fixed one:
-    the plain loop (one block after another) and the software-pipelined one, one program (n_sms=1) walking the
-    whole list; several programs adding into several copies of the sum row."""
+    the plain loop (one block after another) and the software-pipelined ones (loads issued one or two blocks
+    ahead), one program (n_sms=1) walking the whole list, or three programs."""
     from actsparse.kernels.triton_ffn import list_state
-    from actsparse.kernels.triton_rows_ffn import launch_rows, new_rows_acc
+    from actsparse.kernels.triton_rows_ffn import launch_rows
     d, f, n = 40, 100, 23
     wg, wu, wdt, x, idx, ref = _listed_ffn(d, f, n, seed=0)
     out = torch.full((1, d), float("nan"))
-    acc, ticket = new_rows_acc(d, "cpu"), torch.zeros(1, dtype=torch.int32)
+    acc, ticket = torch.zeros(d), torch.zeros(1, dtype=torch.int32)
     launch_rows(x, wg, None, wu, None, wdt, None, None, "relu", 0.0, list_state("cpu")[:1], idx, acc, ticket, out,
                 n_sms=n_sms, n_given=n, config=config)
     assert float((out.double() - ref).norm() / ref.norm()) < 1e-6
