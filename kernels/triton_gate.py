@@ -37,6 +37,14 @@ def gate_act(g, threshold, ACT: tl.constexpr):
 
 
 @triton.jit
+def up_act(up, ACT: tl.constexpr):
+    """The up projection as x1 uses it: through relu for dReLU (ACT 2), else as is."""
+    if ACT == 2:
+        return tl.maximum(up, 0.0)
+    return up
+
+
+@triton.jit
 def dot_acc(acc, a, b, IEEE: tl.constexpr):
     """acc + a @ b; fp32 operands in exact IEEE fp32 (Triton would use tf32 by default)."""
     if IEEE:
@@ -123,9 +131,7 @@ def gate_up_of_rows(wg_ptr, bg_ptr, wu_ptr, bu_ptr, rows, r_mask, x_ptr, tokens,
         g += tl.load(bg_ptr + rows, mask=r_mask, other=0.0).to(tl.float32)[None, :]
     if HAS_BU:
         up += tl.load(bu_ptr + rows, mask=r_mask, other=0.0).to(tl.float32)[None, :]
-    if ACT == 2:  # dReLU: relu on up as well
-        up = tl.maximum(up, 0.0)
-    return g, up
+    return g, up_act(up, ACT)
 
 
 @triton.jit
@@ -146,9 +152,7 @@ def up_of_rows(wu_ptr, bu_ptr, rows, r_mask, x_ptr, tokens, t_mask, d_model, ACT
     up = rows_times_x(wu_ptr, rows, r_mask, x_ptr, tokens, t_mask, d_model, IEEE, BLOCK_T, BLOCK_J, BLOCK_K)
     if HAS_BU:
         up += tl.load(bu_ptr + rows, mask=r_mask, other=0.0).to(tl.float32)[None, :]
-    if ACT == 2:  # dReLU: relu on up as well
-        up = tl.maximum(up, 0.0)
-    return up
+    return up_act(up, ACT)
 
 
 @triton.jit

@@ -24,7 +24,7 @@ import triton.language as tl
 from . import configs
 from .configs import ROWS_CONFIGS, ROWS_FIXED, tuned
 from .pdl import gdc_start, launch_options
-from .triton_gate import ACT_CODES, gate_act, gate_up_of_rows, up_of_rows
+from .triton_gate import ACT_CODES, gate_act, gate_up_of_rows, up_act, up_of_rows
 from .triton_up_down import last_ticket
 
 # W_down^T rows are read whole (one load per neuron block, issued with the up rows) up to this d_model; wider
@@ -97,6 +97,14 @@ def plain_rows_sum(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, acc_ptr, gact
 
 
 @triton.jit
+def list_block(idx_ptr, i0, hi, BLOCK_J: tl.constexpr):
+    """List positions i0.. of one block (those < hi valid) and their neuron ids (0 where masked)."""
+    offs_i = i0 + tl.arange(0, BLOCK_J)
+    i_mask = offs_i < hi
+    return offs_i, i_mask, tl.load(idx_ptr + offs_i, mask=i_mask, other=0)
+
+
+@triton.jit
 def listed_tiles(wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, gact_ptr, rows, offs_i, i_mask, offs_d, d_model,
                  FUSE_GATE: tl.constexpr, X1_GIVEN: tl.constexpr, HAS_BG: tl.constexpr, HAS_BU: tl.constexpr,
                  BLOCK_J: tl.constexpr):
@@ -133,9 +141,7 @@ def tiles_x1(wg, wu, a, bg, bu, xv, threshold, ACT: tl.constexpr, FUSE_GATE: tl.
     """x1 [BLOCK_J] fp32 of one block of `listed_tiles`: act(gate) * up, x `xv` [BLOCK_D] fp32."""
     if X1_GIVEN:
         return a
-    up = tl.sum(wu.to(tl.float32) * xv[None, :], 1) + bu
-    if ACT == 2:  # dReLU: relu on up as well
-        up = tl.maximum(up, 0.0)
+    up = up_act(tl.sum(wu.to(tl.float32) * xv[None, :], 1) + bu, ACT)
     if FUSE_GATE:
         a = gate_act(tl.sum(wg.to(tl.float32) * xv[None, :], 1) + bg, threshold, ACT)
     return a * up
@@ -154,26 +160,19 @@ def pipelined_rows_sum(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, gact_ptr,
     for that block's rows: with DEPTH 1 the next block is in flight only during the reductions, with DEPTH 2 for a
     whole step more."""
     xv = tl.load(x_ptr + offs_d, mask=offs_d < d_model, other=0.0).to(tl.float32)
-    offs_i = lo + tl.arange(0, BLOCK_J)
-    i_mask = offs_i < hi
-    rows = tl.load(idx_ptr + offs_i, mask=i_mask, other=0)
+    offs_i, i_mask, rows = list_block(idx_ptr, lo, hi, BLOCK_J)
     wg, wu, wd, a, bg, bu = listed_tiles(wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, gact_ptr, rows, offs_i, i_mask,
                                          offs_d, d_model, FUSE_GATE, X1_GIVEN, HAS_BG, HAS_BU, BLOCK_J)
     if DEPTH == 2:  # the second block's loads too
-        offs_i = offs_i + BLOCK_J
-        i_mask = offs_i < hi
-        rows = tl.load(idx_ptr + offs_i, mask=i_mask, other=0)
+        offs_i, i_mask, rows = list_block(idx_ptr, lo + BLOCK_J, hi, BLOCK_J)
         wg2, wu2, wd2, a2, bg2, bu2 = listed_tiles(wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, gact_ptr, rows, offs_i,
                                                    i_mask, offs_d, d_model, FUSE_GATE, X1_GIVEN, HAS_BG, HAS_BU,
                                                    BLOCK_J)
-    next_i = offs_i + BLOCK_J  # the first block not yet loaded, and its list entries
-    next_mask = next_i < hi
-    next_rows = tl.load(idx_ptr + next_i, mask=next_mask, other=0)
+    # The first block not yet loaded: its list entries now, its rows in the loop's first step.
+    next_i, next_mask, next_rows = list_block(idx_ptr, lo + DEPTH * BLOCK_J, hi, BLOCK_J)
     acc = tl.zeros([BLOCK_J, BLOCK_D], dtype=tl.float32)
     for i0 in range(lo, hi, BLOCK_J):
-        after_i = next_i + BLOCK_J
-        after_mask = after_i < hi
-        after_rows = tl.load(idx_ptr + after_i, mask=after_mask, other=0)
+        after_i, after_mask, after_rows = list_block(idx_ptr, i0 + (DEPTH + 1) * BLOCK_J, hi, BLOCK_J)
         ng, nu, nd, na, nbg, nbu = listed_tiles(wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, gact_ptr, next_rows, next_i,
                                                 next_mask, offs_d, d_model, FUSE_GATE, X1_GIVEN, HAS_BG, HAS_BU,
                                                 BLOCK_J)
