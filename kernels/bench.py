@@ -79,10 +79,11 @@ def _methods(sets, xs, masks, batch, calib_x):
     if batch == 1:  # Version 1's lists with the compaction inside the up kernel (batch 1 only)
         inline = [ffn(ws, "union", "lists_inline") for ws in sets]
         methods["ours_predicted_inline"] = [lambda f=f, x=x, m=m: f(x, m) for f, x, m in zip(inline, xs, masks)]
-        # The same set as an int32 index list (a top-k predictor's output): the default kernels without compaction.
+        # The same set as an int32 index list (a top-k predictor's output): the lists kernels without compaction (the
+        # default at one token is rows: ours_predicted_index_rows below).
         ids = [r.to(torch.int32) for r in rows]
         methods["ours_predicted_index"] = [lambda f=f, x=x, i=i: f(x, i) for f, x, i in zip(union, xs, ids)]
-        pdl = [ffn(ws, "union", pdl=True) for ws in sets]  # the default kernels, launches overlapped (pdl.py)
+        pdl = [ffn(ws, "union", pdl=True) for ws in sets]  # split / lists kernels, launches overlapped (pdl.py)
         methods["ours_union_pdl"] = [lambda f=f, x=x: f(x) for f, x in zip(pdl, xs)]
         methods["ours_predicted_union_pdl"] = [lambda f=f, x=x, m=m: f(x, m) for f, x, m in zip(pdl, xs, masks)]
         # The index list with PDL: the down kernel loads its first W_down^T rows while the up kernel runs.

@@ -3,7 +3,7 @@
 At the 7B shape, batch 1, 90%, an index list: the rows kernel read its 27 MB in 19.2 µs of device time (1.4 TB/s;
 H100, session 7), no faster than the up + down kernels (18.4 µs), while the dense gate kernel streams 2.7 TB/s.
 This times, for one index list per weight set (weight sets rotated so that the rows read exceed 2x L2):
-- `lists`: SparseFFN's default kernels given the list (up, then down: two launches, autotuned);
+- `lists`: SparseFFN's lists kernels given the list (up, then down: two launches, autotuned);
 - `rows`: SparseFFN with predicted_kernel="rows" (autotuned);
 - `lists_atomic`: SparseFFN with down_kernel="atomic": the up kernel, then the rows kernel given x1 (autotuned);
 - `lists_dot16`: the up and down kernels as `lists` runs them, but with a token block of 16 (the tl.dot code path,
@@ -54,9 +54,11 @@ def main(argv=None) -> int:
     idx3 = [torch.cat([i, i + f, i + 2 * f]) for i in idxs]
     ones = torch.ones(3 * n, device="cuda")
     partials = torch.zeros(max(c[2] for c in gathers) * d, dtype=torch.float32, device="cuda")
-    lists = [SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t) for ws in sets]
-    rows = [SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, dispatch=DispatchConfig(predicted_kernel="rows")) for ws in sets]
-    atomic = [SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, dispatch=DispatchConfig(down_kernel="atomic")) for ws in sets]
+    def ffn(ws, **dispatch):  # the kernels named, not the default (which runs rows at one token since session 8)
+        return SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, dispatch=DispatchConfig(**dispatch))
+    lists = [ffn(ws, predicted_kernel="lists") for ws in sets]
+    rows = [ffn(ws, predicted_kernel="rows") for ws in sets]
+    atomic = [ffn(ws, predicted_kernel="lists", down_kernel="atomic") for ws in sets]
     state, acc = list_state("cuda"), torch.zeros(d, dtype=torch.float32, device="cuda")
     ticket = torch.zeros(1, dtype=torch.int32, device="cuda")
     out = torch.empty(1, d, dtype=torch.float16, device="cuda")
