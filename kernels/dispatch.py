@@ -59,7 +59,7 @@ class DispatchConfig:
     # the 7B shape slower than "lists" at 90% sparsity, 38.1 vs 32.0 µs, faster at 95%, 24.5 vs 27.4 µs;
     # other batch sizes run "lists"), or "rows" (one token: up, x1 and down in one kernel over the list,
     # triton_rows_ffn.py; an index list takes that one launch alone, a mask a compaction first; other batch sizes
-    # run "lists"), or "auto": rows at one token, lists otherwise. H100, 7B, batch 1, 90% (session 8, the rows
+    # run "lists"), or "auto": rows at one token (lists for dReLU, as on the exact path), lists otherwise. H100, 7B, batch 1, 90% (session 8, the rows
     # kernel software-pipelined): index list 16.6 µs (rows) against 19.8 (lists), mask 19.2 against 23.6.
     predicted_kernel: str = "auto"
     # Kernels of the exact (no predictor) union path: "split" (gate, up, down: three launches), "gate_up" (the
@@ -103,13 +103,12 @@ class DispatchConfig:
         return self.exact_kernel == "gate_up" or (self.exact_kernel in ("auto", "rows") and n_tokens in GATE_UP_TOKENS)
 
     def rows(self, n_tokens: int, predicted: bool, activation: str = "relu") -> bool:
-        """Whether a call of `n_tokens` runs the one-token rows kernel (triton_rows_ffn.py). "auto" leaves dReLU's
-        exact path on split: its down kernel skips the rows of x1 = 0 neurons (up <= 0), which the rows kernel reads."""
+        """Whether a call of `n_tokens` runs the one-token rows kernel (triton_rows_ffn.py). "auto" leaves dReLU on
+        split / lists: their down kernel skips the rows of x1 = 0 neurons (up <= 0), which the rows kernel reads."""
         if n_tokens != 1:
             return False
-        if predicted:
-            return self.predicted_kernel in ("rows", "auto")
-        return self.exact_kernel == "rows" or (self.exact_kernel == "auto" and activation != "drelu")
+        kernel = self.predicted_kernel if predicted else self.exact_kernel
+        return kernel == "rows" or (kernel == "auto" and activation != "drelu")
 
 
 def expected_fraction(neuron_prob: torch.Tensor, n_tokens: int, per_token: bool) -> float:

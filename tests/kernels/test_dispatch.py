@@ -84,4 +84,5 @@ def test_auto_kernels_run_rows_at_one_token_only():
     assert not any(DispatchConfig(predicted_kernel=k).rows(1, predicted=True) for k in ("lists", "lists_inline"))
     assert not any(DispatchConfig(exact_kernel=k).rows(1, predicted=False) for k in ("split", "gate_up"))
     assert not auto.rows(1, predicted=False, activation="drelu")   # split skips dReLU's x1 = 0 down rows
+    assert not auto.rows(1, predicted=True, activation="drelu")    # so do the lists kernels
     assert DispatchConfig(exact_kernel="rows").rows(1, predicted=False, activation="drelu")
