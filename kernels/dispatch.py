@@ -59,8 +59,9 @@ class DispatchConfig:
     # the 7B shape slower than "lists" at 90% sparsity, 38.1 vs 32.0 µs, faster at 95%, 24.5 vs 27.4 µs;
     # other batch sizes run "lists"), or "rows" (one token: up, x1 and down in one kernel over the list,
     # triton_rows_ffn.py; an index list takes that one launch alone, a mask a compaction first; other batch sizes
-    # run "lists"), or "auto": rows at one token (lists for dReLU, as on the exact path), lists otherwise. H100, 7B, batch 1, 90% (session 8, the rows
-    # kernel software-pipelined): index list 16.6 µs (rows) against 19.8 (lists), mask 19.2 against 23.6.
+    # run "lists"), or "auto": rows at one token (lists for dReLU, as on the exact path), lists otherwise. H100, 7B,
+    # batch 1, 90% (session 8, the rows kernel software-pipelined): index list 16.4-17.4 µs (rows) against 19.8-20.7
+    # (lists), mask 19.0-20.0 against 23.6.
     predicted_kernel: str = "auto"
     # Kernels of the exact (no predictor) union path: "split" (gate, up, down: three launches), "gate_up" (the
     # gate kernel reads its active neurons' up rows too: two launches), or "auto": rows at one token (split for
