@@ -94,6 +94,9 @@ def _methods(sets, xs, masks, batch, calib_x):
         methods["ours_union_rows"] = [lambda f=f, x=x: f(x) for f, x in zip(one, xs)]
         methods["ours_predicted_rows"] = [lambda f=f, x=x, m=m: f(x, m) for f, x, m in zip(one, xs, masks)]
         methods["ours_predicted_index_rows"] = [lambda f=f, x=x, i=i: f(x, i) for f, x, i in zip(one, xs, ids)]
+        # The exact path in one kernel (triton_gate_rows.py): gate rows streamed, active up / down rows behind them.
+        fused_exact = [ffn(ws, "union", exact_kernel="gate_rows") for ws in sets]
+        methods["ours_union_gate_rows"] = [lambda f=f, x=x: f(x) for f, x in zip(fused_exact, xs)]
         # The split / lists kernels with the atomic down kernel (DispatchConfig.down_kernel="atomic").
         atomic = [ffn(ws, "union", down_kernel="atomic") for ws in sets]
         methods["ours_union_atomic"] = [lambda f=f, x=x: f(x) for f, x in zip(atomic, xs)]

@@ -22,6 +22,8 @@ GOALS = [
     ("batch 1, 90%, active set given (rows kernel)", "llama2-7b", 1, 0.9, "ours_predicted_rows", 6.0),
     ("batch 1, 90%, active set given as an index list (rows kernel)", "llama2-7b", 1, 0.9,
      "ours_predicted_index_rows", 6.0),
+    ("batch 1, 90%, no predictor (one kernel: gate rows, then active up / down rows)", "llama2-7b", 1, 0.9,
+     "ours_union_gate_rows", 3.0),
     ("batch 1, 90%, no predictor (atomic down)", "llama2-7b", 1, 0.9, "ours_union_atomic", 3.0),
     ("batch 1, 90%, active set given as an index list (atomic down)", "llama2-7b", 1, 0.9,
      "ours_predicted_index_atomic", 6.0),

@@ -30,6 +30,9 @@ KERNEL_ARGS = {
                             wdt_ptr="*{dt}", bd_ptr="*{dt}", gact_ptr="*fp32", counts_ptr="*i32", idx_ptr="*i32",
                             acc_ptr="*fp32", ticket_ptr="*i32", out_ptr="*{dt}", d_model="i32", d_ff="i32",
                             threshold="fp32", n_given="i32"),
+    "gate_rows_kernel": dict(x_ptr="*{dt}", wg_ptr="*{dt}", bg_ptr="*{dt}", wu_ptr="*{dt}", bu_ptr="*{dt}",
+                             wdt_ptr="*{dt}", bd_ptr="*{dt}", acc_ptr="*fp32", ticket_ptr="*i32", out_ptr="*{dt}",
+                             d_model="i32", d_ff="i32", threshold="fp32"),
     "compact_up_kernel": dict(x_ptr="*{dt}", wg_ptr="*{dt}", bg_ptr="*{dt}", wu_ptr="*{dt}", bu_ptr="*{dt}",
                               mask_ptr="*u8", counts_ptr="*i32", idx_ptr="*i32", x1c_ptr="*fp32", d_model="i32",
                               d_ff="i32", threshold="fp32"),
@@ -63,6 +66,8 @@ def variants(name: str, block_t: int):
         return [dict(ACT=0, FUSE_GATE=fg, X1_GIVEN=xg, HAS_BG=False, HAS_BU=False, HAS_BD=False, N_GIVEN=ng,
                      ONE_STEP_D=True, IEEE=False, FENCE=True, USE_GDC=False, BLOCK_D=4096)
                 for fg, xg, ng in ((False, False, False), (True, False, True), (False, True, True))] if block_t == 1 else []
+    if name == "gate_rows_kernel":  # one token only, the exact path in one kernel
+        return [dict(ACT=0, HAS_BG=False, HAS_BU=False, HAS_BD=False, FENCE=True, BLOCK_D=4096)] if block_t == 1 else []
     if name == "compact_kernel":
         return [dict(common, PER_TOKEN=False, USE_GDC=g) for g in (False, True)]
     if name == "compact_up_kernel":  # batch 1 only: no BLOCK_T
@@ -115,9 +120,11 @@ def resources(compiled) -> dict:
 
 
 def report(arch: int, dtype: str, quick: bool, only: list[str] | None = None) -> list[dict]:
-    from . import configs, triton_compact_up, triton_gate, triton_predicted, triton_rows_ffn, triton_up_down
+    from . import (configs, triton_compact_up, triton_gate, triton_gate_rows, triton_predicted, triton_rows_ffn,
+                   triton_up_down)
     kernels = {"compact_up_kernel": (triton_compact_up.compact_up_kernel, configs.COMPACT_UP_CONFIGS),
                "rows_ffn_kernel": (triton_rows_ffn.rows_ffn_kernel, configs.ROWS_CONFIGS),
+               "gate_rows_kernel": (triton_gate_rows.gate_rows_kernel, configs.GATE_ROWS_CONFIGS),
                "gate_kernel": (triton_gate.gate_kernel, configs.GATE_CONFIGS),
                "up_kernel": (triton_up_down.up_kernel, configs.UP_CONFIGS),
                "down_kernel": (triton_up_down.down_kernel, configs.DOWN_CONFIGS),
@@ -130,7 +137,7 @@ def report(arch: int, dtype: str, quick: bool, only: list[str] | None = None) ->
             continue
         arg_types = {k: v.format(dt=dtype) for k, v in KERNEL_ARGS[name].items()}
         for block_t in ((1,) if quick else (1, 16, 64)):
-            kept = (cfgs if name in ("compact_up_kernel", "rows_ffn_kernel")
+            kept = (cfgs if name in ("compact_up_kernel", "rows_ffn_kernel", "gate_rows_kernel")
                     else configs._prune_for_tokens(cfgs, {}, BLOCK_T=block_t))
             for flags in variants(name, block_t)[: 1 if quick else None]:
                 for cfg in kept[: 1 if quick else None]:

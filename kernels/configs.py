@@ -116,6 +116,15 @@ ROWS_CONFIGS = [
 # loop's several K steps: tests pass a PIPELINE=0 config, or force W_down^T column steps).
 ROWS_FIXED = dict(BLOCK_J=2, BLOCK_K=16, GRID_PER_SM=3, PIPELINE=2)
 
+# One token's exact FFN in one kernel (triton_gate_rows.py): BLOCK_N neurons per step, whole rows, GRID_PER_SM
+# persistent programs per SM.
+GATE_ROWS_CONFIGS = [_cfg(w, 1, BLOCK_N=n, GRID_PER_SM=g)
+                     for n, w, g in [(1, 4, 2), (1, 4, 3), (1, 4, 4), (1, 8, 2), (1, 8, 3), (2, 4, 2), (2, 8, 1),
+                                     (2, 8, 2), (2, 16, 1), (4, 8, 1), (4, 16, 1)]]
+# compile_report (sm_90, fp16, 4096): 85 registers at BLOCK_N 1 x 8 warps (three programs fit an SM), 139-244 at
+# BLOCK_N 2-4 (one program per SM; GRID_PER_SM 2 then runs as two waves).
+GATE_ROWS_FIXED = dict(BLOCK_N=2, GRID_PER_SM=3)  # interpreter: 3 programs, many steps each
+
 # Mask -> index-list compaction (predicted active sets).
 COMPACT_CONFIGS = [_cfg(4, 1, BLOCK_N=n) for n in (256, 1024)]
 COMPACT_FIXED = dict(BLOCK_N=128)

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 BATCH_MODES = ("union", "per_token", "auto")
 PREDICTED_KERNELS = ("lists", "fused", "lists_inline", "rows", "auto")
-EXACT_KERNELS = ("split", "gate_up", "auto", "rows")
+EXACT_KERNELS = ("split", "gate_up", "auto", "rows", "gate_rows")
 DOWN_KERNELS = ("split", "atomic")
 # "auto": gate_up for this many tokens (union mode), split otherwise.
 GATE_UP_TOKENS = range(8, 17)
@@ -70,7 +70,9 @@ class DispatchConfig:
     # in session 6) and at batch 16 at 50-90%; at batch 4 and above 16 neither path led throughout. "rows": one token
     # takes the gate kernel and then up, x1 and down in one kernel (triton_rows_ffn.py); other batches as "auto".
     # At one token rows beat split in all four bench runs of session 7 (7B, 80/90/95%: 48.5-52.1 vs 51.9-53.8 µs
-    # at 90%) and in the 32-layer compiled decode (1.42x vs 1.38x over dense).
+    # at 90%) and in the 32-layer compiled decode (1.42x vs 1.38x over dense). "gate_rows": one token in one kernel
+    # (triton_gate_rows.py: gate rows streamed, active neurons' up / down rows behind them; d_model <= 8192, not
+    # dReLU, else as "rows"); other batches as "auto".
     exact_kernel: str = "auto"
     # The down kernel after the up kernel (lists / split / gate_up paths): "split" (triton_up_down.down_kernel:
     # split-K partial sums added by the last program in a fixed order, deterministic), or "atomic" at one token
@@ -101,7 +103,8 @@ class DispatchConfig:
 
     def fuse_up(self, n_tokens: int) -> bool:
         """Whether the exact union path runs the gate_up kernels for a batch of `n_tokens`."""
-        return self.exact_kernel == "gate_up" or (self.exact_kernel in ("auto", "rows") and n_tokens in GATE_UP_TOKENS)
+        return self.exact_kernel == "gate_up" or (self.exact_kernel in ("auto", "rows", "gate_rows")
+                                                  and n_tokens in GATE_UP_TOKENS)
 
     def rows(self, n_tokens: int, predicted: bool, activation: str = "relu") -> bool:
         """Whether a call of `n_tokens` runs the one-token rows kernel (triton_rows_ffn.py). "auto" leaves dReLU on
@@ -109,7 +112,12 @@ class DispatchConfig:
         if n_tokens != 1:
             return False
         kernel = self.predicted_kernel if predicted else self.exact_kernel
-        return kernel == "rows" or (kernel == "auto" and activation != "drelu")
+        return kernel in ("rows", "gate_rows") or (kernel == "auto" and activation != "drelu")
+
+    def gate_rows(self, n_tokens: int, predicted: bool) -> bool:
+        """Whether a call asks for the one-kernel exact path (triton_gate_rows.py): one token, no predictor. The kernel
+        serves d_model <= 8192 without dReLU; other calls run the gate and rows kernels, said once in the log."""
+        return n_tokens == 1 and not predicted and self.exact_kernel == "gate_rows"
 
 
 def expected_fraction(neuron_prob: torch.Tensor, n_tokens: int, per_token: bool) -> float:

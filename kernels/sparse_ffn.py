@@ -132,6 +132,7 @@ class SparseFFN(nn.Module):
                                  inline_compact=self.dispatch.predicted_kernel == "lists_inline",
                                  pdl=self.dispatch.pdl, index=None if idx is None else self._int32(idx),
                                  rows=self.dispatch.rows(x.shape[0], active is not None, self.activation),
+                                 gate_rows=self.dispatch.gate_rows(x.shape[0], active is not None),
                                  rows_acc=self._rows_acc_buffer(x), atomic_down=self.dispatch.down_kernel == "atomic")
 
     def _plan(self, n_tokens: int, predicted: bool, mask_rows: int = 1):

@@ -30,7 +30,7 @@ def list_state(device) -> torch.Tensor:
 
 def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, per_token,
                       tickets, alloc=torch.empty, fuse_up=False, state=None, inline_compact=False, pdl=False,
-                      index=None, rows=False, rows_acc=None, atomic_down=False):
+                      index=None, rows=False, rows_acc=None, atomic_down=False, gate_rows=False):
     """x [T, d] -> [T, d]. mask: None (dense gate decides), [1, d_ff] or [T, d_ff] bool (predicted set).
     `alloc` makes the float workspaces and the output (tests poison them with NaN). `fuse_up` (no mask, union
     mode): the gate kernel also computes x1, one launch fewer. `state`: a `list_state` buffer (None: a fresh one).
@@ -41,7 +41,8 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
     `rows` (one token, union mode): up, x1 and down in one kernel over the list (triton_rows_ffn.py), after the gate
     kernel or the compaction, or alone with `index`; `rows_acc` is its fp32 [d_model] row, zero between calls
     (None: a fresh one). `atomic_down` (one token, union mode): the down step is the rows kernel given x1
-    (fp32 atomics, triton_rows_ffn.py) instead of the split-K down kernel."""
+    (fp32 atomics, triton_rows_ffn.py) instead of the split-K down kernel. `gate_rows` (with `rows`, no mask / index):
+    the whole exact FFN in one kernel (triton_gate_rows.py) where d_model allows, else the gate + rows kernels."""
     if x.device.type != "cuda" and not configs.INTERPRET:
         raise RuntimeError("the Triton backend needs a CUDA tensor (or TRITON_INTERPRET=1 set before importing "
                            "triton); use backend='torch' on CPU")
@@ -60,7 +61,7 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
     idx = index if index is not None else torch.empty(n_lists, d_ff, dtype=torch.int32, device=dev)
     if rows and n_tokens == 1 and not per_token:
         return _rows_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, counts, idx,
-                         n_given, tickets, alloc, rows_acc, pdl)
+                         n_given, tickets, alloc, rows_acc, pdl, gate_rows)
     x1c = alloc(n_tokens, d_ff, dtype=torch.float32, device=dev)
     if index is not None:
         if n_given > 0:  # (a grid of 0 programs is not launched)
@@ -92,10 +93,23 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
 
 
 def _rows_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, counts, idx, n_given,
-              tickets, alloc, rows_acc, pdl):
-    """One token through the rows kernel: gate kernel (no predictor) or compaction (mask) first, then rows_ffn."""
+              tickets, alloc, rows_acc, pdl, gate_rows=False):
+    """One token through the rows kernel: gate kernel (no predictor) or compaction (mask) first, then rows_ffn; or,
+    with `gate_rows` and no predicted set, the one-kernel exact path (triton_gate_rows.py)."""
+    from .triton_rows_ffn import MAX_ONE_STEP_D
     dev = x.device
     gate_act = None
+    if gate_rows and n_given is None and mask is None:
+        if x.shape[1] <= MAX_ONE_STEP_D and activation != "drelu":
+            from .triton_gate_rows import launch_gate_rows
+            acc = rows_acc if rows_acc is not None else torch.zeros(x.shape[1], dtype=torch.float32, device=dev)
+            out = alloc(1, x.shape[1], dtype=x.dtype, device=dev)
+            launch_gate_rows(x, w_gate, b_gate, w_up, b_up, w_down_t, b_down, activation, threshold, acc, tickets[:1],
+                             out, _n_sms(dev))
+            return out
+        from .dispatch import warn_once
+        warn_once(f"exact_kernel='gate_rows' serves d_model <= {MAX_ONE_STEP_D} without dReLU; d_model "
+                  f"{x.shape[1]}, {activation}: the gate and rows kernels run instead")
     if n_given is None and mask is None:
         gate_act = alloc(1, w_gate.shape[0], dtype=torch.float32, device=dev)
         launch_gate(x, w_gate, b_gate, activation, threshold, False, gate_act, counts, idx, pdl=pdl)

@@ -52,7 +52,8 @@ def test_bench_case_batch_1_has_the_inline_compaction_pdl_and_index_methods(capl
                                                                "ours_predicted_union_pdl", "ours_predicted_index",
                                                                "ours_union_rows", "ours_predicted_rows",
                                                                "ours_predicted_index_rows", "ours_union_atomic",
-                                                               "ours_predicted_index_atomic", "ours_predicted_index_pdl"}
+                                                               "ours_predicted_index_atomic", "ours_predicted_index_pdl",
+                                                               "ours_union_gate_rows"}
     for r in records:
         assert "error" not in r and r["rel_err"] < 1e-4, r
     assert "DispatchConfig(pdl=True) unavailable under the Triton interpreter" in caplog.text

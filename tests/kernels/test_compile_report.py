@@ -16,7 +16,7 @@ def test_quick_compile_report(tmp_path):
                          env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     lines = [l for l in res.stdout.splitlines() if l.startswith("kernel=")]
-    assert len(lines) == 8 and not any("FAILED" in l for l in lines), res.stdout
+    assert len(lines) == 9 and not any("FAILED" in l for l in lines), res.stdout
     for line in lines:
         assert " local 0 " in line, line  # no local-memory spills
         if not line.startswith("kernel=compact_kernel"):

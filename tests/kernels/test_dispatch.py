@@ -86,3 +86,7 @@ def test_auto_kernels_run_rows_at_one_token_only():
     assert not auto.rows(1, predicted=False, activation="drelu")   # split skips dReLU's x1 = 0 down rows
     assert not auto.rows(1, predicted=True, activation="drelu")    # so do the lists kernels
     assert DispatchConfig(exact_kernel="rows").rows(1, predicted=False, activation="drelu")
+    fused = DispatchConfig(exact_kernel="gate_rows")
+    assert [n for n in range(1, 65) if fused.gate_rows(n, predicted=False)] == [1]
+    assert not fused.gate_rows(1, predicted=True) and not auto.gate_rows(1, predicted=False)
+    assert fused.rows(1, predicted=False) and fused.fuse_up(8)   # one token: rows family; 8-16 tokens as "auto"

@@ -450,3 +450,57 @@ def test_default_dispatch_runs_the_rows_kernel_at_one_token(monkeypatch):
     x = torch.randn(1, 40, generator=torch.Generator().manual_seed(22))
     check(ffn(x), ref(x))
     _state_is_zero(ffn)
+
+
+# One token's exact path in one kernel (DispatchConfig(exact_kernel="gate_rows"), triton_gate_rows.py).
+GATE_ROWS = DispatchConfig(exact_kernel="gate_rows")
+
+
+def _gate_rows_only(monkeypatch):
+    """Make every other kernel of the exact path unreachable, so a passing test did run the one kernel."""
+    from actsparse.kernels import triton_ffn, triton_rows_ffn
+
+    def unreachable(*_a, **_k):
+        raise AssertionError("exact_kernel='gate_rows' at one token ran another kernel")
+    for name in ("launch_up", "launch_down", "launch_gate"):
+        monkeypatch.setattr(triton_ffn, name, unreachable)
+    monkeypatch.setattr(triton_rows_ffn, "launch_rows", unreachable)
+
+
+@pytest.mark.parametrize("pattern", list(PATTERNS))
+@pytest.mark.parametrize("activation,threshold", [a for a in ACTIVATIONS if a[0] != "drelu"])
+@pytest.mark.parametrize("d,f", [(24, 72), (40, 100), (33, 7)])
+def test_gate_rows_kernel_exact_matches_float64(d, f, activation, threshold, pattern, monkeypatch):
+    """Odd shapes (f=7: fewer neuron blocks than programs), every activation it serves, gate / up / down biases,
+    no neuron / half / every neuron active; twice on one SparseFFN (its sum row and ticket must be zero between)."""
+    _gate_rows_only(monkeypatch)
+    ffn, ref = make_ffn(d, f, activation, threshold, "union", PATTERNS[pattern], seed=d + f + 1, biases=True)
+    ffn.dispatch = GATE_ROWS
+    g = torch.Generator().manual_seed(f + 1)
+    for _ in range(2):
+        x = torch.randn(1, d, generator=g)
+        check(ffn(x), ref(x))
+        _state_is_zero(ffn)
+
+
+@pytest.mark.parametrize("case", ["drelu", "wide", "predicted", "batch"])
+def test_gate_rows_leaves_other_calls_to_the_other_kernels(case, monkeypatch):
+    """dReLU and d_model > MAX_ONE_STEP_D fall back to the gate + rows kernels (said once in the log); a predicted
+    set and several tokens take their own kernels. All stay exact, and the one kernel is not launched."""
+    from actsparse.kernels import triton_gate_rows, triton_rows_ffn
+
+    def unreachable(*_a, **_k):
+        raise AssertionError("the one-kernel exact path ran where it does not apply")
+    monkeypatch.setattr(triton_gate_rows, "launch_gate_rows", unreachable)
+    if case == "wide":
+        monkeypatch.setattr(triton_rows_ffn, "MAX_ONE_STEP_D", 16)
+    activation = "drelu" if case == "drelu" else "relu"
+    ffn, ref = make_ffn(40, 100, activation, 0.0, "union", 0.0, seed=31, biases=True)
+    ffn.dispatch = GATE_ROWS
+    g = torch.Generator().manual_seed(32)
+    x = torch.randn(3 if case == "batch" else 1, 40, generator=g)
+    if case == "predicted":
+        active, mask = _active("mask1d", 0.3, 1, 100, seed=33)
+        check(ffn(x, active), ref(x, mask))
+    else:
+        check(ffn(x), ref(x))
