@@ -18,6 +18,7 @@ import triton.language as tl
 from . import configs
 from .configs import GATE_ROWS_CONFIGS, GATE_ROWS_FIXED, tuned
 from .triton_gate import ACT_CODES, gate_act, up_act
+from .triton_rows_ffn import write_sum_row
 from .triton_up_down import last_ticket
 
 
@@ -68,13 +69,7 @@ def gate_rows_kernel(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, bd_ptr, acc
     tl.atomic_add(acc_ptr + offs_d, tl.sum(acc, 0), mask=offs_d < d_model, sem="relaxed")
     # The last program (every program has added its sum) writes the output and zeroes the row and the ticket.
     if last_ticket(ticket_ptr, n_prog, FENCE):
-        d_mask = offs_d < d_model
-        total = tl.load(acc_ptr + offs_d, mask=d_mask, other=0.0, cache_modifier=".cg")
-        if HAS_BD:
-            total += tl.load(bd_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)
-        tl.store(out_ptr + offs_d, total, mask=d_mask)
-        tl.store(acc_ptr + offs_d, tl.zeros([BLOCK_D], dtype=tl.float32), mask=d_mask)
-        tl.atomic_xchg(ticket_ptr, 0)
+        write_sum_row(acc_ptr, bd_ptr, out_ptr, ticket_ptr, offs_d, d_model, HAS_BD, BLOCK_D)
 
 
 def launch_gate_rows(x, w_gate, b_gate, w_up, b_up, w_down_t, b_down, act, threshold, acc, ticket, out,

@@ -187,6 +187,21 @@ def pipelined_rows_sum(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, gact_ptr,
     return acc
 
 
+@triton.jit
+def write_sum_row(acc_ptr, bd_ptr, out_ptr, ticket_ptr, offs_d, d_model, HAS_BD: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The last program's epilogue: out = the fp32 sum row (+ b_down) in the output's dtype, BLOCK_D columns at a
+    time; the sum row and the ticket zeroed for the next call."""
+    for d0 in range(0, d_model, BLOCK_D):
+        cols = d0 + offs_d
+        c_mask = cols < d_model
+        total = tl.load(acc_ptr + cols, mask=c_mask, other=0.0, cache_modifier=".cg")
+        if HAS_BD:
+            total += tl.load(bd_ptr + cols, mask=c_mask, other=0.0).to(tl.float32)
+        tl.store(out_ptr + cols, total, mask=c_mask)
+        tl.store(acc_ptr + cols, tl.zeros([BLOCK_D], dtype=tl.float32), mask=c_mask)
+    tl.atomic_xchg(ticket_ptr, 0)
+
+
 @tuned(ROWS_CONFIGS, ROWS_FIXED, key=["d_model", "d_ff", "FUSE_GATE", "X1_GIVEN", "N_GIVEN", "BLOCK_D"],
        restore_value=["counts_ptr"])
 @triton.jit
@@ -217,15 +232,7 @@ def rows_ffn_kernel(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, bd_ptr, gact
             tl.atomic_add(acc_ptr + offs_d, tl.sum(acc, 0), mask=offs_d < d_model, sem="relaxed")
     # The last program (every warp of every program has added its sum and read the list length) writes the output.
     if last_ticket(ticket_ptr, tl.num_programs(0), FENCE):
-        for d0 in range(0, d_model, BLOCK_D):
-            cols = d0 + offs_d
-            c_mask = cols < d_model
-            total = tl.load(acc_ptr + cols, mask=c_mask, other=0.0, cache_modifier=".cg")
-            if HAS_BD:
-                total += tl.load(bd_ptr + cols, mask=c_mask, other=0.0).to(tl.float32)
-            tl.store(out_ptr + cols, total, mask=c_mask)
-            tl.store(acc_ptr + cols, tl.zeros([BLOCK_D], dtype=tl.float32), mask=c_mask)
-        tl.atomic_xchg(ticket_ptr, 0)
+        write_sum_row(acc_ptr, bd_ptr, out_ptr, ticket_ptr, offs_d, d_model, HAS_BD, BLOCK_D)
         if not N_GIVEN:  # every program read the length before its ticket
             tl.store(counts_ptr, 0)
 
