@@ -107,24 +107,34 @@ def time_table(methods: dict, reps: int, megabytes: float, skip=()) -> dict:
     return times
 
 
-def main(argv=None) -> int:
+def probe_case(prog: str, args, touched_fraction: float):
+    """The probes' case: (d_model, d_ff, n listed, CUDA generator, fp16 weight sets rotated so that the rows read
+    exceed 120 MB, one random int32 list of n neurons per set); None, said on stderr, without a CUDA GPU."""
+    if not torch.cuda.is_available():
+        print(f"{prog} needs a CUDA GPU (none found)", file=sys.stderr)
+        return None
     from .bench_data import SHAPES, make_weight_sets
+    d, f = SHAPES[args.shape]
+    n = max(1, int(round(args.active * f)))
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    sets = make_weight_sets(d, f, torch.float16, "cuda", 120 << 20, touched_fraction=touched_fraction)
+    idxs = [torch.randperm(f, device="cuda", generator=gen)[:n].to(torch.int32) for _ in sets]
+    return d, f, n, gen, sets, idxs
+
+
+def main(argv=None) -> int:
     p = probe_parser("bench_down_probe", __doc__)
     p.add_argument("--configs", default="128x64x32,128x32x64,512x32x32,64x64x32,32x128x1,64x64x1,16x128x1,"
                                         "128x64x32a,512x32x32a,4096x2x132a,4096x4x132a,2048x4x132a",
                    help="extra rows_only block shapes, BLOCK_DxBLOCK_JxSPLITS, comma list")
     args = p.parse_args(argv)
     extra = [parse_config(c) for c in args.configs.split(",") if c]
-    if not torch.cuda.is_available():
-        print("bench_down_probe needs a CUDA GPU (none found)", file=sys.stderr)
+    case = probe_case("bench_down_probe", args, touched_fraction=args.active / 3)
+    if case is None:
         return 2
+    d, f, n, gen, sets, idxs = case
     from . import triton_up_down
     from .triton_ffn import list_state
-    d, f = SHAPES[args.shape]
-    n = max(1, int(round(args.active * f)))
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    sets = make_weight_sets(d, f, torch.float16, "cuda", 120 << 20, touched_fraction=args.active / 3)
-    idxs = [torch.randperm(f, device="cuda", generator=gen)[:n].to(torch.int32) for _ in sets]
     first_n = torch.arange(n, dtype=torch.int32, device="cuda")
     x1c = torch.randn(n, device="cuda", generator=gen)
     state = list_state("cuda")

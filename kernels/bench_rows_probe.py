@@ -27,16 +27,16 @@ from .bench_report import write_json
 
 
 def main(argv=None) -> int:
-    from .bench_data import SHAPES, make_weight_sets
-    from .bench_down_probe import config_name, parse_config, probe_parser, time_table
+    from .bench_down_probe import config_name, parse_config, probe_case, probe_parser, time_table
     p = probe_parser("bench_rows_probe", __doc__)
     p.add_argument("--gather", default="4096x4x132a,2048x4x132a,4096x2x264a,4096x1x528a",
                    help="gather-floor block shapes, BLOCK_DxBLOCK_JxSPLITS[a], comma list")
     args = p.parse_args(argv)
     gathers = [parse_config(c) for c in args.gather.split(",") if c]
-    if not torch.cuda.is_available():
-        print("bench_rows_probe needs a CUDA GPU (none found)", file=sys.stderr)
+    case = probe_case("bench_rows_probe", args, touched_fraction=args.active)
+    if case is None:
         return 2
+    d, f, n, gen, sets, idxs = case
     from .bench_down_probe import rows_only
     from .configs import ROWS_CONFIGS
     from .dispatch import DispatchConfig
@@ -44,11 +44,6 @@ def main(argv=None) -> int:
     from .triton_ffn import _n_sms, list_state
     from .triton_rows_ffn import launch_rows
     from .triton_up_down import launch_down, launch_up
-    d, f = SHAPES[args.shape]
-    n = max(1, int(round(args.active * f)))
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    sets = make_weight_sets(d, f, torch.float16, "cuda", 120 << 20, touched_fraction=args.active)
-    idxs = [torch.randperm(f, device="cuda", generator=gen)[:n].to(torch.int32) for _ in sets]
     xs = [torch.randn(1, d, device="cuda", generator=gen, dtype=torch.float16) for _ in sets]
     stacked = [torch.cat([ws.w_gate, ws.w_up, ws.w_down_t]) for ws in sets]
     idx3 = [torch.cat([i, i + f, i + 2 * f]) for i in idxs]

@@ -102,8 +102,7 @@ def _rows_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, thres
     if gate_rows and n_given is None and mask is None:
         if x.shape[1] <= MAX_ONE_STEP_D and activation != "drelu":
             from .triton_gate_rows import launch_gate_rows
-            acc = rows_acc if rows_acc is not None else torch.zeros(x.shape[1], dtype=torch.float32, device=dev)
-            out = alloc(1, x.shape[1], dtype=x.dtype, device=dev)
+            acc, out = _sum_row_and_out(x, rows_acc, alloc)
             launch_gate_rows(x, w_gate, b_gate, w_up, b_up, w_down_t, b_down, activation, threshold, acc, tickets[:1],
                              out, _n_sms(dev))
             return out
@@ -124,8 +123,13 @@ def _rows_out(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, thres
     """The rows kernel's output [1, d_model] over the list (see launch_rows for gate_act / x1c)."""
     from .triton_rows_ffn import launch_rows
     dev = x.device
-    acc = rows_acc if rows_acc is not None else torch.zeros(x.shape[1], dtype=torch.float32, device=dev)
-    out = alloc(1, x.shape[1], dtype=x.dtype, device=dev)
+    acc, out = _sum_row_and_out(x, rows_acc, alloc)
     launch_rows(x, w_gate, b_gate, w_up, b_up, w_down_t, b_down, gate_act, activation, threshold, counts, idx, acc,
                 tickets[:1], out, _n_sms(dev), pdl=pdl, n_given=n_given, x1c=x1c)
     return out
+
+
+def _sum_row_and_out(x, rows_acc, alloc):
+    """The one-token kernels' fp32 sum row (the SparseFFN's, zero between calls; None: a fresh one) and output."""
+    acc = rows_acc if rows_acc is not None else torch.zeros(x.shape[1], dtype=torch.float32, device=x.device)
+    return acc, alloc(1, x.shape[1], dtype=x.dtype, device=x.device)
