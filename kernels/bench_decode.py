@@ -7,7 +7,8 @@ actually reach that layer. Dense and sparse run the same static-KV-cache greedy 
 captured in a CUDA graph, so launch overhead is removed alike. Several layer counts are timed so the
 per-layer cost (slope of ms/step vs layers) can be extrapolated when fewer layers than 32 are used.
 `--compile` compiles the model for dense and sparse alike (compiled_decoding.py), which fuses the attention
-block's small kernels; the CUDA graph then replays fewer, larger kernels.
+block's small kernels; the CUDA graph then replays fewer, larger kernels. `--fuse-qkv` computes each attention's
+q/k/v projections in one GEMV (fused_qkv.py), dense and sparse alike.
 `--model FOLDER` runs the same comparison on a trained ReLU / FATReLU checkpoint instead (e.g. an exported
 arm of issue 7): its own layers and sparsity, random prompt tokens; there the greedy sequences of dense and
 sparse must match, since a trained model's top-2 logits are rarely within rounding of each other.
@@ -28,6 +29,7 @@ from actsparse.kernels.bench_predictor import GateSVDPredictor, predictor_bytes_
 from actsparse.kernels.bench_report import write_json
 from actsparse.kernels.compiled_decoding import compile_model, eager
 from actsparse.kernels.dispatch import DispatchConfig
+from actsparse.kernels.fused_qkv import fuse_qkv
 from actsparse.kernels.sparse_decoding import (calibrate, greedy_decode, logit_agreement, swap_in_sparse_ffns,
                                               teacher_forced_logits)
 from actsparse.modeling import load_pretrained, sparse_mlps, sparsify
@@ -45,6 +47,8 @@ def parse_args(argv):
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (dense and sparse alike; the FFN kernels stay one opaque op each: "
                         "compiled_decoding.py), so the non-FFN kernels of a step are fused")
+    p.add_argument("--fuse-qkv", action="store_true",
+                   help="one GEMV for each attention's q/k/v projections (fused_qkv.py), dense and sparse alike")
     p.add_argument("--compile-backend", default="inductor", help=argparse.SUPPRESS)
     p.add_argument("--predictor-rank", type=int, default=358,
                    help="rank of the stand-in predictor (bench_predictor.py); 358 = 4%% of a 7B FFN's bytes; 0: none")
@@ -142,6 +146,8 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
     predictors, recalls = ([], []) if args.predictor_rank <= 0 else build_predictors(
         model, args.predictor_rank, args.predicted_active, sample)
     prompts = {b: torch.randint(0, vocab, (b, args.prompt_len), device=device, generator=gen) for b in batches}
+    if args.fuse_qkv:
+        fuse_qkv(model)
     if args.compile:
         compile_model(model, backend=args.compile_backend)
     dense = {b: tokens_per_s(model, prompts[b], args.new_tokens, not args.no_cuda_graph) for b in batches}
@@ -171,7 +177,8 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
                        sparse_ms_per_step=b * 1e3 / sparse_tps, mean_active=sum(per_layer_active) / n_layers,
                        per_layer_active=per_layer_active, greedy_sequences_identical=same,
                        teacher_forced=tf,
-                       cuda_graph=not args.no_cuda_graph, compiled=args.compile, dtype=args.dtype)
+                       cuda_graph=not args.no_cuda_graph, compiled=args.compile, fused_qkv=args.fuse_qkv,
+                       dtype=args.dtype)
             if kernel is not None:
                 rec.update(predictor_rank=args.predictor_rank, predicted_active=args.predicted_active,
                            predictor_bytes_of_ffn=predictor_bytes_fraction(args.predictor_rank, cfg.hidden_size,

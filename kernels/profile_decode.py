@@ -3,9 +3,9 @@
 Run: `cd /tmp && python -m actsparse.kernels.profile_decode --layers 4 --compile`.
 Builds bench_decode's 7B-shaped ReLU model (random weights, gate biases set for ~89% sparsity), then for the dense
 model and each sparse path: the graph-timed decode step (greedy_decode, as bench_decode times it) and a
-torch.profiler trace of `--steps` un-graphed decode steps (same compiled forward), whose CUDA kernels are summed
-by name. The table shows each kernel's calls and device µs per step and per layer; the gap between the graph-timed
-step and the summed kernels is time between kernels. JSON with every row goes to --out.
+torch.profiler trace of `--steps` decode steps, un-graphed (same compiled forward) and as CUDA-graph replays, whose
+CUDA kernels are summed by name. The tables show each kernel's calls, device µs per step and the idle time before
+it (since the previous kernel ended: launch gaps and the ramp of a dependent kernel). JSON with every row: --out.
 """
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ from actsparse.kernels.bench_decode import build_model, set_gate_biases, tokens_
 from actsparse.kernels.bench_report import write_json
 from actsparse.kernels.compiled_decoding import compile_model, eager
 from actsparse.kernels.dispatch import DispatchConfig
-from actsparse.kernels.sparse_decoding import _next_token, _static_cache, calibrate, swap_in_sparse_ffns
+from actsparse.kernels.fused_qkv import fuse_qkv
+from actsparse.kernels.sparse_decoding import (_captured, _next_token, _static_cache, _write_counters, calibrate,
+                                              swap_in_sparse_ffns)
 
 # Kernel name -> part of the step (first match wins).
 PARTS = [("sparse FFN (ours)", r"gate_kernel|rows|up_kernel|down_kernel|compact|pred_"),
@@ -43,48 +45,67 @@ def parse_args(argv):
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--steps", type=int, default=16, help="decode steps traced by the profiler")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (as bench_decode --compile)")
+    p.add_argument("--fuse-qkv", action="store_true", help="one q/k/v GEMV per attention (as bench_decode --fuse-qkv)")
+    p.add_argument("--pdl", action="store_true", help="also trace the sparse path with DispatchConfig(pdl=True)")
     p.add_argument("--exact-kernels", default="auto", help="sparse exact-path kernels to trace, comma list")
     p.add_argument("--out", default="runs/profile-decode/profile_decode.json")
     return p.parse_args(argv)
 
 
 @torch.no_grad()
-def kernel_times(model, prompt: torch.Tensor, steps: int) -> dict[str, list]:
-    """name -> [calls, device µs], summed over `steps` un-graphed decode steps after the prompt."""
+def trace(model, prompt: torch.Tensor, steps: int, graph: bool) -> list[tuple[str, float, float]]:
+    """(name, start µs, end µs) of every CUDA kernel of `steps` decode steps after the prompt, in start order:
+    replays of the captured step (graph=True, as greedy_decode times it) or un-graphed calls of the same forward."""
     dev = prompt.device
-    cache = _static_cache(model, prompt.shape[1] + steps + 2)
+    cache = _static_cache(model, prompt.shape[1] + steps + 8)
     token = _next_token(model, prompt, cache, torch.arange(prompt.shape[1], device=dev))
     position = torch.tensor([prompt.shape[1]], device=dev)
-    _next_token(model, token, cache, position)  # first decode step outside the trace (autotuning, compilation)
+    step = lambda: _next_token(model, token, cache, position)  # noqa: E731
+    if graph:
+        counters = _write_counters(cache)
+        step = _captured(step, dev)
+        for counter, value in counters:
+            counter.copy_(value)
+    step()  # outside the trace: first call (autotuning, compilation)
     torch.cuda.synchronize()
-    sums = defaultdict(lambda: [0, 0.0])
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
             position += 1
-            token = _next_token(model, token, cache, position)
+            token.copy_(step())
         torch.cuda.synchronize()
-    for evt in prof.events():
-        if evt.device_type == torch.autograd.DeviceType.CUDA:
-            sums[evt.name][0] += 1
-            sums[evt.name][1] += evt.time_range.elapsed_us()
-    return sums
+    kernels = [(e.name, e.time_range.start, e.time_range.end) for e in prof.events()
+               if e.device_type == torch.autograd.DeviceType.CUDA]
+    return sorted(kernels, key=lambda k: k[1])
 
 
-def table(label: str, sums: dict, steps: int, layers: int, graph_ms: float) -> list[dict]:
-    rows = sorted(({"kernel": k, "part": part_of(k), "calls_per_step": c / steps, "us_per_step": t / steps}
-                   for k, (c, t) in sums.items()), key=lambda r: -r["us_per_step"])
+def table(label: str, kernels: list, steps: int, layers: int, graph_ms: float) -> list[dict]:
+    """Per kernel name: calls, device µs and idle µs before it (since the previous kernel ended), per step."""
+    sums = defaultdict(lambda: [0, 0.0, 0.0])
+    prev_end = None
+    for name, start, end in kernels:
+        sums[name][0] += 1
+        sums[name][1] += end - start
+        if prev_end is not None:
+            sums[name][2] += max(0.0, start - prev_end)
+        prev_end = end if prev_end is None else max(prev_end, end)
+    rows = sorted(({"kernel": k, "part": part_of(k), "calls_per_step": c / steps, "us_per_step": t / steps,
+                    "idle_before_us_per_step": g / steps} for k, (c, t, g) in sums.items()),
+                  key=lambda r: -r["us_per_step"])
     total = sum(r["us_per_step"] for r in rows)
+    idle = sum(r["idle_before_us_per_step"] for r in rows)
     print(f"\n## {label}: graph-timed step {graph_ms * 1e3:.1f} µs; kernels {total:.1f} µs per step "
-          f"({total / layers:.1f} per layer); between kernels {graph_ms * 1e3 - total:.1f} µs")
-    by_part = defaultdict(float)
+          f"({total / layers:.1f} per layer); idle between traced kernels {idle:.1f} µs per step")
+    by_part = defaultdict(lambda: [0.0, 0.0])
     for r in rows:
-        by_part[r["part"]] += r["us_per_step"]
-    print("| part | µs per step | µs per layer |\n|---|---|---|")
-    for part, us in sorted(by_part.items(), key=lambda kv: -kv[1]):
-        print(f"| {part} | {us:.1f} | {us / layers:.2f} |")
-    print("| kernel | part | calls per step | µs per step |\n|---|---|---|---|")
+        by_part[r["part"]][0] += r["us_per_step"]
+        by_part[r["part"]][1] += r["idle_before_us_per_step"]
+    print("| part | µs per step | µs per layer | idle before, µs per step |\n|---|---|---|---|")
+    for part, (us, gap) in sorted(by_part.items(), key=lambda kv: -kv[1][0]):
+        print(f"| {part} | {us:.1f} | {us / layers:.2f} | {gap:.1f} |")
+    print("| kernel | part | calls per step | µs per step | idle before, µs per step |\n|---|---|---|---|---|")
     for r in rows:
-        print(f"| `{r['kernel'][:90]}` | {r['part']} | {r['calls_per_step']:.1f} | {r['us_per_step']:.1f} |")
+        print(f"| `{r['kernel'][:90]}` | {r['part']} | {r['calls_per_step']:.1f} | {r['us_per_step']:.1f} | "
+              f"{r['idle_before_us_per_step']:.1f} |")
     return [dict(r, path=label) for r in rows]
 
 
@@ -98,6 +119,8 @@ def main(argv=None) -> int:
     sample = torch.randint(0, model.config.vocab_size, (4, 64), device="cuda", generator=gen)
     set_gate_biases(model, args.sparsity, sample)
     prompt = torch.randint(0, model.config.vocab_size, (args.batch, args.prompt_len), device="cuda", generator=gen)
+    if args.fuse_qkv:
+        fuse_qkv(model)
     if args.compile:
         compile_model(model)
     results, rows = {}, []
@@ -106,18 +129,20 @@ def main(argv=None) -> int:
         tok_s, _ = tokens_per_s(model, prompt, args.steps + 8, True)
         graph_ms = args.batch * 1e3 / tok_s
         results[label] = graph_ms
-        rows.extend(table(label, kernel_times(model, prompt, args.steps), args.steps, args.layers, graph_ms))
+        for graph in (False, True):
+            name = f"{label}, {'graph replays' if graph else 'un-graphed'}"
+            rows.extend(table(name, trace(model, prompt, args.steps, graph), args.steps, args.layers, graph_ms))
 
     measure("dense")
     swapped = swap_in_sparse_ffns(model, backend="triton")
     with eager(model):
         calibrate(model, sample)
-    for kernel in args.exact_kernels.split(","):
+    for kernel, pdl in [(k, p) for k in args.exact_kernels.split(",") for p in ((False, True) if args.pdl else (False,))]:
         for m in swapped:
-            m.ffn.dispatch = DispatchConfig(exact_kernel=kernel)
-        measure(f"sparse exact ({kernel})")
+            m.ffn.dispatch = DispatchConfig(exact_kernel=kernel, pdl=pdl)
+        measure(f"sparse exact ({kernel}{', pdl' if pdl else ''})")
     write_json(args.out, dict(device=torch.cuda.get_device_name(), layers=args.layers, batch=args.batch,
-                              compiled=args.compile, graph_ms_per_step=results, rows=rows,
+                              compiled=args.compile, fused_qkv=args.fuse_qkv, graph_ms_per_step=results, rows=rows,
                               command="python -m actsparse.kernels.profile_decode " + " ".join(argv or sys.argv[1:])))
     return 0
 
