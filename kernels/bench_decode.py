@@ -28,6 +28,7 @@ from actsparse.kernels.bench_data import neuron_probabilities
 from actsparse.kernels.bench_predictor import GateSVDPredictor, predictor_bytes_fraction
 from actsparse.kernels.bench_report import write_json
 from actsparse.kernels.compiled_decoding import compile_model, eager
+from actsparse.kernels.configs import autotuned_configs
 from actsparse.kernels.dispatch import DispatchConfig
 from actsparse.kernels.fused_qkv import fuse_qkv
 from actsparse.kernels.sparse_decoding import (calibrate, greedy_decode, logit_agreement, swap_in_sparse_ffns,
@@ -219,6 +220,7 @@ def main(argv=None) -> int:
     layer_counts = [0] if args.model else map(int, args.layers.split(","))
     records = [r for n in layer_counts for r in run(n, batches, args)]
     result = dict(device=torch.cuda.get_device_name(), records=records, per_layer=per_layer_slopes(records),
+                  autotuned=autotuned_configs(),
                   command="python -m actsparse.kernels.bench_decode " + " ".join(argv or sys.argv[1:]))
     write_json(args.out, result)
     for s in result["per_layer"]:

@@ -174,6 +174,15 @@ def reset_autotune_caches() -> None:
         tuner.cache.clear()
 
 
+def autotuned_configs() -> dict[str, dict[str, str]]:
+    """What the autotuner chose so far: {kernel name: {tuning key: config}}, for a benchmark's JSON."""
+    picks: dict[str, dict[str, str]] = {}
+    for tuner in AUTOTUNERS:
+        name = getattr(tuner, "base_fn", tuner.fn).__name__
+        picks.setdefault(name, {}).update({str(k): str(v) for k, v in tuner.cache.items()})
+    return picks
+
+
 def _prune_for_tokens(configs, named_args, **kwargs):
     """`tl.dot` (used when BLOCK_T > 1) needs every dot dimension >= 16: drop smaller neuron blocks there.
     The wide down blocks (BLOCK_D > 256) are for batch 1: with tokens, their [BLOCK_T, BLOCK_D] tiles overflow

@@ -231,22 +231,26 @@ def token_block(n_tokens: int) -> int:
 
 def launch_gate(x: torch.Tensor, w_gate: torch.Tensor, b_gate: torch.Tensor | None, act: str, threshold: float,
                 per_token: bool, gate_act_out: torch.Tensor | None, counts: torch.Tensor, idx: torch.Tensor,
-                up: tuple | None = None, pdl: bool = False) -> None:
+                up: tuple | None = None, pdl: bool = False, config=None) -> None:
     """gate_act_out[t, j] = act(x[t] . w_gate[j] + b[j]); active neurons appended to (counts, idx).
     `up` = (w_up, b_up, x1c): union mode only; x1c[t, i] = act * up of the i-th listed neuron, no gate_act_out.
-    `pdl`: launched with programmatic dependent launch (pdl.py; the caller checked `pdl_usable`)."""
+    `pdl`: launched with programmatic dependent launch (pdl.py; the caller checked `pdl_usable`).
+    `config`: a `triton.Config` run as given, not autotuned (bench_gate_probe times each)."""
     n_tokens, d_model = x.shape
     d_ff = w_gate.shape[0]
     if up is not None and per_token:
         raise ValueError("launch_gate: the fused up (up=...) writes one union list; per_token must be False")
     w_up, b_up, x1c = up if up is not None else (w_gate, None, counts)
-    grid = lambda meta: (triton.cdiv(d_ff, meta["BLOCK_N"]),)  # noqa: E731
-    gate_kernel[grid](x, w_gate, b_gate if b_gate is not None else w_gate,
-                      gate_act_out if gate_act_out is not None else counts, counts, idx,
-                      w_up, b_up if b_up is not None else w_up, x1c,
-                      n_tokens, d_model, d_ff, float(threshold), ACT=ACT_CODES[act], HAS_BIAS=b_gate is not None,
-                      PER_TOKEN=per_token, IEEE=x.dtype == torch.float32, FUSE_UP=up is not None,
-                      HAS_BU=b_up is not None, BLOCK_T=token_block(n_tokens), **launch_options(pdl))
+    grid = lambda meta: (triton.cdiv(d_ff, (config.kwargs if config is not None else meta)["BLOCK_N"]),)  # noqa: E731
+    kernel, extra = gate_kernel, {}
+    if config is not None:
+        kernel, extra = gate_kernel.fn, dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+    kernel[grid](x, w_gate, b_gate if b_gate is not None else w_gate,
+                 gate_act_out if gate_act_out is not None else counts, counts, idx,
+                 w_up, b_up if b_up is not None else w_up, x1c,
+                 n_tokens, d_model, d_ff, float(threshold), ACT=ACT_CODES[act], HAS_BIAS=b_gate is not None,
+                 PER_TOKEN=per_token, IEEE=x.dtype == torch.float32, FUSE_UP=up is not None,
+                 HAS_BU=b_up is not None, BLOCK_T=token_block(n_tokens), **launch_options(pdl), **extra)
 
 
 def compact_mask(mask: torch.Tensor, per_token: bool, counts: torch.Tensor, idx: torch.Tensor, pdl: bool = False) -> None:
