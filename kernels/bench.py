@@ -56,10 +56,11 @@ def _index_select(ws, x, rows):
 
 def _methods(sets, xs, masks, batch, calib_x):
     """(name -> list of zero-argument calls, one per weight set; the path the dispatcher picks)."""
-    def ffn(ws, mode, predicted_kernel="lists", exact_kernel="split", pdl=False, down_kernel="split"):
+    def ffn(ws, mode, predicted_kernel="lists", exact_kernel="split", pdl=False, down_kernel="split", gate_tma=True):
         return SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, activation="relu",
                          dispatch=DispatchConfig(batch_mode=mode, predicted_kernel=predicted_kernel,
-                                                 exact_kernel=exact_kernel, pdl=pdl, down_kernel=down_kernel))
+                                                 exact_kernel=exact_kernel, pdl=pdl, down_kernel=down_kernel,
+                                                 gate_tma=gate_tma))
     union = [ffn(ws, "union") for ws in sets]
     gate_up = [ffn(ws, "union", exact_kernel="gate_up") for ws in sets]  # exact path, two launches
     fused = [ffn(ws, "union", "fused") for ws in sets]  # Version 2 predicted path, timed beside Version 1
@@ -94,6 +95,10 @@ def _methods(sets, xs, masks, batch, calib_x):
         methods["ours_union_rows"] = [lambda f=f, x=x: f(x) for f, x in zip(one, xs)]
         methods["ours_predicted_rows"] = [lambda f=f, x=x, m=m: f(x, m) for f, x, m in zip(one, xs, masks)]
         methods["ours_predicted_index_rows"] = [lambda f=f, x=x, i=i: f(x, i) for f, x, i in zip(one, xs, ids)]
+        # The same exact path with the gate kernel's plain loads (DispatchConfig(gate_tma=False)); the others at one
+        # token load the gate rows through TMA (triton_gate_tma.py) where usable.
+        plain_gate = [ffn(ws, "union", exact_kernel="rows", gate_tma=False) for ws in sets]
+        methods["ours_union_rows_plain_gate"] = [lambda f=f, x=x: f(x) for f, x in zip(plain_gate, xs)]
         # The exact path in one kernel (triton_gate_rows.py): gate rows streamed, active up / down rows behind them.
         fused_exact = [ffn(ws, "union", exact_kernel="gate_rows") for ws in sets]
         methods["ours_union_gate_rows"] = [lambda f=f, x=x: f(x) for f, x in zip(fused_exact, xs)]

@@ -19,6 +19,8 @@ GOALS = [
     ("batch 1, 90%, no predictor (PDL launches)", "llama2-7b", 1, 0.9, "ours_union_pdl", 3.0),
     ("batch 1, 90%, active set given (PDL launches)", "llama2-7b", 1, 0.9, "ours_predicted_union_pdl", 6.0),
     ("batch 1, 90%, no predictor (rows kernel)", "llama2-7b", 1, 0.9, "ours_union_rows", 3.0),
+    ("batch 1, 90%, no predictor (rows kernel, gate without TMA)", "llama2-7b", 1, 0.9, "ours_union_rows_plain_gate",
+     3.0),
     ("batch 1, 90%, active set given (rows kernel)", "llama2-7b", 1, 0.9, "ours_predicted_rows", 6.0),
     ("batch 1, 90%, active set given as an index list (rows kernel)", "llama2-7b", 1, 0.9,
      "ours_predicted_index_rows", 6.0),

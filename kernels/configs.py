@@ -31,6 +31,23 @@ GATE_CONFIGS = [
 ]
 GATE_FIXED = dict(BLOCK_N=128, BLOCK_K=64)
 
+# The same at one token with the gate rows loaded through TMA (triton_gate_tma.py): BLOCK_N rows per program, tiles of
+# BLOCK_K columns, STAGES tiles in flight. H100, 7B (bench_stream_probe, session 9; a plain TMA GEMV): N8 K512 s4
+# 32.2 µs, N16 K512 s3 32.4, N32 K256 s4 32.7, N16 K256 s4 32.8; 6 stages and N64 slower (33.3-33.7).
+
+
+def _tma_block_hook(nargs: dict) -> None:
+    """Autotune pre-hook: the gate descriptor's tile shape follows the config being run."""
+    nargs["wg_desc"].block_shape = [nargs["BLOCK_N"], nargs["BLOCK_K"]]
+
+
+GATE_TMA_CONFIGS = [
+    triton.Config(dict(BLOCK_N=n, BLOCK_K=k, STAGES=s), num_warps=w, num_stages=1, pre_hook=_tma_block_hook)
+    for n, k, w, s in [(8, 512, 4, 4), (16, 512, 4, 3), (32, 256, 4, 4), (16, 256, 4, 4), (8, 512, 4, 3),
+                       (8, 1024, 4, 3), (4, 1024, 4, 4), (16, 512, 4, 4), (8, 256, 4, 6), (8, 512, 8, 4)]
+]
+GATE_TMA_FIXED = dict(BLOCK_N=16, BLOCK_K=32, STAGES=2)   # interpreter: several K steps at the tests' shapes
+
 # Sparse up (optionally fused with the gate): BLOCK_J active neurons per step, BLOCK_K of d per step, a grid of
 # GRID_PER_SM programs per SM, each owning a balanced range of the list. Batch 1 at 90% lists ~1100 neurons of
 # 11008. Until session 6 the kernel was persistent (4 programs per SM walking BLOCK_J blocks) and read the gate tile

@@ -82,6 +82,10 @@ class DispatchConfig:
     # Programmatic dependent launch between the kernels of one call (pdl.py; Hopper+): each kernel's launch
     # overlaps the previous one's tail. Not yet timed; the "lists" / "split" paths (Version 2 ignores it).
     pdl: bool = False
+    # One token without a predictor: the gate kernel loads its rows through TMA (triton_gate_tma.py) where the device
+    # (compute capability 9.0+), the Triton and the row alignment allow (else the plain loads, said once). H100, 7B
+    # (session 9): a TMA GEMV read the gate matrix in 32.2-32.4 µs against ~33.5 for the plain-load gate kernel.
+    gate_tma: bool = True
 
     def __post_init__(self):
         if self.predicted_kernel not in PREDICTED_KERNELS:

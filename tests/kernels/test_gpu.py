@@ -226,3 +226,27 @@ def test_autotune_timer_measures_device_time():
     tiny = torch.zeros(16, device="cuda")
     med_tiny = graph_do_bench(lambda: tiny.add_(1))[0]
     assert med_tiny < 0.02  # ms: one tiny kernel's device time, not a Python round trip
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("d,f", [(4096, 11008), (1000, 3001), (5120, 13824), (1001, 3001)])
+def test_tma_gate_matches_float64_and_the_plain_gate(dtype, d, f):
+    """The one-token gate kernel with TMA loads (triton_gate_tma.py; d 1001 has unaligned rows: the plain kernel
+    runs) against float64 and the plain-load kernel: act(gate) within the fp32 summation tolerance, the same active
+    neurons apart from near-zero gates, and the list length zeroed by nobody here (checked, then reset)."""
+    from actsparse.kernels.triton_gate import launch_gate
+    ws, x, _ffn, _mask = _case(dtype, d, f, 1, DispatchConfig())
+    ref = torch.relu(x.double() @ ws.w_gate.double().T)
+    results = []
+    for tma in (True, False):
+        gact = torch.full((1, f), float("nan"), device="cuda")
+        counts = torch.zeros(65, dtype=torch.int32, device="cuda")
+        idx = torch.full((1, f), -1, dtype=torch.int32, device="cuda")
+        launch_gate(x, ws.w_gate, None, "relu", 0.0, False, gact, counts, idx, tma=tma)
+        n = int(counts[0])
+        listed = idx[0, :n].long()
+        assert torch.isfinite(gact).all() and n == int((gact[0] != 0).sum())
+        assert torch.equal(torch.sort(listed).values, torch.nonzero(gact[0] != 0).flatten())
+        assert float((gact.double() - ref).norm() / ref.norm()) < 1e-3
+        results.append(gact)
+    torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-3)

@@ -1,0 +1,74 @@
+"""The one-token gate kernel with its weight tiles loaded through TMA (Hopper's tensor memory accelerator).
+
+Same work as `gate_kernel` at one token (triton_gate.py): act(x . w_gate[j] + b[j]) for BLOCK_N neurons per program,
+written to the act(gate) buffer, the active neurons appended to the list with one atomic. The gate rows come as
+[BLOCK_N, BLOCK_K] tiles through a host tensor descriptor, `STAGES` tiles in flight in shared memory, instead of
+per-thread 16-byte loads into registers. H100, 7B (90 MB, bench_stream_probe, session 9): a TMA GEMV read the matrix
+in 32.2-32.4 µs where the gate kernel took ~33.5 µs and cuBLAS 35.1 µs.
+
+TMA needs compute capability 9.0+, a Triton with `triton.tools.tensor_descriptor`, and rows whose byte stride and
+start are multiples of 16 (d_model a multiple of 8 in fp16 / bf16); `tma_unusable` says why not, and the caller runs
+the plain kernel then (said once in the log). Under the interpreter the descriptor is emulated, so CPU tests run it.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+import triton
+import triton.language as tl
+
+from . import configs
+from .configs import GATE_TMA_CONFIGS, GATE_TMA_FIXED, tuned
+from .pdl import gdc_start, launch_options
+from .triton_gate import ACT_CODES, append_union, gate_act
+
+
+@tuned(GATE_TMA_CONFIGS, GATE_TMA_FIXED, key=["d_model", "d_ff"], reset_to_zero=["counts_ptr"])
+@triton.jit
+def gate_tma_kernel(x_ptr, wg_desc, bg_ptr, gact_ptr, counts_ptr, idx_ptr, d_model, d_ff, threshold,
+                    ACT: tl.constexpr, HAS_BIAS: tl.constexpr, USE_GDC: tl.constexpr, BLOCK_N: tl.constexpr,
+                    BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+    gdc_start(USE_GDC)
+    n0 = tl.program_id(0) * BLOCK_N
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for k0 in tl.range(0, d_model, BLOCK_K, num_stages=STAGES):
+        w = wg_desc.load([n0, k0])   # rows past d_ff and columns past d_model arrive as zeros
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        xv = tl.load(x_ptr + offs_k, mask=offs_k < d_model, other=0.0).to(tl.float32)
+        acc += w.to(tl.float32) * xv[None, :]
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < d_ff
+    g = tl.sum(acc, 1)
+    if HAS_BIAS:
+        g += tl.load(bg_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+    a = gate_act(g, threshold, ACT)
+    tl.store(gact_ptr + offs_n, a, mask=n_mask)
+    append_union((n_mask & (a != 0.0)).to(tl.int32), offs_n, counts_ptr, idx_ptr)
+
+
+def tma_unusable(x: torch.Tensor, w_gate: torch.Tensor) -> str | None:
+    """Why this call cannot load the gate rows through TMA (None: it can)."""
+    if x.shape[0] != 1:
+        return f"{x.shape[0]} tokens (the TMA gate kernel serves one)"
+    if not configs.INTERPRET:
+        if x.device.type != "cuda" or torch.cuda.get_device_capability(x.device)[0] < 9:
+            return "a device below compute capability 9.0"
+    if importlib.util.find_spec("triton.tools.tensor_descriptor") is None:
+        return f"triton {triton.__version__} (no triton.tools.tensor_descriptor)"
+    row_bytes = w_gate.stride(0) * w_gate.element_size()
+    if w_gate.stride(1) != 1 or row_bytes % 16 or w_gate.data_ptr() % 16:
+        return f"gate rows of {row_bytes} bytes (TMA needs 16-byte aligned rows: d_model a multiple of 8 in fp16)"
+    return None
+
+
+def launch_gate_tma(x: torch.Tensor, w_gate: torch.Tensor, b_gate: torch.Tensor | None, act: str, threshold: float,
+                    gate_act_out: torch.Tensor, counts: torch.Tensor, idx: torch.Tensor, pdl: bool = False) -> None:
+    """As launch_gate at one token (list 0 in `counts` / `idx`); the caller checked `tma_unusable`."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+    d_ff, d_model = w_gate.shape
+    block = [GATE_TMA_FIXED["BLOCK_N"], GATE_TMA_FIXED["BLOCK_K"]]   # on a GPU each config's pre-hook sets it
+    desc = TensorDescriptor.from_tensor(w_gate, block)
+    grid = lambda meta: (triton.cdiv(d_ff, meta["BLOCK_N"]),)  # noqa: E731
+    gate_tma_kernel[grid](x, desc, b_gate if b_gate is not None else w_gate, gate_act_out, counts, idx, d_model, d_ff,
+                          float(threshold), ACT=ACT_CODES[act], HAS_BIAS=b_gate is not None, **launch_options(pdl))
