@@ -56,11 +56,12 @@ def _index_select(ws, x, rows):
 
 def _methods(sets, xs, masks, batch, calib_x):
     """(name -> list of zero-argument calls, one per weight set; the path the dispatcher picks)."""
-    def ffn(ws, mode, predicted_kernel="lists", exact_kernel="split", pdl=False, down_kernel="split", gate_tma=True):
+    def ffn(ws, mode, predicted_kernel="lists", exact_kernel="split", pdl=False, down_kernel="split", gate_tma=True,
+            gate_prefetch=False):
         return SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, activation="relu",
                          dispatch=DispatchConfig(batch_mode=mode, predicted_kernel=predicted_kernel,
                                                  exact_kernel=exact_kernel, pdl=pdl, down_kernel=down_kernel,
-                                                 gate_tma=gate_tma))
+                                                 gate_tma=gate_tma, gate_prefetch=gate_prefetch))
     union = [ffn(ws, "union") for ws in sets]
     gate_up = [ffn(ws, "union", exact_kernel="gate_up") for ws in sets]  # exact path, two launches
     fused = [ffn(ws, "union", "fused") for ws in sets]  # Version 2 predicted path, timed beside Version 1
@@ -99,6 +100,9 @@ def _methods(sets, xs, masks, batch, calib_x):
         # token load the gate rows through TMA (triton_gate_tma.py) where usable.
         plain_gate = [ffn(ws, "union", exact_kernel="rows", gate_tma=False) for ws in sets]
         methods["ours_union_rows_plain_gate"] = [lambda f=f, x=x: f(x) for f, x in zip(plain_gate, xs)]
+        # The TMA gate kernel also prefetching the active rows into L2 (DispatchConfig(gate_prefetch=True)).
+        prefetch = [ffn(ws, "union", exact_kernel="rows", gate_prefetch=True) for ws in sets]
+        methods["ours_union_rows_prefetch"] = [lambda f=f, x=x: f(x) for f, x in zip(prefetch, xs)]
         # The exact path in one kernel (triton_gate_rows.py): gate rows streamed, active up / down rows behind them.
         fused_exact = [ffn(ws, "union", exact_kernel="gate_rows") for ws in sets]
         methods["ours_union_gate_rows"] = [lambda f=f, x=x: f(x) for f, x in zip(fused_exact, xs)]

@@ -21,6 +21,8 @@ GOALS = [
     ("batch 1, 90%, no predictor (rows kernel)", "llama2-7b", 1, 0.9, "ours_union_rows", 3.0),
     ("batch 1, 90%, no predictor (rows kernel, gate without TMA)", "llama2-7b", 1, 0.9, "ours_union_rows_plain_gate",
      3.0),
+    ("batch 1, 90%, no predictor (rows kernel, active rows prefetched to L2)", "llama2-7b", 1, 0.9,
+     "ours_union_rows_prefetch", 3.0),
     ("batch 1, 90%, active set given (rows kernel)", "llama2-7b", 1, 0.9, "ours_predicted_rows", 6.0),
     ("batch 1, 90%, active set given as an index list (rows kernel)", "llama2-7b", 1, 0.9,
      "ours_predicted_index_rows", 6.0),

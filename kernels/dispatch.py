@@ -86,6 +86,9 @@ class DispatchConfig:
     # (compute capability 9.0+), the Triton and the row alignment allow (else the plain loads, said once). H100, 7B
     # (session 9): a TMA GEMV read the gate matrix in 32.2-32.4 µs against ~33.5 for the plain-load gate kernel.
     gate_tma: bool = True
+    # With gate_tma on the one-token rows path: the gate kernel also sends each active neuron's up and W_down^T rows
+    # towards L2 (bulk prefetches that nothing waits for), so the rows kernel after it reads them from L2. GPU only.
+    gate_prefetch: bool = False
 
     def __post_init__(self):
         if self.predicted_kernel not in PREDICTED_KERNELS:

@@ -134,7 +134,7 @@ class SparseFFN(nn.Module):
                                  rows=self.dispatch.rows(x.shape[0], active is not None, self.activation),
                                  gate_rows=self.dispatch.gate_rows(x.shape[0], active is not None),
                                  rows_acc=self._rows_acc_buffer(x), atomic_down=self.dispatch.down_kernel == "atomic",
-                                 gate_tma=self.dispatch.gate_tma)
+                                 gate_tma=self.dispatch.gate_tma, gate_prefetch=self.dispatch.gate_prefetch)
 
     def _plan(self, n_tokens: int, predicted: bool, mask_rows: int = 1):
         """The dispatcher's choice, cached per (tokens, predicted, mask rows): host-only, no sync.

@@ -30,7 +30,8 @@ def list_state(device) -> torch.Tensor:
 
 def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, per_token,
                       tickets, alloc=torch.empty, fuse_up=False, state=None, inline_compact=False, pdl=False,
-                      index=None, rows=False, rows_acc=None, atomic_down=False, gate_rows=False, gate_tma=False):
+                      index=None, rows=False, rows_acc=None, atomic_down=False, gate_rows=False, gate_tma=False,
+                      gate_prefetch=False):
     """x [T, d] -> [T, d]. mask: None (dense gate decides), [1, d_ff] or [T, d_ff] bool (predicted set).
     `alloc` makes the float workspaces and the output (tests poison them with NaN). `fuse_up` (no mask, union
     mode): the gate kernel also computes x1, one launch fewer. `state`: a `list_state` buffer (None: a fresh one).
@@ -43,7 +44,8 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
     (None: a fresh one). `atomic_down` (one token, union mode): the down step is the rows kernel given x1
     (fp32 atomics, triton_rows_ffn.py) instead of the split-K down kernel. `gate_rows` (with `rows`, no mask / index):
     the whole exact FFN in one kernel (triton_gate_rows.py) where d_model allows, else the gate + rows kernels.
-    `gate_tma` (one token): the gate kernel loads its rows through TMA (triton_gate_tma.py) where usable."""
+    `gate_tma` (one token): the gate kernel loads its rows through TMA (triton_gate_tma.py) where usable;
+    `gate_prefetch` (with it, on the rows path): it also sends the active neurons' up / W_down^T rows towards L2."""
     if x.device.type != "cuda" and not configs.INTERPRET:
         raise RuntimeError("the Triton backend needs a CUDA tensor (or TRITON_INTERPRET=1 set before importing "
                            "triton); use backend='torch' on CPU")
@@ -62,7 +64,7 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
     idx = index if index is not None else torch.empty(n_lists, d_ff, dtype=torch.int32, device=dev)
     if rows and n_tokens == 1 and not per_token:
         return _rows_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, counts, idx,
-                         n_given, tickets, alloc, rows_acc, pdl, gate_rows, gate_tma)
+                         n_given, tickets, alloc, rows_acc, pdl, gate_rows, gate_tma, gate_prefetch)
     x1c = alloc(n_tokens, d_ff, dtype=torch.float32, device=dev)
     if index is not None:
         if n_given > 0:  # (a grid of 0 programs is not launched)
@@ -95,7 +97,7 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
 
 
 def _rows_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, counts, idx, n_given,
-              tickets, alloc, rows_acc, pdl, gate_rows=False, gate_tma=False):
+              tickets, alloc, rows_acc, pdl, gate_rows=False, gate_tma=False, gate_prefetch=False):
     """One token through the rows kernel: gate kernel (no predictor) or compaction (mask) first, then rows_ffn; or,
     with `gate_rows` and no predicted set, the one-kernel exact path (triton_gate_rows.py)."""
     from .triton_rows_ffn import MAX_ONE_STEP_D
@@ -113,11 +115,25 @@ def _rows_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, thres
                   f"{x.shape[1]}, {activation}: the gate and rows kernels run instead")
     if n_given is None and mask is None:
         gate_act = alloc(1, w_gate.shape[0], dtype=torch.float32, device=dev)
-        launch_gate(x, w_gate, b_gate, activation, threshold, False, gate_act, counts, idx, pdl=pdl, tma=gate_tma)
+        launch_gate(x, w_gate, b_gate, activation, threshold, False, gate_act, counts, idx, pdl=pdl, tma=gate_tma,
+                    prefetch=_prefetch_rows(w_up, w_down_t) if gate_prefetch else None)
     elif n_given is None:
         compact_mask(mask, False, counts, idx, pdl=pdl)
     return _rows_out(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, counts, idx, n_given,
                      tickets, alloc, rows_acc, pdl, gate_act=gate_act)
+
+
+def _prefetch_rows(w_up, w_down_t):
+    """(w_up, w_down_t) for the gate kernel's L2 prefetches, or None (said once) where they cannot be issued: under
+    the interpreter (no inline PTX) or with rows not 16-byte aligned."""
+    from .dispatch import warn_once
+    if configs.INTERPRET:
+        warn_once("gate kernel: L2 prefetch of the active rows needs a GPU (inline PTX); not under the interpreter")
+        return None
+    if any(w.stride(0) * w.element_size() % 16 or w.data_ptr() % 16 for w in (w_up, w_down_t)):
+        warn_once("gate kernel: L2 prefetch needs 16-byte aligned up / W_down^T rows; not prefetched")
+        return None
+    return w_up, w_down_t
 
 
 def _rows_out(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, counts, idx, n_given, tickets,

@@ -231,19 +231,22 @@ def token_block(n_tokens: int) -> int:
 
 def launch_gate(x: torch.Tensor, w_gate: torch.Tensor, b_gate: torch.Tensor | None, act: str, threshold: float,
                 per_token: bool, gate_act_out: torch.Tensor | None, counts: torch.Tensor, idx: torch.Tensor,
-                up: tuple | None = None, pdl: bool = False, config=None, tma: bool = False) -> None:
+                up: tuple | None = None, pdl: bool = False, config=None, tma: bool = False,
+                prefetch: tuple | None = None) -> None:
     """gate_act_out[t, j] = act(x[t] . w_gate[j] + b[j]); active neurons appended to (counts, idx).
     `up` = (w_up, b_up, x1c): union mode only; x1c[t, i] = act * up of the i-th listed neuron, no gate_act_out.
     `pdl`: launched with programmatic dependent launch (pdl.py; the caller checked `pdl_usable`).
     `config`: a `triton.Config` run as given, not autotuned (bench_gate_probe times each).
-    `tma` (one token, no fused up): the gate rows through TMA (triton_gate_tma.py) where usable, else said once."""
+    `tma` (one token, no fused up): the gate rows through TMA (triton_gate_tma.py) where usable, else said once;
+    `prefetch` = (w_up, w_down_t): that kernel also sends its active neurons' rows towards L2 (a GPU only)."""
     n_tokens, d_model = x.shape
     d_ff = w_gate.shape[0]
     if tma and up is None and config is None and n_tokens == 1:
         from .triton_gate_tma import launch_gate_tma, tma_unusable
         reason = tma_unusable(x, w_gate)
         if reason is None:
-            return launch_gate_tma(x, w_gate, b_gate, act, threshold, gate_act_out, counts, idx, pdl=pdl)
+            return launch_gate_tma(x, w_gate, b_gate, act, threshold, gate_act_out, counts, idx, pdl=pdl,
+                                   prefetch=prefetch)
         from .dispatch import warn_once
         warn_once(f"gate kernel: TMA loads unavailable for {reason}; plain loads")
     if up is not None and per_token:

@@ -24,11 +24,26 @@ from .pdl import gdc_start, launch_options
 from .triton_gate import ACT_CODES, append_union, gate_act
 
 
-@tuned(GATE_TMA_CONFIGS, GATE_TMA_FIXED, key=["d_model", "d_ff"], reset_to_zero=["counts_ptr"])
 @triton.jit
-def gate_tma_kernel(x_ptr, wg_desc, bg_ptr, gact_ptr, counts_ptr, idx_ptr, d_model, d_ff, threshold,
-                    ACT: tl.constexpr, HAS_BIAS: tl.constexpr, USE_GDC: tl.constexpr, BLOCK_N: tl.constexpr,
-                    BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+def prefetch_rows_to_l2(w_ptr, rows, flags, d_model):
+    """One bulk L2 prefetch (Hopper `cp.async.bulk.prefetch.L2`) of row `rows[i]` of `w` ([*, d_model], rows of a
+    multiple of 16 bytes) where flags[i] != 0; nothing waits for it, and no value is read here. The [BLOCK_N]
+    vectors are widened to [BLOCK_N, 64] with only column 0 issuing, so that a layout replicating a short vector
+    over the threads does not send the same prefetch several times."""
+    cols = tl.arange(0, 64)[None, :]
+    ptrs = w_ptr + rows.to(tl.int64)[:, None] * d_model + 0 * cols
+    issue = ((flags[:, None] != 0) & (cols == 0)).to(tl.int32)
+    row_bytes = d_model * (w_ptr.dtype.element_ty.primitive_bitwidth // 8) + 0 * issue
+    tl.inline_asm_elementwise(
+        "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p cp.async.bulk.prefetch.L2.global [$1], $3; mov.u32 $0, 0; }",
+        "=r,l,r,r", [ptrs, issue, row_bytes], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@tuned(GATE_TMA_CONFIGS, GATE_TMA_FIXED, key=["d_model", "d_ff", "PREFETCH"], reset_to_zero=["counts_ptr"])
+@triton.jit
+def gate_tma_kernel(x_ptr, wg_desc, bg_ptr, gact_ptr, counts_ptr, idx_ptr, wu_ptr, wdt_ptr, d_model, d_ff, threshold,
+                    ACT: tl.constexpr, HAS_BIAS: tl.constexpr, USE_GDC: tl.constexpr, PREFETCH: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
     gdc_start(USE_GDC)
     n0 = tl.program_id(0) * BLOCK_N
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
@@ -44,7 +59,11 @@ def gate_tma_kernel(x_ptr, wg_desc, bg_ptr, gact_ptr, counts_ptr, idx_ptr, d_mod
         g += tl.load(bg_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
     a = gate_act(g, threshold, ACT)
     tl.store(gact_ptr + offs_n, a, mask=n_mask)
-    append_union((n_mask & (a != 0.0)).to(tl.int32), offs_n, counts_ptr, idx_ptr)
+    live = (n_mask & (a != 0.0)).to(tl.int32)
+    append_union(live, offs_n, counts_ptr, idx_ptr)
+    if PREFETCH:  # the rows kernel reads these up and W_down^T rows next: start them towards L2 now
+        prefetch_rows_to_l2(wu_ptr, offs_n, live, d_model)
+        prefetch_rows_to_l2(wdt_ptr, offs_n, live, d_model)
 
 
 def tma_unusable(x: torch.Tensor, w_gate: torch.Tensor) -> str | None:
@@ -63,12 +82,17 @@ def tma_unusable(x: torch.Tensor, w_gate: torch.Tensor) -> str | None:
 
 
 def launch_gate_tma(x: torch.Tensor, w_gate: torch.Tensor, b_gate: torch.Tensor | None, act: str, threshold: float,
-                    gate_act_out: torch.Tensor, counts: torch.Tensor, idx: torch.Tensor, pdl: bool = False) -> None:
-    """As launch_gate at one token (list 0 in `counts` / `idx`); the caller checked `tma_unusable`."""
+                    gate_act_out: torch.Tensor, counts: torch.Tensor, idx: torch.Tensor, pdl: bool = False,
+                    prefetch: tuple | None = None) -> None:
+    """As launch_gate at one token (list 0 in `counts` / `idx`); the caller checked `tma_unusable`.
+    `prefetch` = (w_up, w_down_t), fp16 / bf16 [d_ff, d_model] on a GPU: each program sends its active neurons' rows
+    of both towards L2 (bulk prefetches, nothing waits on them) for the rows kernel that follows."""
     from triton.tools.tensor_descriptor import TensorDescriptor
     d_ff, d_model = w_gate.shape
     block = [GATE_TMA_FIXED["BLOCK_N"], GATE_TMA_FIXED["BLOCK_K"]]   # on a GPU each config's pre-hook sets it
     desc = TensorDescriptor.from_tensor(w_gate, block)
     grid = lambda meta: (triton.cdiv(d_ff, meta["BLOCK_N"]),)  # noqa: E731
-    gate_tma_kernel[grid](x, desc, b_gate if b_gate is not None else w_gate, gate_act_out, counts, idx, d_model, d_ff,
-                          float(threshold), ACT=ACT_CODES[act], HAS_BIAS=b_gate is not None, **launch_options(pdl))
+    w_up, w_down_t = prefetch if prefetch is not None else (w_gate, w_gate)
+    gate_tma_kernel[grid](x, desc, b_gate if b_gate is not None else w_gate, gate_act_out, counts, idx, w_up, w_down_t,
+                          d_model, d_ff, float(threshold), ACT=ACT_CODES[act], HAS_BIAS=b_gate is not None,
+                          PREFETCH=prefetch is not None, **launch_options(pdl))

@@ -123,16 +123,18 @@ def _check_within_ulp(ffn, x, active, ref, dtype):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("d,f", [(4096, 11008), (1000, 3001), (5120, 13824)])
 @pytest.mark.parametrize("kind", ["exact", "mask", "index"])
-@pytest.mark.parametrize("dispatch", ["rows", "atomic_down", "gate_rows"])
+@pytest.mark.parametrize("dispatch", ["rows", "atomic_down", "gate_rows", "prefetch"])
 def test_rows_kernel_matches_float64(dtype, d, f, kind, dispatch):
     """One token through the rows kernel (triton_rows_ffn.py) after the gate kernel, after the compaction, or
     alone: against float64; repeated calls (also replayed in a CUDA graph) within one output ulp, since its fp32
     atomics add in the order programs finish. 5120 (13B) is no power of two: its whole-row tiles are masked.
     "atomic_down": the up kernel, then the rows kernel given x1 (DispatchConfig.down_kernel="atomic"). "gate_rows":
-    the exact path in one kernel (triton_gate_rows.py; a predicted set takes the rows kernel)."""
+    the exact path in one kernel (triton_gate_rows.py; a predicted set takes the rows kernel). "prefetch": the TMA gate
+    kernel sends the active rows towards L2 first (DispatchConfig.gate_prefetch)."""
     config = {"rows": DispatchConfig(exact_kernel="rows", predicted_kernel="rows"),
               "atomic_down": DispatchConfig(down_kernel="atomic"),
-              "gate_rows": DispatchConfig(exact_kernel="gate_rows")}[dispatch]
+              "gate_rows": DispatchConfig(exact_kernel="gate_rows"),
+              "prefetch": DispatchConfig(exact_kernel="rows", predicted_kernel="rows", gate_prefetch=True)}[dispatch]
     ws, x, ffn, mask = _case(dtype, d, f, 1, config)
     active = {"exact": None, "mask": mask, "index": torch.nonzero(mask[0]).flatten().to(torch.int32)}[kind]
     first = _check_within_ulp(ffn, x, active, _reference(ws, x, None if kind == "exact" else mask), dtype)
