@@ -25,7 +25,7 @@ from actsparse.kernels.sparse_decoding import (_captured, _next_token, _static_c
                                               swap_in_sparse_ffns)
 
 # Kernel name -> part of the step (first match wins).
-PARTS = [("sparse FFN (ours)", r"gate_kernel|rows|up_kernel|down_kernel|compact|pred_"),
+PARTS = [("sparse FFN (ours)", r"gate_|rows|up_kernel|down_kernel|compact|pred_"),
          ("matmul (cuBLAS)", r"gemv|gemm|sm90_|cutlass|xmma|splitK|cublas"),
          ("attention", r"flash|attention|fmha|sdpa|softmax"),
          ("fused by inductor", r"^triton_"),
