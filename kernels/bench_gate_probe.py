@@ -1,15 +1,18 @@
-"""The dense gate kernel (triton_gate.py) config by config, beside cuBLAS's GEMV of the same matrix (GPU).
+"""How fast the gate matrix streams: the gate kernels config by config beside read-only references (GPU).
 
-The exact path's gate kernel reads the whole gate matrix; at 7B, batch 1 it took 32.5 µs for 90 MB (2.78 TB/s) in the
-bench and 33.8 µs inside the compiled decode loop (H100, sessions 3 and 9). This times, per weight set rotated past L2
-(a gate bias per set puts `--active` of the neurons above zero, as in a ProSparse layer):
-- `cublas F.linear`: the same GEMV without activation or list;
-- `gate autotuned`: launch_gate as the exact path calls it (union list, act(gate) buffer), autotuned;
-- `gate N<n> K<k> w<w> s<s>`: each GATE_CONFIGS entry, then each `--extra` config, run as given.
-Every gate line includes a memset of the list counter (the exact path's rows kernel zeroes it; here nothing else
-does); `counter memset alone` times that memset so it can be subtracted.
+The exact path's floor is the dense gate GEMV: 90 MB at 7B. Per weight set (rotated past L2; a gate bias per set puts
+`--active` of the neurons above zero, as in a ProSparse layer), side by side in one run:
+- `torch sum`: PyTorch's reduction over the matrix (reads it once, no x);
+- `cublas F.linear`: the GEMV without activation or list;
+- `gate autotuned` / `gate tma autotuned`: launch_gate as the exact path calls it at one token (union list, act(gate)
+  buffer), plain loads (triton_gate.py) or TMA tiles (triton_gate_tma.py), autotuned;
+- `gate N<n> K<k> w<w> s<s>`: each GATE_CONFIGS entry, then each `--extra` config, run as given;
+- `tma gemv N<n> K<k> w<w> s<s>`: a bare GEMV whose tiles come through a TMA descriptor (`--tma` configs).
+Every gate line includes a memset of the list counter (the exact path's rows kernel zeroes it; here nothing else does);
+`counter memset alone` times it. A graph replay holds `--repeat` rounds over the sets, so its launch is spread over
+many calls (session 9's first run replayed two calls per graph: ~8 µs of launch in every line).
 
-    cd /tmp && python -m actsparse.kernels.bench_gate_probe --active 0.1 --out gate_probe.json
+    cd /tmp && python -m actsparse.kernels.bench_gate_probe --active 0.11 --out gate_probe.json
 """
 from __future__ import annotations
 
@@ -17,8 +20,35 @@ import sys
 
 import torch
 import triton
+import triton.language as tl
 
 from .bench_report import write_json
+
+
+@triton.jit
+def tma_gemv_kernel(w_desc, x_ptr, y_ptr, d_ff, d_model, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    STAGES: tl.constexpr):
+    """y[rows] = W[rows] . x for BLOCK_N rows, W tiles [BLOCK_N, BLOCK_K] loaded through the descriptor."""
+    n0 = tl.program_id(0) * BLOCK_N
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for k0 in tl.range(0, d_model, BLOCK_K, num_stages=STAGES):
+        w = w_desc.load([n0, k0])
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        xv = tl.load(x_ptr + offs_k, mask=offs_k < d_model, other=0.0).to(tl.float32)
+        acc += w.to(tl.float32) * xv[None, :]
+    rows = n0 + tl.arange(0, BLOCK_N)
+    tl.store(y_ptr + rows, tl.sum(acc, 1), mask=rows < d_ff)
+
+
+def tma_gemv(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, cfg: triton.Config) -> torch.Tensor:
+    """y = w @ x (fp32) through `tma_gemv_kernel` at `cfg` (BLOCK_N, BLOCK_K, warps, stages)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+    d_ff, d_model = w.shape
+    n, k = cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"]
+    desc = TensorDescriptor.from_tensor(w, [n, k])
+    tma_gemv_kernel[(triton.cdiv(d_ff, n),)](desc, x, y, d_ff, d_model, BLOCK_N=n, BLOCK_K=k,
+                                             STAGES=cfg.num_stages, num_warps=cfg.num_warps)
+    return y
 
 
 def parse_gate_config(text: str) -> triton.Config:
@@ -27,19 +57,25 @@ def parse_gate_config(text: str) -> triton.Config:
     return triton.Config(dict(BLOCK_N=n, BLOCK_K=k), num_warps=w, num_stages=s)
 
 
+def config_label(cfg: triton.Config) -> str:
+    return f"N{cfg.kwargs['BLOCK_N']} K{cfg.kwargs['BLOCK_K']} w{cfg.num_warps} s{cfg.num_stages}"
+
+
 def main(argv=None) -> int:
     from .bench_down_probe import probe_case, probe_parser, time_table
     p = probe_parser("bench_gate_probe", __doc__)
-    p.add_argument("--extra", default="8x1024x4x2,4x1024x4x2,4x2048x4x1,8x2048x8x1,16x512x8x3,8x512x2x3,16x256x2x3,"
-                                      "2x4096x4x1,4x4096x8x1,16x128x4x4,8x256x4x3,32x256x8x2",
-                   help="configs beyond GATE_CONFIGS, BLOCK_NxBLOCK_KxWARPSxSTAGES, comma list")
+    p.add_argument("--extra", default="8x1024x4x2,4x1024x4x2,4x2048x4x1,16x512x8x3,16x256x2x3,32x256x8x2",
+                   help="gate kernel configs beyond GATE_CONFIGS, BLOCK_NxBLOCK_KxWARPSxSTAGES, comma list")
+    p.add_argument("--tma", default="8x512x4x4,16x512x4x3,32x256x4x4,16x256x4x4,16x256x4x6",
+                   help="bare TMA GEMV configs, BLOCK_NxBLOCK_KxWARPSxSTAGES, comma list")
+    p.add_argument("--repeat", type=int, default=8, help="rounds over the weight sets per graph replay")
     args = p.parse_args(argv)
     case = probe_case("bench_gate_probe", args, touched_fraction=1 / 3)
     if case is None:
         return 2
     d, f, _n, gen, sets, _idxs = case
     from torch.nn import functional as F
-    from .configs import GATE_CONFIGS
+    from .configs import GATE_CONFIGS, autotuned_configs
     from .triton_gate import launch_gate
     xs = [torch.randn(1, d, device="cuda", generator=gen, dtype=torch.float16) for _ in sets]
     biases = []
@@ -49,40 +85,50 @@ def main(argv=None) -> int:
     counts = torch.zeros(64, dtype=torch.int32, device="cuda")
     idx = torch.empty(f, dtype=torch.int32, device="cuda")
     gact = torch.empty(1, f, dtype=torch.float32, device="cuda")
+    ys = [torch.empty(f, dtype=torch.float32, device="cuda") for _ in sets]
 
-    def gate(ws, x, b, config=None):
+    def gate(ws, x, b, y, config=None, tma=False):
         counts.zero_()
-        launch_gate(x, ws.w_gate, b, "relu", 0.0, False, gact, counts, idx, config=config)
+        launch_gate(x, ws.w_gate, b, "relu", 0.0, False, gact, counts, idx, config=config, tma=tma)
         return gact
 
-    calls = list(zip(sets, xs, biases))
-    methods = {"cublas F.linear": [lambda ws=ws, x=x: F.linear(x, ws.w_gate) for ws, x, _ in calls],
-               "counter memset alone": [counts.zero_ for _ in calls],
-               "gate autotuned": [lambda c=c: gate(*c) for c in calls]}
+    cases = list(zip(sets, xs, biases, ys))
+    rounds = lambda make: [make(*c) for _ in range(args.repeat) for c in cases]  # noqa: E731
+    methods = {"torch sum": rounds(lambda ws, x, b, y: lambda: ws.w_gate.sum(dtype=torch.float32)),
+               "cublas F.linear": rounds(lambda ws, x, b, y: lambda: F.linear(x, ws.w_gate)),
+               "counter memset alone": rounds(lambda ws, x, b, y: counts.zero_),
+               "gate autotuned": rounds(lambda *c: lambda: gate(*c)),
+               "gate tma autotuned": rounds(lambda *c: lambda: gate(*c, tma=True))}
     extra = [parse_gate_config(c) for c in args.extra.split(",") if c]
     for cfg in list(GATE_CONFIGS) + extra:
-        k = cfg.kwargs
-        name = f"gate N{k['BLOCK_N']} K{k['BLOCK_K']} w{cfg.num_warps} s{cfg.num_stages}"
-        if cfg in extra:
-            name += " (extra)"
-        methods[name] = [lambda c=c, cfg=cfg: gate(*c, config=cfg) for c in calls]
-    ref = torch.relu(xs[0].double() @ sets[0].w_gate.double().t() + biases[0].double())
+        name = f"gate {config_label(cfg)}{' (extra)' if any(cfg is e for e in extra) else ''}"
+        methods[name] = rounds(lambda *c, cfg=cfg: lambda: gate(*c, config=cfg))
+    for cfg in (parse_gate_config(c) for c in args.tma.split(",") if c):
+        methods[f"tma gemv {config_label(cfg)}"] = rounds(
+            lambda ws, x, b, y, cfg=cfg: lambda: tma_gemv(ws.w_gate, x[0], y, cfg))
+    pre = xs[0].double() @ sets[0].w_gate.double().t()
+    ref = torch.relu(pre + biases[0].double())
     bad = []
-    for name, fns in methods.items():
+    for name, calls in methods.items():
         if name.startswith("gate"):
-            got = fns[0]().double()
+            got = calls[0]().double()
             listed = int(counts[0])
             if not (float((got - ref).norm() / ref.norm()) < 1e-2 and abs(listed - int((ref > 0).sum())) <= 8):
                 bad.append(name)
+        elif name.startswith("tma"):
+            calls[0]()
+            if not float((ys[0].double() - pre[0]).norm() / pre.norm()) < 1e-2:
+                bad.append(name)
     mb = f * d * 2 / 1e6
-    print(f"{args.shape}, gate {f}x{d}, {mb:.1f} MB, {len(sets)} weight sets, active {args.active}")
+    print(f"{args.shape}, gate {f}x{d}, {mb:.1f} MB, {len(sets)} weight sets x {args.repeat} rounds per replay, "
+          f"active {args.active}")
     if bad:
         print(f"disagree with float64 (not timed): {', '.join(bad)}")
-    result = dict(shape=args.shape, active=args.active, megabytes=mb, n_weight_sets=len(sets),
+    result = dict(shape=args.shape, active=args.active, megabytes=mb, n_weight_sets=len(sets), repeat=args.repeat,
                   device=torch.cuda.get_device_name(), wrong=bad, methods=time_table(methods, args.reps, mb, skip=bad))
-    from .configs import autotuned_configs
-    result["autotuned"] = autotuned_configs().get("gate_kernel", {})
-    print("autotuned gate config:", result["autotuned"])
+    picks = autotuned_configs()
+    result["autotuned"] = {k: picks.get(k, {}) for k in ("gate_kernel", "gate_tma_kernel")}
+    print("autotuned:", result["autotuned"])
     if args.out:
         write_json(args.out, result)
     return 0

@@ -32,7 +32,7 @@ GATE_CONFIGS = [
 GATE_FIXED = dict(BLOCK_N=128, BLOCK_K=64)
 
 # The same at one token with the gate rows loaded through TMA (triton_gate_tma.py): BLOCK_N rows per program, tiles of
-# BLOCK_K columns, STAGES tiles in flight. H100, 7B (bench_stream_probe, session 9; a plain TMA GEMV): N8 K512 s4
+# BLOCK_K columns, STAGES tiles in flight. H100, 7B (bench_gate_probe, session 9; a bare TMA GEMV): N8 K512 s4
 # 32.2 µs, N16 K512 s3 32.4, N32 K256 s4 32.7, N16 K256 s4 32.8; 6 stages and N64 slower (33.3-33.7).
 
 

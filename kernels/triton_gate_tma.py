@@ -3,7 +3,7 @@
 Same work as `gate_kernel` at one token (triton_gate.py): act(x . w_gate[j] + b[j]) for BLOCK_N neurons per program,
 written to the act(gate) buffer, the active neurons appended to the list with one atomic. The gate rows come as
 [BLOCK_N, BLOCK_K] tiles through a host tensor descriptor, `STAGES` tiles in flight in shared memory, instead of
-per-thread 16-byte loads into registers. H100, 7B (90 MB, bench_stream_probe, session 9): a TMA GEMV read the matrix
+per-thread 16-byte loads into registers. H100, 7B (90 MB, bench_gate_probe, session 9): a TMA GEMV read the matrix
 in 32.2-32.4 µs where the gate kernel took ~33.5 µs and cuBLAS 35.1 µs.
 
 TMA needs compute capability 9.0+, a Triton with `triton.tools.tensor_descriptor`, and rows whose byte stride and
