@@ -80,14 +80,16 @@ class DispatchConfig:
     # last bits may differ between calls; no dReLU x1 = 0 skipping). Other batch sizes run "split".
     down_kernel: str = "split"
     # Programmatic dependent launch between the kernels of one call (pdl.py; Hopper+): each kernel's launch
-    # overlaps the previous one's tail. Not yet timed; the "lists" / "split" paths (Version 2 ignores it).
+    # overlaps the previous one's tail; the "lists" / "split" paths (Version 2 ignores it). No gain measured (sessions 5
+    # and 7 in the bench, session 9 in the decode loop).
     pdl: bool = False
     # One token without a predictor: the gate kernel loads its rows through TMA (triton_gate_tma.py) where the device
     # (compute capability 9.0+), the Triton and the row alignment allow (else the plain loads, said once). H100, 7B
-    # (session 9): a TMA GEMV read the gate matrix in 32.2-32.4 µs against ~33.5 for the plain-load gate kernel.
+    # (session 9): the exact path 0.2-1.3 µs faster than with plain loads (90%: 46.6-46.7 against 46.8-47.4 µs).
     gate_tma: bool = True
     # With gate_tma on the one-token rows path: the gate kernel also sends each active neuron's up and W_down^T rows
     # towards L2 (bulk prefetches that nothing waits for), so the rows kernel after it reads them from L2. GPU only.
+    # H100, 7B (session 9): 0.2-0.8 µs slower, so off.
     gate_prefetch: bool = False
 
     def __post_init__(self):

@@ -239,6 +239,7 @@ def launch_gate(x: torch.Tensor, w_gate: torch.Tensor, b_gate: torch.Tensor | No
     `config`: a `triton.Config` run as given, not autotuned (bench_gate_probe times each).
     `tma` (one token, no fused up): the gate rows through TMA (triton_gate_tma.py) where usable, else said once;
     `prefetch` = (w_up, w_down_t): that kernel also sends its active neurons' rows towards L2 (a GPU only)."""
+    from .dispatch import warn_once
     n_tokens, d_model = x.shape
     d_ff = w_gate.shape[0]
     if tma and up is None and config is None and n_tokens == 1:
@@ -247,8 +248,9 @@ def launch_gate(x: torch.Tensor, w_gate: torch.Tensor, b_gate: torch.Tensor | No
         if reason is None:
             return launch_gate_tma(x, w_gate, b_gate, act, threshold, gate_act_out, counts, idx, pdl=pdl,
                                    prefetch=prefetch)
-        from .dispatch import warn_once
         warn_once(f"gate kernel: TMA loads unavailable for {reason}; plain loads")
+    if prefetch is not None:
+        warn_once("gate kernel: the L2 prefetch of the active rows comes with the TMA gate kernel only; not prefetched")
     if up is not None and per_token:
         raise ValueError("launch_gate: the fused up (up=...) writes one union list; per_token must be False")
     w_up, b_up, x1c = up if up is not None else (w_gate, None, counts)

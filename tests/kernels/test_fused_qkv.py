@@ -23,6 +23,8 @@ def test_fused_model_matches_unfused(build):
     keys = fused.state_dict().keys()
     assert not any(k.endswith(("k_proj.weight", "v_proj.weight")) for k in keys)
     assert sum(k.endswith("q_proj.weight") for k in keys) == ref.config.num_hidden_layers
+    # After a forward no block keeps its product (v_proj dropped it).
+    assert all(m.last.value is None for m in fused.modules() if isinstance(m, FusedProjection) and m.owner is m)
 
 
 def test_k_and_v_on_another_input_compute_their_own_product():

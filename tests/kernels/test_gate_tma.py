@@ -96,3 +96,19 @@ def test_sparse_ffn_same_output_with_and_without_tma():
             for t in (True, False) for k in ("auto", "split")]
     for y in outs[1:]:
         torch.testing.assert_close(y, outs[0], rtol=1e-5, atol=1e-6)
+
+
+def test_gate_prefetch_under_the_interpreter_is_said_and_exact(caplog):
+    """DispatchConfig(gate_prefetch=True) needs inline PTX (a GPU): under the interpreter it says so once and the rows
+    path stays exact."""
+    dispatch._warned.clear()
+    g = torch.Generator().manual_seed(6)
+    d, f = 40, 100
+    w_gate, w_up = (torch.randn(f, d, generator=g) / d ** 0.5 for _ in range(2))
+    w_down_t = torch.randn(f, d, generator=g) / f ** 0.5
+    x = torch.randn(1, d, generator=g)
+    plain = SparseFFN(w_gate, w_up, w_down_t, dispatch=DispatchConfig(exact_kernel="rows"))(x)
+    with caplog.at_level(logging.WARNING):
+        y = SparseFFN(w_gate, w_up, w_down_t, dispatch=DispatchConfig(exact_kernel="rows", gate_prefetch=True))(x)
+    torch.testing.assert_close(y, plain, rtol=1e-5, atol=1e-6)
+    assert any("L2 prefetch" in r.message and "interpreter" in r.message for r in caplog.records)
