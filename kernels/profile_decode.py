@@ -21,8 +21,7 @@ from actsparse.kernels.bench_report import write_json
 from actsparse.kernels.compiled_decoding import compile_model, eager
 from actsparse.kernels.dispatch import DispatchConfig
 from actsparse.kernels.fused_qkv import fuse_qkv
-from actsparse.kernels.sparse_decoding import (_captured, _next_token, _static_cache, _write_counters, calibrate,
-                                              swap_in_sparse_ffns)
+from actsparse.kernels.sparse_decoding import calibrate, decode_step, swap_in_sparse_ffns
 
 # Kernel name -> part of the step (first match wins).
 PARTS = [("sparse FFN (ours)", r"gate_|rows|up_kernel|down_kernel|compact|pred_"),
@@ -56,16 +55,7 @@ def parse_args(argv):
 def trace(model, prompt: torch.Tensor, steps: int, graph: bool) -> list[tuple[str, float, float]]:
     """(name, start µs, end µs) of every CUDA kernel of `steps` decode steps after the prompt, in start order:
     replays of the captured step (graph=True, as greedy_decode times it) or un-graphed calls of the same forward."""
-    dev = prompt.device
-    cache = _static_cache(model, prompt.shape[1] + steps + 8)
-    token = _next_token(model, prompt, cache, torch.arange(prompt.shape[1], device=dev))
-    position = torch.tensor([prompt.shape[1]], device=dev)
-    step = lambda: _next_token(model, token, cache, position)  # noqa: E731
-    if graph:
-        counters = _write_counters(cache)
-        step = _captured(step, dev)
-        for counter, value in counters:
-            counter.copy_(value)
+    step, token, position = decode_step(model, prompt, prompt.shape[1] + steps + 8, graph)
     step()  # outside the trace: first call (autotuning, compilation)
     torch.cuda.synchronize()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:

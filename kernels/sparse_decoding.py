@@ -96,6 +96,25 @@ def _next_token(model, tokens, cache, positions) -> torch.Tensor:
     return logits[:, -1].argmax(-1, keepdim=True)
 
 
+def decode_step(model: nn.Module, input_ids: torch.Tensor, cache_len: int, cuda_graph: bool):
+    """The prefill of `input_ids` into a static KV cache of `cache_len` positions, then (step, token, position):
+    `step()` runs one decode step on the static buffers `token` ([batch, 1], the prefill's greedy choice) and
+    `position` (the cache position, the prompt length so far) and returns the next tokens; the caller copies them
+    into `token` and advances `position`. cuda_graph: the step is captured in a CUDA graph and replayed."""
+    dev = input_ids.device
+    prompt = input_ids.shape[1]
+    cache = _static_cache(model, cache_len)
+    token = _next_token(model, input_ids, cache, torch.arange(prompt, device=dev))
+    position = torch.tensor([prompt], device=dev)
+    step = lambda: _next_token(model, token, cache, position)  # noqa: E731
+    if cuda_graph:
+        counters = _write_counters(cache)
+        step = _captured(step, dev)
+        for counter, value in counters:  # the warm-up steps advanced them; the first replay writes at `prompt`
+            counter.copy_(value)
+    return step, token, position
+
+
 @torch.no_grad()
 def greedy_decode(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, cuda_graph: bool = False,
                   timing: dict | None = None) -> torch.Tensor:
@@ -106,17 +125,8 @@ def greedy_decode(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int
     after the prefill and graph capture, CUDA events on a GPU, one synchronization at the end) and `steps`.
     """
     dev = input_ids.device
-    prompt = input_ids.shape[1]
-    cache = _static_cache(model, prompt + max_new_tokens)
-    token = _next_token(model, input_ids, cache, torch.arange(prompt, device=dev))
+    step, token, position = decode_step(model, input_ids, input_ids.shape[1] + max_new_tokens, cuda_graph)
     generated = [token.clone()]
-    position = torch.tensor([prompt], device=dev)
-    step = lambda: _next_token(model, token, cache, position)  # noqa: E731
-    if cuda_graph:
-        counters = _write_counters(cache)
-        step = _captured(step, dev)
-        for counter, value in counters:  # the warm-up steps advanced them; the first replay writes at `prompt`
-            counter.copy_(value)
     start = _mark(dev)
     for _ in range(max_new_tokens - 1):
         nxt = step()

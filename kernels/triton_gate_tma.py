@@ -12,6 +12,7 @@ the plain kernel then (said once in the log). Under the interpreter the descript
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 
 import torch
@@ -66,15 +67,24 @@ def gate_tma_kernel(x_ptr, wg_desc, bg_ptr, gact_ptr, counts_ptr, idx_ptr, wu_pt
         prefetch_rows_to_l2(wdt_ptr, offs_n, live, d_model)
 
 
+@functools.lru_cache(maxsize=None)
+def _device_reason(device: torch.device) -> str | None:
+    """Why no call on `device` can use TMA (None: the device and this Triton can); asked once per device, not on
+    every call (as pdl.py does)."""
+    if not configs.INTERPRET and (device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 9):
+        return "a device below compute capability 9.0"
+    if importlib.util.find_spec("triton.tools.tensor_descriptor") is None:
+        return f"triton {triton.__version__} (no triton.tools.tensor_descriptor)"
+    return None
+
+
 def tma_unusable(x: torch.Tensor, w_gate: torch.Tensor) -> str | None:
     """Why this call cannot load the gate rows through TMA (None: it can)."""
     if x.shape[0] != 1:
         return f"{x.shape[0]} tokens (the TMA gate kernel serves one)"
-    if not configs.INTERPRET:
-        if x.device.type != "cuda" or torch.cuda.get_device_capability(x.device)[0] < 9:
-            return "a device below compute capability 9.0"
-    if importlib.util.find_spec("triton.tools.tensor_descriptor") is None:
-        return f"triton {triton.__version__} (no triton.tools.tensor_descriptor)"
+    reason = _device_reason(x.device)
+    if reason is not None:
+        return reason
     row_bytes = w_gate.stride(0) * w_gate.element_size()
     if w_gate.stride(1) != 1 or row_bytes % 16 or w_gate.data_ptr() % 16:
         return f"gate rows of {row_bytes} bytes (TMA needs 16-byte aligned rows: d_model a multiple of 8 in fp16)"
