@@ -181,12 +181,16 @@ def _timer() -> dict:
 
 # Every autotuned kernel, so that a benchmark can forget the chosen configs between cases.
 AUTOTUNERS: list = []
+# Counts the resets below (the stream path launches its gate kernel first after one: it may tune again).
+TUNE_GENERATION = 0
 
 
 def reset_autotune_caches() -> None:
     """Forget every kernel's chosen config: the next call of each key tunes again, on its own data.
     The keys hold shapes and modes, not the sparsity (the host does not know the active count without a sync),
     so a sweep would otherwise run every sparsity with the configs tuned at the first one."""
+    global TUNE_GENERATION
+    TUNE_GENERATION += 1
     for tuner in AUTOTUNERS:
         tuner.cache.clear()
 

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 BATCH_MODES = ("union", "per_token", "auto")
 PREDICTED_KERNELS = ("lists", "fused", "lists_inline", "rows", "auto")
-EXACT_KERNELS = ("split", "gate_up", "auto", "rows", "gate_rows")
+EXACT_KERNELS = ("split", "gate_up", "auto", "rows", "gate_rows", "stream")
 DOWN_KERNELS = ("split", "atomic")
 # "auto": gate_up for this many tokens (union mode), split otherwise.
 GATE_UP_TOKENS = range(8, 17)
@@ -72,7 +72,9 @@ class DispatchConfig:
     # At one token rows beat split in all four bench runs of session 7 (7B, 80/90/95%: 48.5-52.1 vs 51.9-53.8 µs
     # at 90%) and in the 32-layer compiled decode (1.42x vs 1.38x over dense). "gate_rows": one token in one kernel
     # (triton_gate_rows.py: gate rows streamed, active neurons' up / down rows behind them; d_model <= 8192, not
-    # dReLU, else as "rows"); other batches as "auto".
+    # dReLU, else as "rows"); other batches as "auto". "stream": one token takes the TMA gate kernel and the rows
+    # consumer at the same time on two streams, the consumer reading each active neuron's rows as soon as the gate
+    # kernel lists it (triton_stream_rows.py; d_model <= 8192 with TMA usable, else as "rows"); other batches as "auto".
     exact_kernel: str = "auto"
     # The down kernel after the up kernel (lists / split / gate_up paths): "split" (triton_up_down.down_kernel:
     # split-K partial sums added by the last program in a fixed order, deterministic), or "atomic" at one token
@@ -91,6 +93,11 @@ class DispatchConfig:
     # towards L2 (bulk prefetches that nothing waits for), so the rows kernel after it reads them from L2. GPU only.
     # H100, 7B (session 9): 0.2-0.8 µs slower, so off.
     gate_prefetch: bool = False
+    # The stream path's consumer (exact_kernel="stream"): its programs as a fraction of the SMs (at most one per SM),
+    # neurons per claim, warps per program.
+    stream_programs: float = 0.5
+    stream_block_j: int = 2
+    stream_warps: int = 4
 
     def __post_init__(self):
         if self.predicted_kernel not in PREDICTED_KERNELS:
@@ -107,12 +114,17 @@ class DispatchConfig:
             raise ValueError(f"DispatchConfig.max_time_ratio={self.max_time_ratio} must lie in (0, 1]")
         if not 0.0 <= self.max_byte_ratio <= 1.0:
             raise ValueError(f"DispatchConfig.max_byte_ratio={self.max_byte_ratio} must lie in [0, 1]")
+        if not 0.0 < self.stream_programs <= 1.0:
+            raise ValueError(f"DispatchConfig.stream_programs={self.stream_programs} must lie in (0, 1]")
+        if self.stream_block_j not in (1, 2, 4, 8) or self.stream_warps not in (1, 2, 4, 8):
+            raise ValueError(f"DispatchConfig.stream_block_j={self.stream_block_j}, stream_warps={self.stream_warps}: "
+                             "each must be 1, 2, 4 or 8")
         if not 1 <= self.max_sparse_tokens <= 64:
             raise ValueError(f"DispatchConfig.max_sparse_tokens={self.max_sparse_tokens} must lie in [1, 64]")
 
     def fuse_up(self, n_tokens: int) -> bool:
         """Whether the exact union path runs the gate_up kernels for a batch of `n_tokens`."""
-        return self.exact_kernel == "gate_up" or (self.exact_kernel in ("auto", "rows", "gate_rows")
+        return self.exact_kernel == "gate_up" or (self.exact_kernel in ("auto", "rows", "gate_rows", "stream")
                                                   and n_tokens in GATE_UP_TOKENS)
 
     def rows(self, n_tokens: int, predicted: bool, activation: str = "relu") -> bool:
@@ -121,12 +133,19 @@ class DispatchConfig:
         if n_tokens != 1:
             return False
         kernel = self.predicted_kernel if predicted else self.exact_kernel
-        return kernel in ("rows", "gate_rows") or (kernel == "auto" and activation != "drelu")
+        return kernel in ("rows", "gate_rows", "stream") or (kernel == "auto" and activation != "drelu")
 
     def gate_rows(self, n_tokens: int, predicted: bool) -> bool:
         """Whether a call asks for the one-kernel exact path (triton_gate_rows.py): one token, no predictor. The kernel
         serves d_model <= 8192 without dReLU; other calls run the gate and rows kernels, said once in the log."""
         return n_tokens == 1 and not predicted and self.exact_kernel == "gate_rows"
+
+    def stream(self, n_tokens: int, predicted: bool) -> tuple | None:
+        """The stream path's consumer settings (programs as a fraction of the SMs, BLOCK_J, warps) where a call asks
+        for it (one token, no predictor, exact_kernel "stream"), else None."""
+        if n_tokens == 1 and not predicted and self.exact_kernel == "stream":
+            return self.stream_programs, self.stream_block_j, self.stream_warps
+        return None
 
 
 def expected_fraction(neuron_prob: torch.Tensor, n_tokens: int, per_token: bool) -> float:

@@ -55,6 +55,8 @@ class SparseFFN(nn.Module):
         self._tickets: torch.Tensor | None = None
         self._list_state: torch.Tensor | None = None  # list lengths + finish counter (triton_ffn.list_state)
         self._rows_acc: torch.Tensor | None = None  # the rows kernel's fp32 sum (triton_rows_ffn.py)
+        self._stream_state: tuple | None = None  # entries + counters of the stream path (triton_stream_rows.py)
+        self._stream_tuned = -1  # configs.TUNE_GENERATION of this FFN's last stream call (gate launched first if stale)
         # Allocator of the Triton path's float workspaces and output; tests swap in a NaN-filling one.
         self.workspace_alloc = torch.empty
 
@@ -134,7 +136,8 @@ class SparseFFN(nn.Module):
                                  rows=self.dispatch.rows(x.shape[0], active is not None, self.activation),
                                  gate_rows=self.dispatch.gate_rows(x.shape[0], active is not None),
                                  rows_acc=self._rows_acc_buffer(x), atomic_down=self.dispatch.down_kernel == "atomic",
-                                 gate_tma=self.dispatch.gate_tma, gate_prefetch=self.dispatch.gate_prefetch)
+                                 gate_tma=self.dispatch.gate_tma, gate_prefetch=self.dispatch.gate_prefetch,
+                                 stream=self._stream_args(x, active is not None))
 
     def _plan(self, n_tokens: int, predicted: bool, mask_rows: int = 1):
         """The dispatcher's choice, cached per (tokens, predicted, mask rows): host-only, no sync.
@@ -171,6 +174,21 @@ class SparseFFN(nn.Module):
             return mask.index_fill_(0, active.long(), True)[None]
         raise ValueError(f"active must be a bool mask or a 1-D index tensor, got {active.dtype} "
                          f"{tuple(active.shape)}")
+
+    def _stream_args(self, x: torch.Tensor, predicted: bool) -> tuple | None:
+        """(consumer settings, state, gate_first) for the stream path (triton_stream_rows.py) where the dispatch asks
+        for it. gate_first on the first call since the autotune caches were last reset: the gate kernel may still
+        tune, and its timing runs must not meet a waiting consumer."""
+        settings = self.dispatch.stream(x.shape[0], predicted)
+        if settings is None or self.backend != "triton":
+            return None
+        from . import configs
+        from .triton_stream_rows import stream_state
+        if self._stream_state is None or self._stream_state[0].device != x.device:
+            self._stream_state = stream_state(self.d_ff, x.device)
+        gate_first = self._stream_tuned != configs.TUNE_GENERATION
+        self._stream_tuned = configs.TUNE_GENERATION
+        return settings, self._stream_state, gate_first
 
     def _rows_acc_buffer(self, x: torch.Tensor) -> torch.Tensor:
         """The rows kernel's fp32 [d_model] sum: zeroed once, left zero by every call (triton_rows_ffn.py)."""

@@ -31,7 +31,7 @@ def list_state(device) -> torch.Tensor:
 def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, per_token,
                       tickets, alloc=torch.empty, fuse_up=False, state=None, inline_compact=False, pdl=False,
                       index=None, rows=False, rows_acc=None, atomic_down=False, gate_rows=False, gate_tma=False,
-                      gate_prefetch=False):
+                      gate_prefetch=False, stream=None):
     """x [T, d] -> [T, d]. mask: None (dense gate decides), [1, d_ff] or [T, d_ff] bool (predicted set).
     `alloc` makes the float workspaces and the output (tests poison them with NaN). `fuse_up` (no mask, union
     mode): the gate kernel also computes x1, one launch fewer. `state`: a `list_state` buffer (None: a fresh one).
@@ -45,7 +45,10 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
     (fp32 atomics, triton_rows_ffn.py) instead of the split-K down kernel. `gate_rows` (with `rows`, no mask / index):
     the whole exact FFN in one kernel (triton_gate_rows.py) where d_model allows, else the gate + rows kernels.
     `gate_tma` (one token): the gate kernel loads its rows through TMA (triton_gate_tma.py) where usable;
-    `gate_prefetch` (with it, on the rows path): it also sends the active neurons' up / W_down^T rows towards L2."""
+    `gate_prefetch` (with it, on the rows path): it also sends the active neurons' up / W_down^T rows towards L2.
+    `stream` (with `rows`, no mask / index): (consumer settings of DispatchConfig.stream, the SparseFFN's
+    `stream_state` pair, gate_first): the gate and rows kernels run concurrently (triton_stream_rows.py) where
+    usable, else the rows path (said once)."""
     if x.device.type != "cuda" and not configs.INTERPRET:
         raise RuntimeError("the Triton backend needs a CUDA tensor (or TRITON_INTERPRET=1 set before importing "
                            "triton); use backend='torch' on CPU")
@@ -64,7 +67,7 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
     idx = index if index is not None else torch.empty(n_lists, d_ff, dtype=torch.int32, device=dev)
     if rows and n_tokens == 1 and not per_token:
         return _rows_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, counts, idx,
-                         n_given, tickets, alloc, rows_acc, pdl, gate_rows, gate_tma, gate_prefetch)
+                         n_given, tickets, alloc, rows_acc, pdl, gate_rows, gate_tma, gate_prefetch, stream)
     x1c = alloc(n_tokens, d_ff, dtype=torch.float32, device=dev)
     if index is not None:
         if n_given > 0:  # (a grid of 0 programs is not launched)
@@ -97,12 +100,18 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
 
 
 def _rows_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, counts, idx, n_given,
-              tickets, alloc, rows_acc, pdl, gate_rows=False, gate_tma=False, gate_prefetch=False):
+              tickets, alloc, rows_acc, pdl, gate_rows=False, gate_tma=False, gate_prefetch=False, stream=None):
     """One token through the rows kernel: gate kernel (no predictor) or compaction (mask) first, then rows_ffn; or,
-    with `gate_rows` and no predicted set, the one-kernel exact path (triton_gate_rows.py)."""
+    with `gate_rows` and no predicted set, the one-kernel exact path (triton_gate_rows.py); or, with `stream`, the
+    gate and rows kernels concurrently (triton_stream_rows.py)."""
     from .triton_rows_ffn import MAX_ONE_STEP_D
     dev = x.device
     gate_act = None
+    if stream is not None and n_given is None and mask is None:
+        out = _stream_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, counts, stream,
+                          alloc, rows_acc)
+        if out is not None:
+            return out
     if gate_rows and n_given is None and mask is None:
         if x.shape[1] <= MAX_ONE_STEP_D and activation != "drelu":
             from .triton_gate_rows import launch_gate_rows
@@ -121,6 +130,28 @@ def _rows_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, thres
         compact_mask(mask, False, counts, idx, pdl=pdl)
     return _rows_out(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, counts, idx, n_given,
                      tickets, alloc, rows_acc, pdl, gate_act=gate_act)
+
+
+def _stream_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, counts, stream, alloc,
+                rows_acc):
+    """The exact path with gate and rows kernels concurrent (triton_stream_rows.py), or None (said once) where it
+    cannot run: TMA unusable, or W_down^T rows wider than one step."""
+    from .dispatch import warn_once
+    from .triton_gate_tma import tma_unusable
+    from .triton_rows_ffn import MAX_ONE_STEP_D
+    from .triton_stream_rows import consumer_programs, launch_stream_exact
+    reason = tma_unusable(x, w_gate)
+    if reason is None and x.shape[1] > MAX_ONE_STEP_D:
+        reason = f"d_model {x.shape[1]} > {MAX_ONE_STEP_D} (whole W_down^T rows only)"
+    if reason is not None:
+        warn_once(f"exact_kernel='stream' needs the TMA gate kernel and d_model <= {MAX_ONE_STEP_D}; {reason}: the "
+                  "gate and rows kernels run one after the other instead")
+        return None
+    (fraction, block_j, warps), (entries, sync), gate_first = stream
+    acc, out = _sum_row_and_out(x, rows_acc, alloc)
+    launch_stream_exact(x, w_gate, b_gate, w_up, b_up, w_down_t, b_down, activation, threshold, counts, entries, sync,
+                        acc, out, consumer_programs(_n_sms(x.device), fraction), block_j, warps, gate_first)
+    return out
 
 
 def _prefetch_rows(w_up, w_down_t):

@@ -156,11 +156,17 @@ def up_of_rows(wu_ptr, bu_ptr, rows, r_mask, x_ptr, tokens, t_mask, d_model, ACT
 
 
 @triton.jit
+def reserve_union(flags, counts_ptr):
+    """Reserve list positions for the set `flags` ([BLOCK_N] int32, 0/1) with one atomic on the length: (base, rank),
+    the i-th flagged neuron's position is base + i - 1 (rank = i)."""
+    return tl.atomic_add(counts_ptr, tl.sum(flags, 0)), tl.cumsum(flags, 0)
+
+
+@triton.jit
 def append_union(flags, offs_n, counts_ptr, idx_ptr):
     """Append the neurons `offs_n` where `flags` ([BLOCK_N] int32, 0/1) is set to the one union list: one atomic
     reserves their positions. Returns (base, rank): the i-th flagged neuron sits at base + i - 1 (rank = i)."""
-    base = tl.atomic_add(counts_ptr, tl.sum(flags, 0))
-    rank = tl.cumsum(flags, 0)
+    base, rank = reserve_union(flags, counts_ptr)
     tl.store(idx_ptr + base + rank - 1, offs_n, mask=flags > 0)
     return base, rank
 

@@ -22,7 +22,7 @@ import triton.language as tl
 from . import configs
 from .configs import GATE_TMA_CONFIGS, GATE_TMA_FIXED, tuned
 from .pdl import gdc_start, launch_options
-from .triton_gate import ACT_CODES, append_union, gate_act
+from .triton_gate import ACT_CODES, append_union, gate_act, reserve_union
 
 
 @triton.jit
@@ -40,11 +40,29 @@ def prefetch_rows_to_l2(w_ptr, rows, flags, d_model):
         "=r,l,r,r", [ptrs, issue, row_bytes], dtype=tl.int32, is_pure=False, pack=1)
 
 
-@tuned(GATE_TMA_CONFIGS, GATE_TMA_FIXED, key=["d_model", "d_ff", "PREFETCH"], reset_to_zero=["counts_ptr"])
 @triton.jit
-def gate_tma_kernel(x_ptr, wg_desc, bg_ptr, gact_ptr, counts_ptr, idx_ptr, wu_ptr, wdt_ptr, d_model, d_ff, threshold,
-                    ACT: tl.constexpr, HAS_BIAS: tl.constexpr, USE_GDC: tl.constexpr, PREFETCH: tl.constexpr,
-                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+def publish_entries(live, offs_n, a, n_covered, counts_ptr, entries_ptr, done_ptr, FENCE: tl.constexpr):
+    """STREAM mode: append the live neurons as packed int64 entries (act(gate) bits << 32 | neuron id; one 8-byte
+    store each, so a reader that sees an entry sees both halves), then add the neurons this program covered to
+    `done`, released after every thread's stores (the stream consumer, triton_stream_rows.py, waits for done = d_ff
+    before it trusts the list length)."""
+    base, rank = reserve_union(live, counts_ptr)
+    packed = (a.to(tl.int32, bitcast=True).to(tl.int64) << 32) | offs_n.to(tl.int64)
+    tl.store(entries_ptr + base + rank - 1, packed, mask=live > 0)
+    if FENCE:
+        tl.inline_asm_elementwise("fence.acq_rel.gpu; mov.u32 $0, $1;", "=r,r", [tl.full([1], 0, tl.int32)],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+    tl.debug_barrier()
+    tl.atomic_add(done_ptr, n_covered, sem="release")
+
+
+@tuned(GATE_TMA_CONFIGS, GATE_TMA_FIXED, key=["d_model", "d_ff", "PREFETCH", "STREAM"],
+       reset_to_zero=["counts_ptr", "done_ptr"], restore_value=["entries_ptr"])
+@triton.jit
+def gate_tma_kernel(x_ptr, wg_desc, bg_ptr, gact_ptr, counts_ptr, idx_ptr, wu_ptr, wdt_ptr, entries_ptr, done_ptr,
+                    d_model, d_ff, threshold, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, USE_GDC: tl.constexpr,
+                    PREFETCH: tl.constexpr, STREAM: tl.constexpr, FENCE: tl.constexpr, BLOCK_N: tl.constexpr,
+                    BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
     gdc_start(USE_GDC)
     n0 = tl.program_id(0) * BLOCK_N
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
@@ -59,9 +77,12 @@ def gate_tma_kernel(x_ptr, wg_desc, bg_ptr, gact_ptr, counts_ptr, idx_ptr, wu_pt
     if HAS_BIAS:
         g += tl.load(bg_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
     a = gate_act(g, threshold, ACT)
-    tl.store(gact_ptr + offs_n, a, mask=n_mask)
     live = (n_mask & (a != 0.0)).to(tl.int32)
-    append_union(live, offs_n, counts_ptr, idx_ptr)
+    if STREAM:  # no act(gate) buffer, no id list: packed entries for the concurrent consumer
+        publish_entries(live, offs_n, a, tl.minimum(BLOCK_N, d_ff - n0), counts_ptr, entries_ptr, done_ptr, FENCE)
+    else:
+        tl.store(gact_ptr + offs_n, a, mask=n_mask)
+        append_union(live, offs_n, counts_ptr, idx_ptr)
     if PREFETCH:  # the rows kernel reads these up and W_down^T rows next: start them towards L2 now
         prefetch_rows_to_l2(wu_ptr, offs_n, live, d_model)
         prefetch_rows_to_l2(wdt_ptr, offs_n, live, d_model)
@@ -92,17 +113,24 @@ def tma_unusable(x: torch.Tensor, w_gate: torch.Tensor) -> str | None:
 
 
 def launch_gate_tma(x: torch.Tensor, w_gate: torch.Tensor, b_gate: torch.Tensor | None, act: str, threshold: float,
-                    gate_act_out: torch.Tensor, counts: torch.Tensor, idx: torch.Tensor, pdl: bool = False,
-                    prefetch: tuple | None = None) -> None:
+                    gate_act_out: torch.Tensor | None, counts: torch.Tensor, idx: torch.Tensor | None, pdl: bool = False,
+                    prefetch: tuple | None = None, stream: tuple | None = None) -> None:
     """As launch_gate at one token (list 0 in `counts` / `idx`); the caller checked `tma_unusable`.
     `prefetch` = (w_up, w_down_t), fp16 / bf16 [d_ff, d_model] on a GPU: each program sends its active neurons' rows
-    of both towards L2 (bulk prefetches, nothing waits on them) for the rows kernel that follows."""
+    of both towards L2 (bulk prefetches, nothing waits on them) for the rows kernel that follows.
+    `stream` = (entries, done): STREAM mode for the concurrent consumer (triton_stream_rows.py): the active neurons
+    go to `entries` (int64 [d_ff], -1 where empty) as packed (act(gate) bits, id) at positions reserved in counts[0],
+    and each program adds the neurons it covered to `done` (int32 [1]); `gate_act_out` and `idx` are not written."""
     from triton.tools.tensor_descriptor import TensorDescriptor
     d_ff, d_model = w_gate.shape
     block = [GATE_TMA_FIXED["BLOCK_N"], GATE_TMA_FIXED["BLOCK_K"]]   # on a GPU each config's pre-hook sets it
     desc = TensorDescriptor.from_tensor(w_gate, block)
     grid = lambda meta: (triton.cdiv(d_ff, meta["BLOCK_N"]),)  # noqa: E731
     w_up, w_down_t = prefetch if prefetch is not None else (w_gate, w_gate)
-    gate_tma_kernel[grid](x, desc, b_gate if b_gate is not None else w_gate, gate_act_out, counts, idx, w_up, w_down_t,
-                          d_model, d_ff, float(threshold), ACT=ACT_CODES[act], HAS_BIAS=b_gate is not None,
-                          PREFETCH=prefetch is not None, **launch_options(pdl))
+    entries, done = stream if stream is not None else (x, counts[:1])  # not read or written without STREAM
+    gate_tma_kernel[grid](x, desc, b_gate if b_gate is not None else w_gate,
+                          gate_act_out if gate_act_out is not None else counts, counts,
+                          idx if idx is not None else counts, w_up, w_down_t, entries, done, d_model, d_ff,
+                          float(threshold), ACT=ACT_CODES[act], HAS_BIAS=b_gate is not None,
+                          PREFETCH=prefetch is not None, STREAM=stream is not None, FENCE=not configs.INTERPRET,
+                          **launch_options(pdl))
