@@ -39,6 +39,8 @@ def parse_args(argv):
                    help="weight copies rotated: enough that the sparsest case's calls read at least this much per "
                         "round (> 2x L2)")
     p.add_argument("--out-dir", default="runs/bench-kernels")
+    p.add_argument("--methods", default=None,
+                   help="comma list of method names to time (dense always runs: the ratios' baseline); default all")
     p.add_argument("--report-from", default=None, help="rebuild table + PNG from JSONs of earlier runs, comma-separated (CPU ok)")
     return p.parse_args(argv)
 
@@ -57,11 +59,11 @@ def _index_select(ws, x, rows):
 def _methods(sets, xs, masks, batch, calib_x):
     """(name -> list of zero-argument calls, one per weight set; the path the dispatcher picks)."""
     def ffn(ws, mode, predicted_kernel="lists", exact_kernel="split", pdl=False, down_kernel="split", gate_tma=True,
-            gate_prefetch=False):
+            gate_prefetch=False, **stream):
         return SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, activation="relu",
                          dispatch=DispatchConfig(batch_mode=mode, predicted_kernel=predicted_kernel,
                                                  exact_kernel=exact_kernel, pdl=pdl, down_kernel=down_kernel,
-                                                 gate_tma=gate_tma, gate_prefetch=gate_prefetch))
+                                                 gate_tma=gate_tma, gate_prefetch=gate_prefetch, **stream))
     union = [ffn(ws, "union") for ws in sets]
     gate_up = [ffn(ws, "union", exact_kernel="gate_up") for ws in sets]  # exact path, two launches
     fused = [ffn(ws, "union", "fused") for ws in sets]  # Version 2 predicted path, timed beside Version 1
@@ -106,6 +108,12 @@ def _methods(sets, xs, masks, batch, calib_x):
         # The exact path in one kernel (triton_gate_rows.py): gate rows streamed, active up / down rows behind them.
         fused_exact = [ffn(ws, "union", exact_kernel="gate_rows") for ws in sets]
         methods["ours_union_gate_rows"] = [lambda f=f, x=x: f(x) for f, x in zip(fused_exact, xs)]
+        # Gate and rows kernels at the same time on two streams (triton_stream_rows.py), with consumer grids of a
+        # quarter, half and all of the SMs, and four neurons per claim.
+        for suffix, kw in [("", {}), ("_p25", dict(stream_programs=0.25)), ("_p100", dict(stream_programs=1.0)),
+                           ("_j4", dict(stream_block_j=4))]:
+            streamed = [ffn(ws, "union", exact_kernel="stream", **kw) for ws in sets]
+            methods["ours_union_stream" + suffix] = [lambda f=f, x=x: f(x) for f, x in zip(streamed, xs)]
         # The split / lists kernels with the atomic down kernel (DispatchConfig.down_kernel="atomic").
         atomic = [ffn(ws, "union", down_kernel="atomic") for ws in sets]
         methods["ours_union_atomic"] = [lambda f=f, x=x: f(x) for f, x in zip(atomic, xs)]
@@ -141,11 +149,14 @@ def case_calls(sets, d, f, batch, sparsity, dtype, device, gen):
 
 
 def bench_case(shape, d, f, batch, sparsity, sets, dtype, reps, bandwidth_gbs, gen, timer=None,
-               device="cuda") -> list[dict]:
-    """Records of every method for one (shape, batch, sparsity); `timer(calls, reps) -> {us, us_p10, us_p90}`."""
+               device="cuda", only: set | None = None) -> list[dict]:
+    """Records of every method for one (shape, batch, sparsity); `timer(calls, reps) -> {us, us_p10, us_p90}`;
+    `only`: the methods to time besides dense (None: all)."""
     if timer is None:
         from .bench_timing import time_calls_us as timer
     xs, masks, methods, dispatched_path = case_calls(sets, d, f, batch, sparsity, dtype, device, gen)
+    if only is not None:
+        methods = {name: calls for name, calls in methods.items() if name == "dense" or name in only}
     per_token = float(torch.stack([m.float().mean() for m in masks]).mean())
     union = float(torch.stack([m.any(0).float().mean() for m in masks]).mean())
     elt = torch.tensor([], dtype=dtype).element_size()
@@ -216,7 +227,8 @@ def main(argv=None) -> int:
                 # (H100, 7B, batch 1, 90%): the predicted path read 37-38 us with the configs tuned at 50% first
                 # in the sweep, 27-28 us tuned at 90%.
                 reset_autotune_caches()
-                case = bench_case(shape, d, f, batch, sparsity, sets, dtype, args.reps, bandwidth, gen)
+                case = bench_case(shape, d, f, batch, sparsity, sets, dtype, args.reps, bandwidth, gen,
+                                  only=set(args.methods.split(",")) if args.methods else None)
                 records += case
                 print(markdown_table(case).split("\n", 2)[2], flush=True)
                 out_dir.mkdir(parents=True, exist_ok=True)  # completed cases survive a time limit

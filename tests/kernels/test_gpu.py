@@ -123,15 +123,16 @@ def _check_within_ulp(ffn, x, active, ref, dtype):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("d,f", [(4096, 11008), (1000, 3001), (5120, 13824)])
 @pytest.mark.parametrize("kind", ["exact", "mask", "index"])
-@pytest.mark.parametrize("dispatch", ["rows", "atomic_down", "gate_rows", "prefetch"])
+@pytest.mark.parametrize("dispatch", ["rows", "atomic_down", "gate_rows", "prefetch", "stream"])
 def test_rows_kernel_matches_float64(dtype, d, f, kind, dispatch):
     """One token through the rows kernel (triton_rows_ffn.py) after the gate kernel, after the compaction, or
     alone: against float64; repeated calls (also replayed in a CUDA graph) within one output ulp, since its fp32
     atomics add in the order programs finish. 5120 (13B) is no power of two: its whole-row tiles are masked.
     "atomic_down": the up kernel, then the rows kernel given x1 (DispatchConfig.down_kernel="atomic"). "gate_rows":
     the exact path in one kernel (triton_gate_rows.py; a predicted set takes the rows kernel). "prefetch": the TMA gate
-    kernel sends the active rows towards L2 first (DispatchConfig.gate_prefetch)."""
-    config = {"rows": DispatchConfig(exact_kernel="rows", predicted_kernel="rows"),
+    kernel sends the active rows towards L2 first (DispatchConfig.gate_prefetch). "stream": gate and rows kernels
+    concurrently (triton_stream_rows.py; a predicted set takes the rows kernel)."""
+    config = {"stream": DispatchConfig(exact_kernel="stream"),"rows": DispatchConfig(exact_kernel="rows", predicted_kernel="rows"),
               "atomic_down": DispatchConfig(down_kernel="atomic"),
               "gate_rows": DispatchConfig(exact_kernel="gate_rows"),
               "prefetch": DispatchConfig(exact_kernel="rows", predicted_kernel="rows", gate_prefetch=True)}[dispatch]
@@ -144,6 +145,40 @@ def test_rows_kernel_matches_float64(dtype, d, f, kind, dispatch):
         graph.replay()
         torch.testing.assert_close(out, first, rtol=ulp, atol=ulp)
     assert not ffn._rows_acc.any() and not ffn._list_state.any() and not ffn._tickets.any()
+    if ffn._stream_state is not None:  # left empty / zero for the next call
+        assert (ffn._stream_state[0] == -1).all() and not ffn._stream_state[1].any()
+
+
+def test_stream_path_chained_and_replayed_matches_rows_path():
+    """Four FFNs one after another (as layers), at 0%, 50%, 90% and 100% active, on the stream path
+    (triton_stream_rows.py: gate and rows kernels on two streams), captured in one CUDA graph and replayed 30 times
+    back to back: the same outputs as the rows path (within the fp32 atomics' last bits), and every FFN's entries
+    and counters left empty for the next call."""
+    d, f = 4096, 11008
+    layers = []
+    for i, bias in enumerate((-50.0, None, None, 50.0)):  # gate bias: none active, all active
+        ws = make_weight_sets(d, f, torch.float16, "cuda", 1)[0]
+        if bias is None:
+            set_gate_bias(ws, neuron_probabilities(f, 0.5 if i == 1 else 0.9, torch.Generator().manual_seed(i)))
+            b = None
+        else:
+            b = torch.full((f,), bias, dtype=torch.float16, device="cuda")
+        layers.append([SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, b_gate=b, dispatch=DispatchConfig(exact_kernel=kernel)) for kernel in ("stream", "rows")])
+    x = make_inputs(1, d, torch.float16, "cuda", torch.Generator(device="cuda").manual_seed(0))
+
+    def chain(which):
+        return torch.cat([pair[which](x) for pair in layers])
+
+    expected = chain(1).clone()
+    torch.testing.assert_close(chain(0), expected, rtol=2e-2, atol=1e-3)
+    graph, out = _captured(lambda: chain(0))
+    for _ in range(30):
+        graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, expected, rtol=2e-2, atol=1e-3)
+    for stream_ffn, _ in layers:
+        assert (stream_ffn._stream_state[0] == -1).all() and not stream_ffn._stream_state[1].any()
+        assert not stream_ffn._list_state.any() and not stream_ffn._rows_acc.any()
 
 
 def _captured(call):
