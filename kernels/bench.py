@@ -109,9 +109,9 @@ def _methods(sets, xs, masks, batch, calib_x):
         fused_exact = [ffn(ws, "union", exact_kernel="gate_rows") for ws in sets]
         methods["ours_union_gate_rows"] = [lambda f=f, x=x: f(x) for f, x in zip(fused_exact, xs)]
         # Gate and rows kernels at the same time on two streams (triton_stream_rows.py), with consumer grids of a
-        # quarter, half and all of the SMs, and four neurons per claim.
+        # quarter, half and all of the SMs, and 8 warps a program.
         for suffix, kw in [("", {}), ("_p25", dict(stream_programs=0.25)), ("_p100", dict(stream_programs=1.0)),
-                           ("_j4", dict(stream_block_j=4))]:
+                           ("_w8", dict(stream_warps=8))]:
             streamed = [ffn(ws, "union", exact_kernel="stream", **kw) for ws in sets]
             methods["ours_union_stream" + suffix] = [lambda f=f, x=x: f(x) for f, x in zip(streamed, xs)]
         # The split / lists kernels with the atomic down kernel (DispatchConfig.down_kernel="atomic").

@@ -35,44 +35,51 @@ EMPTY = -1  # an entry not yet written (int64 all ones: no valid (act bits, id) 
 
 
 @triton.jit
-def wait_entries(entries_ptr, counts_ptr, done_ptr, offs_i, total, d_ff):
+def load_entries(entries_ptr, c, total, BLOCK_J: tl.constexpr):
+    """The entries at list positions c .. c + BLOCK_J - 1 (-1 at and past `total` or not yet written), the same in
+    every thread. A [BLOCK_J] load is replicated over the threads, each copy its own load, so threads can see an
+    entry written and not written at once (measured on an H100: sums missing neurons in some columns). A scalar
+    atomic is done by one thread and its value broadcast through shared memory: one per entry."""
+    lanes = tl.arange(0, BLOCK_J)
+    e = tl.full([BLOCK_J], -1, tl.int64)
+    for j in tl.static_range(BLOCK_J):
+        inside = c + j < total
+        ej = tl.atomic_add(entries_ptr + c + j, 0, mask=inside, sem="relaxed")
+        e = tl.where((lanes == j) & inside, ej, e)
+    return e
+
+
+@triton.jit
+def wait_entries(entries_ptr, counts_ptr, done_ptr, c, offs_i, total, d_ff, BLOCK_J: tl.constexpr):
     """The entries at list positions `offs_i` once every one below the list length is written: (entries, total).
     `total` is d_ff until the gate has finished (done = d_ff); then the final length, past which nothing is read."""
-    e = tl.load(entries_ptr + offs_i, mask=(offs_i < total) & (offs_i >= 0), other=-1, volatile=True)
-    pending = tl.sum(((e == -1) & (offs_i < total) & (offs_i >= 0)).to(tl.int32), 0)
+    e = load_entries(entries_ptr, c, total, BLOCK_J)
+    pending = tl.sum(((e == -1) & (offs_i < total)).to(tl.int32), 0)
     while pending > 0:
         if tl.atomic_add(done_ptr, 0, sem="acquire") == d_ff:  # every position is reserved: the length is final
             total = tl.atomic_add(counts_ptr, 0, sem="acquire")
-        e = tl.load(entries_ptr + offs_i, mask=(offs_i < total) & (offs_i >= 0), other=-1, volatile=True)
+        e = load_entries(entries_ptr, c, total, BLOCK_J)
         pending = tl.sum(((e == -1) & (offs_i < total)).to(tl.int32), 0)
     return e, total
 
 
 @triton.jit
 def stream_rows_kernel(x_ptr, wu_ptr, bu_ptr, wdt_ptr, bd_ptr, counts_ptr, entries_ptr, sync_ptr, acc_ptr, out_ptr,
-                       d_model, d_ff, dbg_ptr, ACT: tl.constexpr, HAS_BU: tl.constexpr, HAS_BD: tl.constexpr,
-                       FENCE: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr, DEBUG: tl.constexpr = False):
+                       d_model, d_ff, ACT: tl.constexpr, HAS_BU: tl.constexpr, HAS_BD: tl.constexpr,
+                       FENCE: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):
     claim_ptr, done_ptr, ticket_ptr = sync_ptr, sync_ptr + 1, sync_ptr + 2
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < d_model
     xv = tl.load(x_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)
     acc = tl.zeros([BLOCK_J, BLOCK_D], dtype=tl.float32)
     worked = tl.full([], 0, tl.int32)
-    n_claims = tl.full([], 0, tl.int32)
     total = d_ff
     c = tl.atomic_add(claim_ptr, BLOCK_J, sem="relaxed")
     while c < total:
         offs_i = c + tl.arange(0, BLOCK_J)
-        e, total = wait_entries(entries_ptr, counts_ptr, done_ptr, offs_i, total, d_ff)
+        e, total = wait_entries(entries_ptr, counts_ptr, done_ptr, c, offs_i, total, d_ff, BLOCK_J)
         live = e != -1
         rows = e.to(tl.int32)  # the low half: the neuron id
-        if DEBUG:
-            slot = dbg_ptr + (tl.program_id(0) * 64 + tl.minimum(n_claims, 63)) * 8
-            tl.store(slot + tl.arange(0, 2), e)
-            tl.store(slot + 2 + tl.arange(0, 2), offs_i.to(tl.int64))
-            tl.store(slot + 4, total.to(tl.int64))
-            live = live & (rows >= 0) & (rows < d_ff) & (offs_i >= 0)
-            n_claims += 1
         a = (e >> 32).to(tl.int32).to(tl.float32, bitcast=True)
         r_off = rows.to(tl.int64)[:, None] * d_model + offs_d[None, :]
         w_mask = live[:, None] & d_mask[None, :]
@@ -124,7 +131,7 @@ def consumer_programs(n_sms: int, fraction: float) -> int:
 def launch_stream_exact(x, w_gate, b_gate, w_up, b_up, w_down_t, b_down, act: str, threshold: float,
                         counts: torch.Tensor, entries: torch.Tensor, sync: torch.Tensor, acc: torch.Tensor,
                         out: torch.Tensor, n_programs: int, block_j: int = 2, num_warps: int = 4,
-                        gate_first: bool = False, debug: torch.Tensor | None = None) -> None:
+                        gate_first: bool = False) -> None:
     """out[0] = the exact FFN of x [1, d_model] (the caller checked TMA and d_model <= MAX_ONE_STEP_D).
     counts[0], `entries`, `sync` (stream_state) and `acc` (fp32 [d_model]) are zero / empty between calls and left
     so. `gate_first`: launch the gate kernel before the consumer (needed while its config is not yet tuned: the
@@ -142,9 +149,9 @@ def launch_stream_exact(x, w_gate, b_gate, w_up, b_up, w_down_t, b_down, act: st
     def consumer():
         stream_rows_kernel[(n_programs,)](
             x, w_up, b_up if b_up is not None else w_up, w_down_t, b_down if b_down is not None else w_down_t,
-            counts, entries, sync, acc, out, d_model, w_gate.shape[0], debug if debug is not None else entries,
-            ACT=ACT_CODES[act], HAS_BU=b_up is not None, HAS_BD=b_down is not None, FENCE=not configs.INTERPRET,
-            BLOCK_J=block_j, BLOCK_D=block_d, DEBUG=debug is not None, num_warps=num_warps)
+            counts, entries, sync, acc, out, d_model, w_gate.shape[0], ACT=ACT_CODES[act], HAS_BU=b_up is not None,
+            HAS_BD=b_down is not None, FENCE=not configs.INTERPRET, BLOCK_J=block_j, BLOCK_D=block_d,
+            num_warps=num_warps)
 
     if configs.INTERPRET or x.device.type != "cuda":  # programs run one after another: the producer first
         gate()
