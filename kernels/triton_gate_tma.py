@@ -114,13 +114,14 @@ def tma_unusable(x: torch.Tensor, w_gate: torch.Tensor) -> str | None:
 
 def launch_gate_tma(x: torch.Tensor, w_gate: torch.Tensor, b_gate: torch.Tensor | None, act: str, threshold: float,
                     gate_act_out: torch.Tensor | None, counts: torch.Tensor, idx: torch.Tensor | None, pdl: bool = False,
-                    prefetch: tuple | None = None, stream: tuple | None = None) -> None:
+                    prefetch: tuple | None = None, stream: tuple | None = None):
     """As launch_gate at one token (list 0 in `counts` / `idx`); the caller checked `tma_unusable`.
     `prefetch` = (w_up, w_down_t), fp16 / bf16 [d_ff, d_model] on a GPU: each program sends its active neurons' rows
     of both towards L2 (bulk prefetches, nothing waits on them) for the rows kernel that follows.
     `stream` = (entries, done): STREAM mode for the concurrent consumer (triton_stream_rows.py): the active neurons
     go to `entries` (int64 [d_ff], -1 where empty) as packed (act(gate) bits, id) at positions reserved in counts[0],
-    and each program adds the neurons it covered to `done` (int32 [1]); `gate_act_out` and `idx` are not written."""
+    and each program adds the neurons it covered to `done` (int32 [1]); `gate_act_out` and `idx` are not written.
+    Returns the launched CompiledKernel."""
     from triton.tools.tensor_descriptor import TensorDescriptor
     d_ff, d_model = w_gate.shape
     block = [GATE_TMA_FIXED["BLOCK_N"], GATE_TMA_FIXED["BLOCK_K"]]   # on a GPU each config's pre-hook sets it
@@ -128,7 +129,7 @@ def launch_gate_tma(x: torch.Tensor, w_gate: torch.Tensor, b_gate: torch.Tensor 
     grid = lambda meta: (triton.cdiv(d_ff, meta["BLOCK_N"]),)  # noqa: E731
     w_up, w_down_t = prefetch if prefetch is not None else (w_gate, w_gate)
     entries, done = stream if stream is not None else (x, counts[:1])  # not read or written without STREAM
-    gate_tma_kernel[grid](x, desc, b_gate if b_gate is not None else w_gate,
+    return gate_tma_kernel[grid](x, desc, b_gate if b_gate is not None else w_gate,
                           gate_act_out if gate_act_out is not None else counts, counts,
                           idx if idx is not None else counts, w_up, w_down_t, entries, done, d_model, d_ff,
                           float(threshold), ACT=ACT_CODES[act], HAS_BIAS=b_gate is not None,

@@ -123,6 +123,29 @@ def _side_stream(device: torch.device) -> torch.cuda.Stream:
     return _SIDE_STREAMS[device]
 
 
+_CARVEOUT_SET: set = set()
+
+
+def prefer_shared_memory(compiled) -> None:
+    """Ask the driver to configure an SM running `compiled` (a Triton CompiledKernel) with its largest shared memory
+    carveout (CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT = 100%), once per kernel binary. An SM holds blocks
+    of two kernels only if its carveout serves both: left to the driver, the consumer (4 KB of shared memory) would
+    get a small one, and the TMA gate kernel's blocks (26-50 KB each) could not join it on that SM (with one consumer
+    program on every SM the gate kernel did not start at all: H100, session 10). Both kernels of the stream path ask
+    for it."""
+    function = getattr(compiled, "function", None)
+    if function is None or function in _CARVEOUT_SET:
+        return
+    import ctypes
+    libcuda = ctypes.CDLL("libcuda.so.1")
+    err = libcuda.cuFuncSetAttribute(ctypes.c_void_p(function), ctypes.c_int(9), ctypes.c_int(100))
+    if err != 0:
+        from .dispatch import warn_once
+        warn_once(f"stream path: cuFuncSetAttribute(PREFERRED_SHARED_MEMORY_CARVEOUT) returned {err}; the consumer "
+                  "may keep the gate kernel's programs off its SMs")
+    _CARVEOUT_SET.add(function)
+
+
 def consumer_programs(n_sms: int, fraction: float) -> int:
     """The consumer's grid: `fraction` of the SMs, at least one, at most one program per SM."""
     return max(1, min(n_sms, round(n_sms * fraction)))
@@ -144,10 +167,12 @@ def launch_stream_exact(x, w_gate, b_gate, w_up, b_up, w_down_t, b_down, act: st
         raise ValueError(f"the stream path reads whole W_down^T rows: d_model {d_model} > {block_d}")
 
     def gate():
-        launch_gate_tma(x, w_gate, b_gate, act, threshold, None, counts, None, stream=(entries, sync[1:2]))
+        compiled = launch_gate_tma(x, w_gate, b_gate, act, threshold, None, counts, None, stream=(entries, sync[1:2]))
+        if not configs.INTERPRET:
+            prefer_shared_memory(compiled)
 
     def consumer():
-        stream_rows_kernel[(n_programs,)](
+        return stream_rows_kernel[(n_programs,)](
             x, w_up, b_up if b_up is not None else w_up, w_down_t, b_down if b_down is not None else w_down_t,
             counts, entries, sync, acc, out, d_model, w_gate.shape[0], ACT=ACT_CODES[act], HAS_BU=b_up is not None,
             HAS_BD=b_down is not None, FENCE=not configs.INTERPRET, BLOCK_J=block_j, BLOCK_D=block_d,
@@ -163,7 +188,7 @@ def launch_stream_exact(x, w_gate, b_gate, w_up, b_up, w_down_t, b_down, act: st
     if gate_first:
         gate()
     with torch.cuda.stream(side):
-        consumer()
+        prefer_shared_memory(consumer())
     if not gate_first:
         gate()
     main.wait_stream(side)
