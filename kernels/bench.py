@@ -108,11 +108,11 @@ def _methods(sets, xs, masks, batch, calib_x):
         # The exact path in one kernel (triton_gate_rows.py): gate rows streamed, active up / down rows behind them.
         fused_exact = [ffn(ws, "union", exact_kernel="gate_rows") for ws in sets]
         methods["ours_union_gate_rows"] = [lambda f=f, x=x: f(x) for f, x in zip(fused_exact, xs)]
-        # Gate and rows kernels at the same time on two streams (triton_stream_rows.py), with consumer grids of a
-        # quarter, half and all of the SMs, and 8 warps a program.
-        for suffix, kw in [("", {}), ("_p25", dict(stream_programs=0.25)), ("_p100", dict(stream_programs=1.0)),
+        # Gate and rows kernels at the same time on two streams (triton_stream_rows.py): the default consumer grid
+        # (a program on every SM), a quarter and half of the SMs, and 8 warps a program.
+        for suffix, kw in [("", {}), ("_p25", dict(stream_programs=0.25)), ("_p50", dict(stream_programs=0.5)),
                            ("_w8", dict(stream_warps=8)),
-                           ("_p100_w8", dict(stream_programs=1.0, stream_warps=8))]:
+                           ("_p50_w8", dict(stream_programs=0.5, stream_warps=8))]:
             streamed = [ffn(ws, "union", exact_kernel="stream", **kw) for ws in sets]
             methods["ours_union_stream" + suffix] = [lambda f=f, x=x: f(x) for f, x in zip(streamed, xs)]
         # The split / lists kernels with the atomic down kernel (DispatchConfig.down_kernel="atomic").

@@ -122,6 +122,6 @@ def test_stream_settings_are_checked():
         DispatchConfig(stream_programs=0.0)
     with pytest.raises(ValueError, match="stream_block_j"):
         DispatchConfig(stream_block_j=3)
-    assert DispatchConfig(exact_kernel="stream").stream(1, False) == (0.5, 2, 4)
+    assert DispatchConfig(exact_kernel="stream").stream(1, False) == (1.0, 2, 4)
     assert DispatchConfig(exact_kernel="stream").stream(2, False) is None
     assert DispatchConfig(exact_kernel="stream").stream(1, True) is None
