@@ -23,6 +23,7 @@ from . import configs
 from .configs import GATE_TMA_CONFIGS, GATE_TMA_FIXED, tuned
 from .pdl import gdc_start, launch_options
 from .triton_gate import ACT_CODES, append_union, gate_act, reserve_union
+from .triton_up_down import writes_done
 
 
 @triton.jit
@@ -49,10 +50,7 @@ def publish_entries(live, offs_n, a, n_covered, counts_ptr, entries_ptr, done_pt
     base, rank = reserve_union(live, counts_ptr)
     packed = (a.to(tl.int32, bitcast=True).to(tl.int64) << 32) | offs_n.to(tl.int64)
     tl.store(entries_ptr + base + rank - 1, packed, mask=live > 0)
-    if FENCE:
-        tl.inline_asm_elementwise("fence.acq_rel.gpu; mov.u32 $0, $1;", "=r,r", [tl.full([1], 0, tl.int32)],
-                                  dtype=tl.int32, is_pure=False, pack=1)
-    tl.debug_barrier()
+    writes_done(FENCE)
     tl.atomic_add(done_ptr, n_covered, sem="release")
 
 
@@ -130,8 +128,8 @@ def launch_gate_tma(x: torch.Tensor, w_gate: torch.Tensor, b_gate: torch.Tensor 
     w_up, w_down_t = prefetch if prefetch is not None else (w_gate, w_gate)
     entries, done = stream if stream is not None else (x, counts[:1])  # not read or written without STREAM
     return gate_tma_kernel[grid](x, desc, b_gate if b_gate is not None else w_gate,
-                          gate_act_out if gate_act_out is not None else counts, counts,
-                          idx if idx is not None else counts, w_up, w_down_t, entries, done, d_model, d_ff,
-                          float(threshold), ACT=ACT_CODES[act], HAS_BIAS=b_gate is not None,
-                          PREFETCH=prefetch is not None, STREAM=stream is not None, FENCE=not configs.INTERPRET,
-                          **launch_options(pdl))
+                                 gate_act_out if gate_act_out is not None else counts, counts,
+                                 idx if idx is not None else counts, w_up, w_down_t, entries, done, d_model, d_ff,
+                                 float(threshold), ACT=ACT_CODES[act], HAS_BIAS=b_gate is not None,
+                                 PREFETCH=prefetch is not None, STREAM=stream is not None,
+                                 FENCE=not configs.INTERPRET, **launch_options(pdl))

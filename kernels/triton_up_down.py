@@ -194,14 +194,21 @@ def down_kernel(x1c_ptr, wdt_ptr, bd_ptr, counts_ptr, idx_ptr, partial_ptr, tick
 
 
 @triton.jit
+def writes_done(FENCE: tl.constexpr):
+    """Every thread's global writes (and atomics) are visible GPU-wide (FENCE: a `fence.acq_rel.gpu` per thread; not
+    in the interpreter) and done (CTA barrier) before what follows, e.g. one thread's releasing atomic."""
+    if FENCE:
+        tl.inline_asm_elementwise("fence.acq_rel.gpu; mov.u32 $0, $1;", "=r,r", [tl.full([1], 0, tl.int32)],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+    tl.debug_barrier()
+
+
+@triton.jit
 def last_ticket(ticket_ptr, n_takers, FENCE: tl.constexpr):
     """Take a ticket after this program's global writes (and atomics) are visible GPU-wide: whether it was the last
     of `n_takers`, the one that may then read everybody's writes. FENCE: a `fence.acq_rel.gpu` per thread first
     (not in the interpreter)."""
-    if FENCE:
-        tl.inline_asm_elementwise("fence.acq_rel.gpu; mov.u32 $0, $1;", "=r,r", [tl.full([1], 0, tl.int32)],
-                                  dtype=tl.int32, is_pure=False, pack=1)
-    tl.debug_barrier()  # every thread's writes are done before the ticket is taken (release below)
+    writes_done(FENCE)
     return tl.atomic_add(ticket_ptr, 1, sem="acq_rel") == n_takers - 1
 
 

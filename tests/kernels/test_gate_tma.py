@@ -4,21 +4,16 @@ act(gate) for every neuron (the buffer poisoned with NaN first), the list of act
 list length; d_ff and d_model that are not multiples of the tile; fp32 / fp16 / bf16; rows that TMA cannot load
 (unaligned) run the plain kernel and say so once.
 """
-import importlib.util
 import logging
 
 import pytest
 import torch
+from triton_interpreter import require_triton_interpreter
 
-if importlib.util.find_spec("triton") is None:
-    pytest.skip("triton is not installed: the kernel tests need its interpreter", allow_module_level=True)
+require_triton_interpreter()
 
-from actsparse.kernels import DispatchConfig, SparseFFN, configs, dispatch, triton_gate  # noqa: E402
+from actsparse.kernels import DispatchConfig, SparseFFN, dispatch, triton_gate  # noqa: E402
 from actsparse.kernels.triton_gate import launch_gate  # noqa: E402
-
-if not configs.INTERPRET:
-    pytest.skip("interpreter tests (CPU tensors) need TRITON_INTERPRET=1 before triton's import",
-                allow_module_level=True)
 
 ACTIVATIONS = [("relu", 0.0), ("fatrelu", 0.25), ("drelu", 0.0), ("relu2", 0.0)]
 

@@ -3,21 +3,13 @@
 Odd shapes, 1 / 3 / 5 tokens, relu / fatrelu / drelu / relu2, union and per-token lists, with and without a
 predicted set, sparsity 0%, ~50% and 100%, every float workspace and the output poisoned with NaN.
 """
-import importlib.util
-
 import pytest
 import torch
+from triton_interpreter import require_triton_interpreter
 
-if importlib.util.find_spec("triton") is None:
-    pytest.skip("triton is not installed (pip install triton): the kernel tests need its interpreter",
-                allow_module_level=True)
+require_triton_interpreter()
 
 from actsparse.kernels import DispatchConfig, SparseFFN  # noqa: E402
-from actsparse.kernels import configs  # noqa: E402
-
-if not configs.INTERPRET:
-    pytest.skip("interpreter tests (CPU tensors) need TRITON_INTERPRET=1 before triton's import (conftest.py sets "
-                "it when there is no GPU); on a GPU, test_gpu.py covers the compiled kernels", allow_module_level=True)
 
 
 

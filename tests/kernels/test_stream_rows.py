@@ -7,22 +7,15 @@ where the stream path cannot run (d_model too wide for whole W_down^T rows) the 
 Under the interpreter programs run one after another (gate first): the concurrency itself is GPU-tested
 (test_gpu.py: test_stream_path_chained_and_replayed_matches_rows_path).
 """
-import importlib.util
 import logging
 
 import pytest
 import torch
+from triton_interpreter import require_triton_interpreter
 
-if importlib.util.find_spec("triton") is None:
-    pytest.skip("triton is not installed: the kernel tests need its interpreter", allow_module_level=True)
+require_triton_interpreter()
 
-from actsparse.kernels import DispatchConfig, SparseFFN, configs, dispatch  # noqa: E402
-
-if not configs.INTERPRET:
-    pytest.skip("interpreter tests (CPU tensors) need TRITON_INTERPRET=1 before triton's import",
-                allow_module_level=True)
-
-from actsparse.kernels import triton_rows_ffn  # noqa: E402
+from actsparse.kernels import DispatchConfig, SparseFFN, dispatch, triton_rows_ffn  # noqa: E402
 from actsparse.kernels.triton_gate_tma import launch_gate_tma  # noqa: E402
 from actsparse.kernels.triton_stream_rows import stream_state  # noqa: E402
 
