@@ -105,6 +105,9 @@ def _methods(sets, xs, masks, batch, calib_x):
         # The TMA gate kernel also prefetching the active rows into L2 (DispatchConfig(gate_prefetch=True)).
         prefetch = [ffn(ws, "union", exact_kernel="rows", gate_prefetch=True) for ws in sets]
         methods["ours_union_rows_prefetch"] = [lambda f=f, x=x: f(x) for f, x in zip(prefetch, xs)]
+        # The exact rows path returning its fp32 sum row (fp32_out: no epilogue; the caller's cast, which a compiled
+        # decode step merges into the residual add, is not timed here).
+        methods["ours_union_rows_fp32_out"] = [lambda f=f, x=x: f(x, fp32_out=True) for f, x in zip(one, xs)]
         # The exact path in one kernel (triton_gate_rows.py): gate rows streamed, active up / down rows behind them.
         fused_exact = [ffn(ws, "union", exact_kernel="gate_rows") for ws in sets]
         methods["ours_union_gate_rows"] = [lambda f=f, x=x: f(x) for f, x in zip(fused_exact, xs)]

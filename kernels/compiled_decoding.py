@@ -32,14 +32,15 @@ def register_ffn(ffn) -> int:
 
 
 @torch.library.custom_op("actsparse::sparse_ffn", mutates_args=())
-def sparse_ffn_op(x: torch.Tensor, key: int, active: Optional[torch.Tensor]) -> torch.Tensor:
-    """The registered SparseFFN on x ([tokens, d_model]); a new tensor of x's shape and the FFN's dtype."""
-    return _FFNS[key](x, active)
+def sparse_ffn_op(x: torch.Tensor, key: int, active: Optional[torch.Tensor], fp32_out: bool = False) -> torch.Tensor:
+    """The registered SparseFFN on x ([tokens, d_model]); a new tensor of x's shape and the FFN's dtype (float32 with
+    `fp32_out`: SparseFFN.forward)."""
+    return _FFNS[key](x, active, fp32_out)
 
 
 @sparse_ffn_op.register_fake
-def _sparse_ffn_fake(x, key, active):
-    return x.new_empty(x.shape, dtype=_FFNS[key].w_gate.dtype)
+def _sparse_ffn_fake(x, key, active, fp32_out=False):
+    return x.new_empty(x.shape, dtype=torch.float32 if fp32_out else _FFNS[key].w_gate.dtype)
 
 
 def compile_model(model: torch.nn.Module, backend: str = "inductor", max_variants: int = 64) -> torch.nn.Module:

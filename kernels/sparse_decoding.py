@@ -25,29 +25,41 @@ class SparseDecodingMLP(nn.Module):
     `predictor`: optional callable (x2d) -> active set (bool [d_ff] / [tokens, d_ff] or indices), from
     the predictor work; None runs the exact path. `calibrating`: the next forward measures each neuron's
     activation probability for the dispatcher (this synchronizes; do it before capturing graphs).
+    `fp32_out`: where the call's kernels produce the sum in fp32 anyway (SparseFFN.sums_in_fp32), take it as it is
+    and cast here, a cast that torch.compile merges into the residual add after the FFN.
     """
 
-    def __init__(self, ffn: SparseFFN, layer_index: int = 0):
+    def __init__(self, ffn: SparseFFN, layer_index: int = 0, fp32_out: bool = True):
         super().__init__()
         self.ffn = ffn
         self.ffn_key = register_ffn(ffn)  # for compiled models (compiled_decoding.py)
         self.layer_index = layer_index
         self.predictor = None
         self.calibrating = False
+        self.fp32_out = fp32_out
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         x = hidden.reshape(-1, hidden.shape[-1])
         if self.calibrating:
             self.ffn.calibrate(x)
         active = None if self.predictor is None else self.predictor(x)
+        fp32_out = self.fp32_out and _sums_in_fp32(self.ffn, x.shape[0], active is not None)
         if torch.compiler.is_compiling():  # one opaque op: the kernels and the dispatch run as in eager mode
-            out = sparse_ffn_op(x, self.ffn_key, active)
+            out = sparse_ffn_op(x, self.ffn_key, active, fp32_out)
         else:
-            out = self.ffn(x, active)
+            out = self.ffn(x, active, fp32_out)
         return out.reshape(hidden.shape).to(hidden.dtype)
 
     def extra_repr(self) -> str:
         return f"activation={self.ffn.activation}, backend={self.ffn.backend}, layer_index={self.layer_index}"
+
+
+@torch.compiler.assume_constant_result
+def _sums_in_fp32(ffn: SparseFFN, n_tokens: int, predicted: bool) -> bool:
+    """SparseFFN.sums_in_fp32, taken by torch.compile as a constant without a guard on the dispatch: swapping one
+    DispatchConfig for another (bench_decode's paths) does not recompile the model. A compiled model whose FFNs then
+    stop summing in fp32 stays correct: SparseFFN casts to what the op was asked for."""
+    return ffn.sums_in_fp32(n_tokens, predicted)
 
 
 def swap_in_sparse_ffns(model: nn.Module, backend: str = "triton",

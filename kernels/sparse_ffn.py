@@ -104,7 +104,24 @@ class SparseFFN(nn.Module):
         return out if self.b_down is None else out + self.b_down
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, active: torch.Tensor | None = None, fp32_out: bool = False) -> torch.Tensor:
+        """The FFN of x [tokens, d_model] in the weights' dtype, or float32 with `fp32_out`. On the one-token exact
+        path through the rows kernel, `fp32_out` returns the kernel's fp32 sum row itself (the gate kernel sets it to
+        b_down first), which saves the rows kernel's epilogue: a release fence, a ticket and the copy into the
+        weights' dtype by its last program. The caller's cast then does that copy, and under torch.compile it merges
+        into the next elementwise kernel (SparseDecodingMLP). Other paths cast their output (one more launch)."""
+        out = self._forward(x, active, fp32_out)
+        return out.float() if fp32_out and out.dtype != torch.float32 else out
+
+    def sums_in_fp32(self, n_tokens: int, predicted: bool) -> bool:
+        """Whether a call of `n_tokens` with `fp32_out` takes the gate and rows kernels, whose fp32 sum it returns as it
+        is: one token, no predictor, not gate_rows / stream. Attribute checks only, so torch.compile traces it into a
+        constant; the plan is not asked (calibration tensors), so a layer the dispatcher sends to cuBLAS at one token
+        (low sparsity) casts its output to fp32 here and back in the caller."""
+        return (self.backend == "triton" and not predicted and self.dispatch.exact_kernel not in ("gate_rows", "stream")
+                and self.dispatch.rows(n_tokens, False, self.activation))
+
+    def _forward(self, x: torch.Tensor, active: torch.Tensor | None, fp32_out: bool) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.w_gate.shape[1]:
             raise ValueError(f"x must be (tokens, {self.w_gate.shape[1]}), got {tuple(x.shape)}")
         x = x.to(self.w_gate.dtype).contiguous()
@@ -137,7 +154,7 @@ class SparseFFN(nn.Module):
                                  gate_rows=self.dispatch.gate_rows(x.shape[0], active is not None),
                                  rows_acc=self._rows_acc_buffer(x), atomic_down=self.dispatch.down_kernel == "atomic",
                                  gate_tma=self.dispatch.gate_tma, gate_prefetch=self.dispatch.gate_prefetch,
-                                 stream=self._stream_args(x, active is not None))
+                                 stream=self._stream_args(x, active is not None), fp32_out=fp32_out)
 
     def _plan(self, n_tokens: int, predicted: bool, mask_rows: int = 1):
         """The dispatcher's choice, cached per (tokens, predicted, mask rows): host-only, no sync.

@@ -31,7 +31,7 @@ def list_state(device) -> torch.Tensor:
 def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, per_token,
                       tickets, alloc=torch.empty, fuse_up=False, state=None, inline_compact=False, pdl=False,
                       index=None, rows=False, rows_acc=None, atomic_down=False, gate_rows=False, gate_tma=False,
-                      gate_prefetch=False, stream=None):
+                      gate_prefetch=False, stream=None, fp32_out=False):
     """x [T, d] -> [T, d]. mask: None (dense gate decides), [1, d_ff] or [T, d_ff] bool (predicted set).
     `alloc` makes the float workspaces and the output (tests poison them with NaN). `fuse_up` (no mask, union
     mode): the gate kernel also computes x1, one launch fewer. `state`: a `list_state` buffer (None: a fresh one).
@@ -48,7 +48,9 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
     `gate_prefetch` (with it, on the rows path): it also sends the active neurons' up / W_down^T rows towards L2.
     `stream` (with `rows`, no mask / index): (consumer settings of DispatchConfig.stream, the SparseFFN's
     `stream_state` pair, gate_first): the gate and rows kernels run concurrently (triton_stream_rows.py) where
-    usable, else the rows path (said once)."""
+    usable, else the rows path (said once). `fp32_out` (the one-token exact rows path): the output is the rows
+    kernel's fp32 sum row itself, set to b_down by the gate kernel, with no epilogue; other paths ignore it (the
+    caller casts)."""
     if x.device.type != "cuda" and not configs.INTERPRET:
         raise RuntimeError("the Triton backend needs a CUDA tensor (or TRITON_INTERPRET=1 set before importing "
                            "triton); use backend='torch' on CPU")
@@ -67,7 +69,7 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
     idx = index if index is not None else torch.empty(n_lists, d_ff, dtype=torch.int32, device=dev)
     if rows and n_tokens == 1 and not per_token:
         return _rows_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, counts, idx,
-                         n_given, tickets, alloc, rows_acc, pdl, gate_rows, gate_tma, gate_prefetch, stream)
+                         n_given, tickets, alloc, rows_acc, pdl, gate_rows, gate_tma, gate_prefetch, stream, fp32_out)
     x1c = alloc(n_tokens, d_ff, dtype=torch.float32, device=dev)
     if index is not None:
         if n_given > 0:  # (a grid of 0 programs is not launched)
@@ -100,10 +102,12 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
 
 
 def _rows_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, counts, idx, n_given,
-              tickets, alloc, rows_acc, pdl, gate_rows=False, gate_tma=False, gate_prefetch=False, stream=None):
+              tickets, alloc, rows_acc, pdl, gate_rows=False, gate_tma=False, gate_prefetch=False, stream=None,
+              fp32_out=False):
     """One token through the rows kernel: gate kernel (no predictor) or compaction (mask) first, then rows_ffn; or,
     with `gate_rows` and no predicted set, the one-kernel exact path (triton_gate_rows.py); or, with `stream`, the
-    gate and rows kernels concurrently (triton_stream_rows.py)."""
+    gate and rows kernels concurrently (triton_stream_rows.py). `fp32_out` on the gate-then-rows path: the rows
+    kernel sums into the fp32 output, which the gate kernel set to b_down (no epilogue)."""
     from .triton_rows_ffn import MAX_ONE_STEP_D
     dev = x.device
     gate_act = None
@@ -124,8 +128,15 @@ def _rows_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, thres
                   f"{x.shape[1]}, {activation}: the gate and rows kernels run instead")
     if n_given is None and mask is None:
         gate_act = alloc(1, w_gate.shape[0], dtype=torch.float32, device=dev)
+        out = alloc(1, x.shape[1], dtype=torch.float32, device=dev) if fp32_out else None
         launch_gate(x, w_gate, b_gate, activation, threshold, False, gate_act, counts, idx, pdl=pdl, tma=gate_tma,
-                    prefetch=_prefetch_rows(w_up, w_down_t) if gate_prefetch else None)
+                    prefetch=_prefetch_rows(w_up, w_down_t) if gate_prefetch else None,
+                    init_out=None if out is None else (out[0], b_down))
+        if out is not None:
+            from .triton_rows_ffn import launch_rows
+            launch_rows(x, w_gate, b_gate, w_up, b_up, w_down_t, None, gate_act, activation, threshold, counts, idx,
+                        out[0], tickets[:1], out, _n_sms(dev), pdl=pdl, sum_is_out=True)
+            return out
     elif n_given is None:
         compact_mask(mask, False, counts, idx, pdl=pdl)
     return _rows_out(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, counts, idx, n_given,

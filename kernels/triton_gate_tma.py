@@ -54,14 +54,31 @@ def publish_entries(live, offs_n, a, n_covered, counts_ptr, entries_ptr, done_pt
     tl.atomic_add(done_ptr, n_covered, sem="release")
 
 
-@tuned(GATE_TMA_CONFIGS, GATE_TMA_FIXED, key=["d_model", "d_ff", "PREFETCH", "STREAM"],
+@triton.jit
+def init_sum_row(out_ptr, b_ptr, d_model, HAS_B: tl.constexpr):
+    """out[:d_model] = b (fp32), or 0 without a bias: the first programs take 512 columns each (grid-strided), so the
+    rows kernel that follows can add its sums straight into `out` (triton_rows_ffn.py, SUM_IS_OUT)."""
+    offs = tl.arange(0, 512)
+    for c0 in range(tl.program_id(0) * 512, d_model, tl.num_programs(0) * 512):
+        cols = c0 + offs
+        c_mask = cols < d_model
+        if HAS_B:
+            tl.store(out_ptr + cols, tl.load(b_ptr + cols, mask=c_mask, other=0.0).to(tl.float32), mask=c_mask)
+        else:
+            tl.store(out_ptr + cols, tl.zeros([512], dtype=tl.float32), mask=c_mask)
+
+
+@tuned(GATE_TMA_CONFIGS, GATE_TMA_FIXED, key=["d_model", "d_ff", "PREFETCH", "STREAM", "INIT_OUT"],
        reset_to_zero=["counts_ptr", "done_ptr"], restore_value=["entries_ptr"])
 @triton.jit
 def gate_tma_kernel(x_ptr, wg_desc, bg_ptr, gact_ptr, counts_ptr, idx_ptr, wu_ptr, wdt_ptr, entries_ptr, done_ptr,
-                    d_model, d_ff, threshold, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, USE_GDC: tl.constexpr,
-                    PREFETCH: tl.constexpr, STREAM: tl.constexpr, FENCE: tl.constexpr, BLOCK_N: tl.constexpr,
-                    BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+                    out_ptr, bout_ptr, d_model, d_ff, threshold, ACT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    USE_GDC: tl.constexpr, PREFETCH: tl.constexpr, STREAM: tl.constexpr, INIT_OUT: tl.constexpr,
+                    HAS_BOUT: tl.constexpr, FENCE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    STAGES: tl.constexpr):
     gdc_start(USE_GDC)
+    if INIT_OUT:  # the fp32 output row the rows kernel sums into: b_down, or 0
+        init_sum_row(out_ptr, bout_ptr, d_model, HAS_BOUT)
     n0 = tl.program_id(0) * BLOCK_N
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     for k0 in tl.range(0, d_model, BLOCK_K, num_stages=STAGES):
@@ -112,13 +129,15 @@ def tma_unusable(x: torch.Tensor, w_gate: torch.Tensor) -> str | None:
 
 def launch_gate_tma(x: torch.Tensor, w_gate: torch.Tensor, b_gate: torch.Tensor | None, act: str, threshold: float,
                     gate_act_out: torch.Tensor | None, counts: torch.Tensor, idx: torch.Tensor | None, pdl: bool = False,
-                    prefetch: tuple | None = None, stream: tuple | None = None):
+                    prefetch: tuple | None = None, stream: tuple | None = None, init_out: tuple | None = None):
     """As launch_gate at one token (list 0 in `counts` / `idx`); the caller checked `tma_unusable`.
     `prefetch` = (w_up, w_down_t), fp16 / bf16 [d_ff, d_model] on a GPU: each program sends its active neurons' rows
     of both towards L2 (bulk prefetches, nothing waits on them) for the rows kernel that follows.
     `stream` = (entries, done): STREAM mode for the concurrent consumer (triton_stream_rows.py): the active neurons
     go to `entries` (int64 [d_ff], -1 where empty) as packed (act(gate) bits, id) at positions reserved in counts[0],
     and each program adds the neurons it covered to `done` (int32 [1]); `gate_act_out` and `idx` are not written.
+    `init_out` = (out, b_down or None): the kernel also sets the fp32 row `out` [d_model] to b_down (or 0), for a rows
+    kernel that adds its sums into it (launch_rows with sum_is_out).
     Returns the launched CompiledKernel."""
     from triton.tools.tensor_descriptor import TensorDescriptor
     d_ff, d_model = w_gate.shape
@@ -127,9 +146,11 @@ def launch_gate_tma(x: torch.Tensor, w_gate: torch.Tensor, b_gate: torch.Tensor 
     grid = lambda meta: (triton.cdiv(d_ff, meta["BLOCK_N"]),)  # noqa: E731
     w_up, w_down_t = prefetch if prefetch is not None else (w_gate, w_gate)
     entries, done = stream if stream is not None else (x, counts[:1])  # not read or written without STREAM
+    out, b_out = init_out if init_out is not None else (counts, None)
     return gate_tma_kernel[grid](x, desc, b_gate if b_gate is not None else w_gate,
                                  gate_act_out if gate_act_out is not None else counts, counts,
-                                 idx if idx is not None else counts, w_up, w_down_t, entries, done, d_model, d_ff,
-                                 float(threshold), ACT=ACT_CODES[act], HAS_BIAS=b_gate is not None,
-                                 PREFETCH=prefetch is not None, STREAM=stream is not None,
+                                 idx if idx is not None else counts, w_up, w_down_t, entries, done, out,
+                                 b_out if b_out is not None else out, d_model, d_ff, float(threshold),
+                                 ACT=ACT_CODES[act], HAS_BIAS=b_gate is not None, PREFETCH=prefetch is not None,
+                                 STREAM=stream is not None, INIT_OUT=init_out is not None, HAS_BOUT=b_out is not None,
                                  FENCE=not configs.INTERPRET, **launch_options(pdl))

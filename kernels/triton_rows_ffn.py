@@ -202,14 +202,14 @@ def write_sum_row(acc_ptr, bd_ptr, out_ptr, ticket_ptr, offs_d, d_model, HAS_BD:
     tl.atomic_xchg(ticket_ptr, 0)
 
 
-@tuned(ROWS_CONFIGS, ROWS_FIXED, key=["d_model", "d_ff", "FUSE_GATE", "X1_GIVEN", "N_GIVEN", "BLOCK_D"],
-       restore_value=["counts_ptr"])
+@tuned(ROWS_CONFIGS, ROWS_FIXED, key=["d_model", "d_ff", "FUSE_GATE", "X1_GIVEN", "N_GIVEN", "BLOCK_D", "SUM_IS_OUT"],
+       restore_value=["counts_ptr", "acc_ptr"])
 @triton.jit
 def rows_ffn_kernel(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, bd_ptr, gact_ptr, counts_ptr, idx_ptr, acc_ptr,
                     ticket_ptr, out_ptr, d_model, d_ff, threshold, n_given, ACT: tl.constexpr,
                     FUSE_GATE: tl.constexpr, X1_GIVEN: tl.constexpr, HAS_BG: tl.constexpr, HAS_BU: tl.constexpr,
-                    HAS_BD: tl.constexpr, N_GIVEN: tl.constexpr, ONE_STEP_D: tl.constexpr, IEEE: tl.constexpr,
-                    FENCE: tl.constexpr, USE_GDC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_J: tl.constexpr,
+                    HAS_BD: tl.constexpr, N_GIVEN: tl.constexpr, ONE_STEP_D: tl.constexpr, SUM_IS_OUT: tl.constexpr,
+                    IEEE: tl.constexpr, FENCE: tl.constexpr, USE_GDC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_J: tl.constexpr,
                     BLOCK_K: tl.constexpr, GRID_PER_SM: tl.constexpr, PIPELINE: tl.constexpr):
     gdc_start(USE_GDC)
     if N_GIVEN:
@@ -230,8 +230,13 @@ def rows_ffn_kernel(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, bd_ptr, gact
     if ONE_STEP_D:
         if hi > lo:
             tl.atomic_add(acc_ptr + offs_d, tl.sum(acc, 0), mask=offs_d < d_model, sem="relaxed")
+    if SUM_IS_OUT:  # acc is the fp32 output, set to b_down before this kernel: no epilogue, no fence
+        if not N_GIVEN:  # the list length goes back to 0 once every program has read it (before its ticket)
+            if tl.atomic_add(ticket_ptr, 1, sem="relaxed") == tl.num_programs(0) - 1:
+                tl.store(counts_ptr, 0)
+                tl.atomic_xchg(ticket_ptr, 0)
     # The last program (every warp of every program has added its sum and read the list length) writes the output.
-    if last_ticket(ticket_ptr, tl.num_programs(0), FENCE):
+    elif last_ticket(ticket_ptr, tl.num_programs(0), FENCE):
         write_sum_row(acc_ptr, bd_ptr, out_ptr, ticket_ptr, offs_d, d_model, HAS_BD, BLOCK_D)
         if not N_GIVEN:  # every program read the length before its ticket
             tl.store(counts_ptr, 0)
@@ -244,7 +249,8 @@ def rows_block_d(d_model: int) -> int:
 
 def launch_rows(x, w_gate, b_gate, w_up, b_up, w_down_t, b_down, gate_act_in, act, threshold, counts, idx, acc,
                 ticket, out, n_sms: int, pdl: bool = False, n_given: int | None = None,
-                block_d: int | None = None, config=None, x1c: torch.Tensor | None = None) -> None:
+                block_d: int | None = None, config=None, x1c: torch.Tensor | None = None,
+                sum_is_out: bool = False) -> None:
     """out[0] = sum over listed neurons i of x1_i * W_down^T[idx[i]] (+ b_down), x [1, d_model].
     `gate_act_in` None: the gate rows of listed neurons are read here (predicted set); else act(gate) [1, d_ff]
     from the gate kernel. The list: `idx` with its length in counts[0] (zeroed here when done), or the caller's
@@ -252,7 +258,10 @@ def launch_rows(x, w_gate, b_gate, w_up, b_up, w_down_t, b_down, gate_act_in, ac
     zero between calls. `block_d`: columns per down step (tests force several steps). `config`: a
     `triton.Config` of ROWS_CONFIGS run as given, not autotuned (bench_rows_probe times each). `x1c`: x1 of
     the listed neurons at their list positions (the up kernel's [1, d_ff] output): only the W_down^T rows are read
-    here, an atomic down kernel (`DispatchConfig.down_kernel="atomic"`)."""
+    here, an atomic down kernel (`DispatchConfig.down_kernel="atomic"`). `sum_is_out`: `acc` is the output itself,
+    fp32, already set to b_down (or 0) by the gate kernel (launch_gate's init_out); `out` and `b_down` are not used,
+    and the epilogue (release fence, ticket wait, the copy into the model's dtype and the zeroing) is not run: the
+    programs' atomics are the last thing they do, but for one relaxed ticket that resets the list length."""
     n_tokens, d_model = x.shape
     if n_tokens != 1:
         raise ValueError(f"launch_rows computes one token, got {n_tokens}")
@@ -274,5 +283,5 @@ def launch_rows(x, w_gate, b_gate, w_up, b_up, w_down_t, b_down, gate_act_in, ac
                  acc, ticket, out, d_model, d_ff, float(threshold), n_given or 0, ACT=ACT_CODES[act],
                  FUSE_GATE=fuse_gate, X1_GIVEN=x1c is not None, HAS_BG=b_gate is not None, HAS_BU=b_up is not None,
                  HAS_BD=b_down is not None, N_GIVEN=n_given is not None, ONE_STEP_D=block_d >= d_model,
-                 IEEE=x.dtype == torch.float32, FENCE=not configs.INTERPRET, BLOCK_D=block_d, **launch_options(pdl),
+                 SUM_IS_OUT=sum_is_out, IEEE=x.dtype == torch.float32, FENCE=not configs.INTERPRET, BLOCK_D=block_d, **launch_options(pdl),
                  **extra)

@@ -82,6 +82,37 @@ def test_generate_triton_backend_matches_dense(dense_and_ids):
     assert torch.equal(out, dense_out[:, :ids.shape[1] + 3])
 
 
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_compiled_one_token_decode_takes_the_fp32_sum(dense_and_ids, monkeypatch):
+    """Batch 1 through torch.compile (aot_eager: dynamo traces SparseDecodingMLP, the custom op runs through its fake
+    and then for real): each decode step asks the FFN for its fp32 sum (the rows kernel's output as it is, cast by
+    the caller), prefill does not, and the greedy tokens equal the dense model's."""
+    from actsparse.kernels import configs
+    from actsparse.kernels.compiled_decoding import compile_model
+    from actsparse.kernels.sparse_ffn import SparseFFN
+    if not configs.INTERPRET:
+        pytest.skip("needs TRITON_INTERPRET=1 (set by conftest.py without a GPU): this test runs on CPU tensors")
+    model, ids, _ = dense_and_ids
+    ids = ids[:1]
+    dense_out = greedy_decode(model, ids, NEW_TOKENS)
+    sparse = _sparse_copy(model, "triton")
+    calls = []
+    forward = SparseFFN.forward
+
+    def recording(self, x, active=None, fp32_out=False):
+        out = forward(self, x, active, fp32_out)
+        calls.append((x.shape[0], fp32_out, out.dtype))
+        return out
+    monkeypatch.setattr(SparseFFN, "forward", recording)
+    torch._dynamo.reset()
+    compile_model(sparse, backend="aot_eager")
+    assert torch.equal(greedy_decode(sparse, ids, NEW_TOKENS), dense_out)
+    decode_calls = [c for c in calls if c[0] == 1]
+    assert decode_calls and all(c[1:] == (True, torch.float32) for c in decode_calls)
+    assert all(c[1:] == (False, torch.float32) for c in calls if c[0] > 1)  # the tiny model is fp32
+    torch._dynamo.reset()
+
+
 def test_swap_rejects_models_without_sparse_ffns():
     with pytest.raises(ValueError, match="sparsify"):
         swap_in_sparse_ffns(tiny_llama(num_hidden_layers=1), backend="torch")

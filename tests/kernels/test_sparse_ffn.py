@@ -496,3 +496,72 @@ def test_gate_rows_leaves_other_calls_to_the_other_kernels(case, monkeypatch):
         check(ffn(x, active), ref(x, mask))
     else:
         check(ffn(x), ref(x))
+
+
+# One token with fp32_out (SparseFFN.forward): the gate kernel sets the fp32 output row to b_down and the rows kernel
+# adds its sums into it, with no epilogue; other paths cast their output.
+@pytest.mark.parametrize("biases", [False, True])
+@pytest.mark.parametrize("pattern", list(PATTERNS))
+@pytest.mark.parametrize("activation,threshold", ACTIVATIONS)
+def test_fp32_out_rows_path_matches_float64(activation, threshold, pattern, biases, monkeypatch):
+    if activation != "drelu":
+        _rows_only(monkeypatch)
+    from actsparse.kernels import triton_rows_ffn
+    seen = []
+    launch = triton_rows_ffn.launch_rows
+    monkeypatch.setattr(triton_rows_ffn, "launch_rows", lambda *a, **k: seen.append(k.get("sum_is_out")) or launch(*a, **k))
+    ffn, ref = make_ffn(40, 100, activation, threshold, "union", PATTERNS[pattern], seed=41, biases=biases)
+    ffn.dispatch = DispatchConfig()
+    assert ffn.sums_in_fp32(1, False) == (activation != "drelu")  # "auto" leaves dReLU on the split kernels
+    g = torch.Generator().manual_seed(42)
+    for _ in range(3):   # the output is a fresh (NaN-poisoned) buffer each call; the list length goes back to 0
+        x = torch.randn(1, 40, generator=g)
+        y = ffn(x, fp32_out=True)
+        assert y.dtype == torch.float32
+        check(y, ref(x))
+        _state_is_zero(ffn)
+    assert seen == ([True] * 3 if activation != "drelu" else [])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fp32_out_half_precision_is_the_sum_before_rounding(dtype, monkeypatch):
+    """fp16 / bf16 weights: fp32_out gives the fp32 sum, which rounds to what the default call returns (both sum the
+    same neurons in fp32; the rows kernel's atomics may order them differently: one output ulp)."""
+    _rows_only(monkeypatch)
+    g = torch.Generator().manual_seed(43)
+    d, f = 40, 100
+    w_gate, w_up = ((torch.randn(f, d, generator=g) / d ** 0.5).to(dtype) for _ in range(2))
+    w_down = (torch.randn(d, f, generator=g) / f ** 0.5).to(dtype)
+    b_down = torch.randn(d, generator=g).to(dtype)
+    ffn = SparseFFN(w_gate, w_up, w_down.T.contiguous(), b_down=b_down)
+    ffn.workspace_alloc = poisoned_empty
+    x = torch.randn(1, d, generator=g).to(dtype)
+    y32, y = ffn(x, fp32_out=True), ffn(x)
+    assert y32.dtype == torch.float32 and y.dtype == dtype
+    ref = reference_ffn(x, w_gate, w_up, w_down, "relu", b_down=b_down)
+    assert rel_err(y32, ref) < (2e-3 if dtype == torch.float16 else 1e-2)
+    ulp = torch.finfo(dtype).eps * y.float().abs().clamp_min(1e-3)
+    assert ((y32.to(dtype).float() - y.float()).abs() <= ulp).all()
+
+
+@pytest.mark.parametrize("case", ["batch", "predicted", "split", "gate_rows", "plain_gate"])
+def test_fp32_out_elsewhere_casts(case, monkeypatch, caplog):
+    """Where the output is not the rows kernel's sum (several tokens, a predicted set, other exact kernels) fp32_out
+    returns the usual output as float32; with the plain gate kernel (no TMA) the rows path still sums into the fp32
+    output, set by one more launch (said once in the log)."""
+    from actsparse.kernels import dispatch, triton_gate_tma
+    ffn, ref = make_ffn(40, 100, "relu", 0.0, "union", 0.0, seed=44, biases=True)
+    ffn.dispatch = DispatchConfig(exact_kernel={"split": "split", "gate_rows": "gate_rows"}.get(case, "auto"))
+    if case == "plain_gate":
+        monkeypatch.setattr(triton_gate_tma, "tma_unusable", lambda *_a: "a test")
+        monkeypatch.setattr(dispatch, "_warned", set())
+    g = torch.Generator().manual_seed(45)
+    x = torch.randn(3 if case == "batch" else 1, 40, generator=g)
+    active, mask = _active("mask1d", 0.3, 1, 100, seed=46) if case == "predicted" else (None, None)
+    assert ffn.sums_in_fp32(x.shape[0], active is not None) == (case == "plain_gate")
+    with caplog.at_level("WARNING"):
+        y = ffn(x, active, fp32_out=True)
+    assert y.dtype == torch.float32
+    check(y, ref(x, mask))
+    if case == "plain_gate":
+        assert any("one more launch" in r.message for r in caplog.records)
