@@ -8,7 +8,10 @@ captured in a CUDA graph, so launch overhead is removed alike. Several layer cou
 per-layer cost (slope of ms/step vs layers) can be extrapolated when fewer layers than 32 are used.
 `--compile` compiles the model for dense and sparse alike (compiled_decoding.py), which fuses the attention
 block's small kernels; the CUDA graph then replays fewer, larger kernels. `--fuse-qkv` computes each attention's
-q/k/v projections in one GEMV (fused_qkv.py), dense and sparse alike.
+q/k/v projections in one GEMV (fused_qkv.py), dense and sparse alike; `--gemv-o` each o projection through the Triton
+GEMV (triton_gemv.py) instead of cuBLAS's split-K, dense and sparse alike. `--fp32-out both` times each exact path
+with the sparse FFN's fp32 sum taken as it is (SparseDecodingMLP.fp32_out, the default) and, as
+`<path>_no_fp32_out`, with the rows kernel's own epilogue writing the weights' dtype.
 `--model FOLDER` runs the same comparison on a trained ReLU / FATReLU checkpoint instead (e.g. an exported
 arm of issue 7): its own layers and sparsity, random prompt tokens; there the greedy sequences of dense and
 sparse must match, since a trained model's top-2 logits are rarely within rounding of each other.
@@ -31,6 +34,7 @@ from actsparse.kernels.compiled_decoding import compile_model, eager
 from actsparse.kernels.configs import autotuned_configs
 from actsparse.kernels.dispatch import DispatchConfig
 from actsparse.kernels.fused_qkv import fuse_qkv
+from actsparse.kernels.triton_gemv import use_gemv
 from actsparse.kernels.sparse_decoding import (calibrate, greedy_decode, logit_agreement, swap_in_sparse_ffns,
                                               teacher_forced_logits)
 from actsparse.modeling import load_pretrained, sparse_mlps, sparsify
@@ -50,6 +54,11 @@ def parse_args(argv):
                         "compiled_decoding.py), so the non-FFN kernels of a step are fused")
     p.add_argument("--fuse-qkv", action="store_true",
                    help="one GEMV for each attention's q/k/v projections (fused_qkv.py), dense and sparse alike")
+    p.add_argument("--gemv-o", action="store_true",
+                   help="each attention's o projection through the Triton GEMV (triton_gemv.py), dense and sparse alike")
+    p.add_argument("--fp32-out", choices=["on", "off", "both"], default="on",
+                   help="exact paths with SparseDecodingMLP.fp32_out on (default), off, or both (off named "
+                        "<path>_no_fp32_out)")
     p.add_argument("--compile-backend", default="inductor", help=argparse.SUPPRESS)
     p.add_argument("--predictor-rank", type=int, default=358,
                    help="rank of the stand-in predictor (bench_predictor.py); 358 = 4%% of a 7B FFN's bytes; 0: none")
@@ -149,6 +158,8 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
     prompts = {b: torch.randint(0, vocab, (b, args.prompt_len), device=device, generator=gen) for b in batches}
     if args.fuse_qkv:
         fuse_qkv(model)
+    if args.gemv_o:
+        use_gemv(model, ("o_proj",))
     if args.compile:
         compile_model(model, backend=args.compile_backend)
     dense = {b: tokens_per_s(model, prompts[b], args.new_tokens, not args.no_cuda_graph) for b in batches}
@@ -157,13 +168,16 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
     with eager(model):  # calibration reads counts back to the host: not inside a compiled graph
         per_layer_active = calibrate(model, sample)
     kernels = tuple(args.predicted_kernels.split(",")) if predictors else ()
-    paths = ([("exact" if k == "auto" else f"exact_{k}", None, k) for k in args.exact_kernels.split(",")]
-             + [(f"predicted_{k}", k, "auto") for k in kernels])
+    fp32 = {"on": (True,), "off": (False,), "both": (True, False)}[args.fp32_out]
+    paths = ([(("exact" if k == "auto" else f"exact_{k}") + ("" if f or args.fp32_out == "off" else "_no_fp32_out"),
+               None, k, f) for k in args.exact_kernels.split(",") for f in fp32]
+             + [(f"predicted_{k}", k, "auto", True) for k in kernels])
     cfg = model.config
     records = []
-    for path, kernel, exact_kernel in paths:
+    for path, kernel, exact_kernel, fp32_out in paths:
         for m in swapped:
             m.ffn.dispatch = DispatchConfig(predicted_kernel=kernel or "lists", exact_kernel=exact_kernel)
+            m.fp32_out = fp32_out
         for m, pred in zip(swapped, predictors):
             m.predictor = None if kernel is None else pred
         for b in batches:
@@ -179,6 +193,7 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
                        per_layer_active=per_layer_active, greedy_sequences_identical=same,
                        teacher_forced=tf,
                        cuda_graph=not args.no_cuda_graph, compiled=args.compile, fused_qkv=args.fuse_qkv,
+                       gemv_o=args.gemv_o, fp32_out=fp32_out,
                        dtype=args.dtype)
             if kernel is not None:
                 rec.update(predictor_rank=args.predictor_rank, predicted_active=args.predicted_active,

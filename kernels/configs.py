@@ -37,8 +37,8 @@ GATE_FIXED = dict(BLOCK_N=128, BLOCK_K=64)
 
 
 def _tma_block_hook(nargs: dict) -> None:
-    """Autotune pre-hook: the gate descriptor's tile shape follows the config being run."""
-    nargs["wg_desc"].block_shape = [nargs["BLOCK_N"], nargs["BLOCK_K"]]
+    """Autotune pre-hook: the weight descriptor's tile shape (gate kernel or GEMV) follows the config being run."""
+    nargs["wg_desc" if "wg_desc" in nargs else "w_desc"].block_shape = [nargs["BLOCK_N"], nargs["BLOCK_K"]]
 
 
 GATE_TMA_CONFIGS = [
@@ -47,6 +47,12 @@ GATE_TMA_CONFIGS = [
                        (8, 1024, 4, 3), (4, 1024, 4, 4), (16, 512, 4, 4), (8, 256, 4, 6), (8, 512, 8, 4)]
 ]
 GATE_TMA_FIXED = dict(BLOCK_N=16, BLOCK_K=32, STAGES=2)   # interpreter: several K steps at the tests' shapes
+# A plain one-token GEMV with TMA tiles (triton_gemv.py: e.g. the o projection of a decode step): the gate kernel's
+# tiles, and 4-row tiles for the smaller matrices (a 4096x4096 one has 512 programs at BLOCK_N 8).
+GEMV_CONFIGS = GATE_TMA_CONFIGS + [
+    triton.Config(dict(BLOCK_N=4, BLOCK_K=k, STAGES=s), num_warps=w, num_stages=1, pre_hook=_tma_block_hook)
+    for k, w, s in [(512, 4, 4), (512, 2, 4), (2048, 4, 3)]]
+GEMV_FIXED = GATE_TMA_FIXED
 
 # Sparse up (optionally fused with the gate): BLOCK_J active neurons per step, BLOCK_K of d per step, a grid of
 # GRID_PER_SM programs per SM, each owning a balanced range of the list. Batch 1 at 90% lists ~1100 neurons of

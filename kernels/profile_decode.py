@@ -21,10 +21,12 @@ from actsparse.kernels.bench_report import write_json
 from actsparse.kernels.compiled_decoding import compile_model, eager
 from actsparse.kernels.dispatch import DispatchConfig
 from actsparse.kernels.fused_qkv import fuse_qkv
+from actsparse.kernels.triton_gemv import use_gemv
 from actsparse.kernels.sparse_decoding import calibrate, decode_step, swap_in_sparse_ffns
 
 # Kernel name -> part of the step (first match wins).
-PARTS = [("sparse FFN (ours)", r"gate_|rows|up_kernel|down_kernel|compact|pred_"),
+PARTS = [("GEMV (ours, triton_gemv.py)", r"^gemv_kernel"),
+         ("sparse FFN (ours)", r"gate_|rows|up_kernel|down_kernel|compact|pred_"),
          ("matmul (cuBLAS)", r"gemv|gemm|sm90_|cutlass|xmma|splitK|cublas"),
          ("attention", r"flash|attention|fmha|sdpa|softmax"),
          ("fused by inductor", r"^triton_"),
@@ -45,6 +47,10 @@ def parse_args(argv):
     p.add_argument("--steps", type=int, default=16, help="decode steps traced by the profiler")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (as bench_decode --compile)")
     p.add_argument("--fuse-qkv", action="store_true", help="one q/k/v GEMV per attention (as bench_decode --fuse-qkv)")
+    p.add_argument("--gemv-o", action="store_true",
+                   help="each attention's o projection through the Triton GEMV (as bench_decode --gemv-o)")
+    p.add_argument("--no-fp32-out", action="store_true",
+                   help="the sparse FFN returns the weights' dtype (SparseDecodingMLP.fp32_out off)")
     p.add_argument("--pdl", action="store_true", help="also trace the sparse path with DispatchConfig(pdl=True)")
     p.add_argument("--exact-kernels", default="auto", help="sparse exact-path kernels to trace, comma list")
     p.add_argument("--out", default="runs/profile-decode/profile_decode.json")
@@ -111,6 +117,8 @@ def main(argv=None) -> int:
     prompt = torch.randint(0, model.config.vocab_size, (args.batch, args.prompt_len), device="cuda", generator=gen)
     if args.fuse_qkv:
         fuse_qkv(model)
+    if args.gemv_o:
+        use_gemv(model, ("o_proj",))
     if args.compile:
         compile_model(model)
     results, rows = {}, []
@@ -125,6 +133,8 @@ def main(argv=None) -> int:
 
     measure("dense")
     swapped = swap_in_sparse_ffns(model, backend="triton")
+    for m in swapped:
+        m.fp32_out = not args.no_fp32_out
     with eager(model):
         calibrate(model, sample)
     for kernel, pdl in [(k, p) for k in args.exact_kernels.split(",") for p in ((False, True) if args.pdl else (False,))]:
@@ -132,7 +142,8 @@ def main(argv=None) -> int:
             m.ffn.dispatch = DispatchConfig(exact_kernel=kernel, pdl=pdl)
         measure(f"sparse exact ({kernel}{', pdl' if pdl else ''})")
     write_json(args.out, dict(device=torch.cuda.get_device_name(), layers=args.layers, batch=args.batch,
-                              compiled=args.compile, fused_qkv=args.fuse_qkv, graph_ms_per_step=results, rows=rows,
+                              compiled=args.compile, fused_qkv=args.fuse_qkv, gemv_o=args.gemv_o,
+                              fp32_out=not args.no_fp32_out, graph_ms_per_step=results, rows=rows,
                               command="python -m actsparse.kernels.profile_decode " + " ".join(argv or sys.argv[1:])))
     return 0
 

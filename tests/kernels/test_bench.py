@@ -173,3 +173,29 @@ def test_bench_decode_compiled_matches_eager_without_recompiling():
     assert not counters["graph_break"], dict(counters["graph_break"])
     assert counters["stats"]["unique_graphs"] <= 4   # dense and sparse, prefill and decode each
     torch._dynamo.reset()
+
+
+@pytest.mark.skipif(not configs.INTERPRET, reason="needs TRITON_INTERPRET=1 (set by conftest.py)")
+def test_bench_decode_gemv_o_and_both_fp32_out_settings():
+    """--gemv-o (o projections through the Triton GEMV, dense and sparse alike) and --fp32-out both: the exact path is
+    timed with and without the FFN's fp32 sum, and every record's greedy output equals the dense model's."""
+    torch._dynamo.reset()
+    from actsparse.kernels import bench_decode
+    from actsparse.kernels.triton_gemv import GemvLinear
+    args = bench_decode.parse_args(["--sparsity", "0.8", "--prompt-len", "4", "--new-tokens", "3", "--no-cuda-graph",
+                                    "--compile", "--predictor-rank", "0", "--exact-kernels", "auto", "--gemv-o",
+                                    "--fp32-out", "both"])
+    args.dtype, args.compile_backend = "fp32", "aot_eager"
+    shape = dict(hidden_size=32, intermediate_size=400, num_attention_heads=4, num_key_value_heads=2,
+                 vocab_size=97, max_position_embeddings=64)
+    built = []
+    build = bench_decode.build_model
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bench_decode, "build_model", lambda *a, **k: built.append(build(*a, **k)) or built[-1])
+        records = bench_decode.run(2, [1], args, device="cpu", shape=shape)
+    assert [(r["path"], r["fp32_out"], r["gemv_o"]) for r in records] == [("exact", True, True),
+                                                                        ("exact_no_fp32_out", False, True)]
+    assert all(r["greedy_sequences_identical"] == 1.0 and r["teacher_forced"]["argmax_agreement"] == 1.0
+               for r in records)
+    assert sum(isinstance(m, GemvLinear) for m in built[0].modules()) == 2
+    torch._dynamo.reset()

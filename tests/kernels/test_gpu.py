@@ -287,3 +287,44 @@ def test_tma_gate_matches_float64_and_the_plain_gate(dtype, d, f):
         assert float((gact.double() - ref).norm() / ref.norm()) < 1e-3
         results.append(gact)
     torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("d,f", [(4096, 11008), (5120, 13824), (1001, 3001)])
+def test_fp32_out_rows_path_matches_float64_and_the_default(dtype, d, f):
+    """fp32_out at one token (the gate kernel sets the fp32 output row, the rows kernel sums into it with no epilogue;
+    d 1001: the plain gate kernel, the row set by one more launch): against float64, within one output ulp of the
+    default call, replayed in a CUDA graph; the list length and ticket left at zero."""
+    ws, x, ffn, _mask = _case(dtype, d, f, 1, DispatchConfig())
+    ref = _reference(ws, x)
+    first = ffn(x, fp32_out=True)
+    assert first.dtype == torch.float32 and torch.isfinite(first).all()
+    assert float((first.double() - ref).norm() / ref.norm()) < (2e-3 if dtype == torch.float16 else 1e-2)
+    ulp = torch.finfo(dtype).eps
+    torch.testing.assert_close(first.to(dtype).float(), ffn(x).float(), rtol=ulp, atol=ulp)
+    graph, out = _captured(lambda: ffn(x, fp32_out=True))
+    for _ in range(3):
+        graph.replay()
+        torch.testing.assert_close(out, first, rtol=1e-5, atol=1e-5)
+    assert not ffn._list_state.any() and not ffn._tickets.any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n_out,d_in", [(4096, 4096), (12288, 4096), (5120, 5120), (1001, 1001)])
+def test_gemv_matches_float64(dtype, n_out, d_in):
+    """The one-token TMA GEMV (triton_gemv.py; 1001 columns are unaligned rows: F.linear) against float64 and
+    cuBLAS, with a bias, replayed in a CUDA graph."""
+    from actsparse.kernels.triton_gemv import gemv_op
+    gen = torch.Generator(device="cuda").manual_seed(n_out)
+    w = (torch.randn(n_out, d_in, device="cuda", generator=gen) / d_in ** 0.5).to(dtype)
+    b = torch.randn(n_out, device="cuda", generator=gen).to(dtype)
+    x = torch.randn(1, 1, d_in, device="cuda", generator=gen).to(dtype)
+    y = gemv_op(x, w, b)
+    ref = x.double() @ w.double().T + b.double()
+    tol = 2e-3 if dtype == torch.float16 else 1e-2
+    assert y.shape == (1, 1, n_out) and y.dtype == dtype
+    assert float((y.double() - ref).norm() / ref.norm()) < tol / 2
+    torch.testing.assert_close(y, torch.nn.functional.linear(x, w, b), rtol=tol, atol=tol)
+    graph, out = _captured(lambda: gemv_op(x, w, b))
+    graph.replay()
+    torch.testing.assert_close(out, y, rtol=0, atol=0)

@@ -1,0 +1,116 @@
+"""A one-token GEMV (y = W x + b) with the weight tiles loaded through TMA, for the projections a decode step shares
+between the dense and the sparse model (`bench_decode --gemv-o`: each attention's o projection).
+
+Why: at one token cuBLAS runs a 4096x4096 fp16 GEMV as split-K plus a reduce kernel, 15.5 µs for 33.5 MB (2.2 TB/s;
+profile_decode on an H100, session 9), while the TMA gate kernel (triton_gate_tma.py, the same loop without the
+activation) reads an 11008x4096 matrix at ~2.8 TB/s. Program p computes BLOCK_N outputs over whole rows, `STAGES`
+[BLOCK_N, BLOCK_K] tiles in flight, the sum in fp32; no split, no second kernel.
+
+`GemvLinear` replaces an nn.Linear: one token on a GPU with TMA (compute capability 9.0+, 16-byte aligned rows)
+through this kernel, anything else (prefill, CPU without the interpreter, other devices) through F.linear, said once.
+Inside torch.compile it is one opaque custom op (`actsparse::gemv`), like the sparse FFN.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import nn
+from torch.nn import functional as F
+
+from . import configs
+from .configs import GEMV_CONFIGS, GEMV_FIXED, tuned
+
+
+@tuned(GEMV_CONFIGS, GEMV_FIXED, key=["n_out", "d_in", "HAS_BIAS"])
+@triton.jit
+def gemv_kernel(x_ptr, w_desc, b_ptr, out_ptr, n_out, d_in, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+    n0 = tl.program_id(0) * BLOCK_N
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for k0 in tl.range(0, d_in, BLOCK_K, num_stages=STAGES):
+        w = w_desc.load([n0, k0])   # rows past n_out and columns past d_in arrive as zeros
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        xv = tl.load(x_ptr + offs_k, mask=offs_k < d_in, other=0.0).to(tl.float32)
+        acc += w.to(tl.float32) * xv[None, :]
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < n_out
+    y = tl.sum(acc, 1)
+    if HAS_BIAS:
+        y += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs_n, y, mask=n_mask)
+
+
+def gemv_unusable(x: torch.Tensor, weight: torch.Tensor) -> str | None:
+    """Why `gemv(x, weight)` cannot run this kernel (None: it can)."""
+    from .triton_gate_tma import tma_unusable
+    if x.numel() != weight.shape[1]:
+        return f"{x.numel() // max(1, weight.shape[1])} tokens (the GEMV serves one)"
+    if not configs.INTERPRET and x.device.type != "cuda":
+        return f"a {x.device.type} tensor without TRITON_INTERPRET=1"
+    if x.dtype != weight.dtype:
+        return f"x in {x.dtype}, weights in {weight.dtype}"
+    return tma_unusable(x.reshape(1, -1), weight)
+
+
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., d_in] holding one token, weight [n_out, d_in] -> [..., n_out] in x's dtype (the caller checked
+    `gemv_unusable`)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+    n_out, d_in = weight.shape
+    out = torch.empty(*x.shape[:-1], n_out, dtype=x.dtype, device=x.device)
+    desc = TensorDescriptor.from_tensor(weight, [GEMV_FIXED["BLOCK_N"], GEMV_FIXED["BLOCK_K"]])  # configs' hook sets it
+    grid = lambda meta: (triton.cdiv(n_out, meta["BLOCK_N"]),)  # noqa: E731
+    gemv_kernel[grid](x.contiguous(), desc, bias if bias is not None else weight, out, n_out, d_in,
+                      HAS_BIAS=bias is not None)
+    return out
+
+
+@torch.library.custom_op("actsparse::gemv", mutates_args=())
+def gemv_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """`gemv` as one opaque op for torch.compile; F.linear where the kernel cannot run (said once per reason)."""
+    reason = gemv_unusable(x, weight)
+    if reason is None:
+        return gemv(x, weight, bias)
+    from .dispatch import warn_once
+    warn_once(f"GemvLinear: the Triton GEMV is unavailable for {reason}; F.linear")
+    return F.linear(x, weight, bias)
+
+
+@gemv_op.register_fake
+def _gemv_fake(x, weight, bias):
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
+class GemvLinear(nn.Module):
+    """An nn.Linear's weight and bias (shared, not copied) computed through `gemv` at one token, F.linear otherwise."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.weight, self.bias = linear.weight, linear.bias
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[:-1].numel() == 1:   # static under torch.compile: the decode step's variant takes the op
+            return gemv_op(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, one token through triton_gemv"
+
+
+def use_gemv(model: nn.Module, names: tuple[str, ...] = ("o_proj",)) -> int:
+    """Replace every nn.Linear child called one of `names` by a GemvLinear (in place). Returns how many; raises
+    ValueError if none."""
+    swapped = 0
+    for module in list(model.modules()):
+        for name in names:
+            child = getattr(module, name, None)
+            if isinstance(child, nn.Linear):
+                setattr(module, name, GemvLinear(child))
+                swapped += 1
+    if not swapped:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear named {', '.join(names)} to run as a GEMV")
+    return swapped
