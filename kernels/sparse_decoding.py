@@ -216,6 +216,10 @@ def _captured(step, dev: torch.device):
     def replay():
         graph.replay()
         return out
+    # The graph reads and writes what `step` refers to (the static KV cache, its write counters, the static inputs),
+    # which may have no other owner (decode_step's cache): freed, their memory would be reused under the graph
+    # (session 11 on an H100: cache writes past the end, a device-side assert).
+    replay.captured_step = step
     return replay
 
 
