@@ -31,6 +31,11 @@ def register_ffn(ffn) -> int:
     return key
 
 
+def registered_ffn(key: int):
+    """The SparseFFN registered under `key`."""
+    return _FFNS[key]
+
+
 @torch.library.custom_op("actsparse::sparse_ffn", mutates_args=())
 def sparse_ffn_op(x: torch.Tensor, key: int, active: Optional[torch.Tensor], fp32_out: bool = False) -> torch.Tensor:
     """The registered SparseFFN on x ([tokens, d_model]); a new tensor of x's shape and the FFN's dtype (float32 with

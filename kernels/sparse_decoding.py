@@ -14,7 +14,7 @@ from torch import nn
 
 from actsparse.modeling import SparseGatedMLP
 
-from .compiled_decoding import register_ffn, sparse_ffn_op
+from .compiled_decoding import register_ffn, registered_ffn, sparse_ffn_op
 from .dispatch import DispatchConfig
 from .sparse_ffn import SPARSE_ACTIVATIONS, SparseFFN
 
@@ -43,7 +43,7 @@ class SparseDecodingMLP(nn.Module):
         if self.calibrating:
             self.ffn.calibrate(x)
         active = None if self.predictor is None else self.predictor(x)
-        fp32_out = self.fp32_out and _sums_in_fp32(self.ffn, x.shape[0], active is not None)
+        fp32_out = self.fp32_out and _sums_in_fp32(self.ffn_key, x.shape[0], active is not None)
         if torch.compiler.is_compiling():  # one opaque op: the kernels and the dispatch run as in eager mode
             out = sparse_ffn_op(x, self.ffn_key, active, fp32_out)
         else:
@@ -55,11 +55,12 @@ class SparseDecodingMLP(nn.Module):
 
 
 @torch.compiler.assume_constant_result
-def _sums_in_fp32(ffn: SparseFFN, n_tokens: int, predicted: bool) -> bool:
-    """SparseFFN.sums_in_fp32, taken by torch.compile as a constant without a guard on the dispatch: swapping one
+def _sums_in_fp32(ffn_key: int, n_tokens: int, predicted: bool) -> bool:
+    """SparseFFN.sums_in_fp32 of the FFN registered under `ffn_key` (compiled_decoding.py; plain arguments: torch 2.11
+    takes no module here), taken by torch.compile as a constant without a guard on the dispatch: swapping one
     DispatchConfig for another (bench_decode's paths) does not recompile the model. A compiled model whose FFNs then
     stop summing in fp32 stays correct: SparseFFN casts to what the op was asked for."""
-    return ffn.sums_in_fp32(n_tokens, predicted)
+    return registered_ffn(ffn_key).sums_in_fp32(n_tokens, predicted)
 
 
 def swap_in_sparse_ffns(model: nn.Module, backend: str = "triton",
