@@ -55,6 +55,19 @@ def publish_entries(live, offs_n, a, n_covered, counts_ptr, entries_ptr, done_pt
 
 
 @triton.jit
+def tma_row_dots(x_ptr, w_desc, n0, d_in, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+    """x . w[n0 + i] for i < BLOCK_N, fp32 [BLOCK_N]: [BLOCK_N, BLOCK_K] tiles of w through the TMA descriptor, STAGES
+    in flight (rows past the matrix and columns past d_in arrive as zeros)."""
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for k0 in tl.range(0, d_in, BLOCK_K, num_stages=STAGES):
+        w = w_desc.load([n0, k0])
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        xv = tl.load(x_ptr + offs_k, mask=offs_k < d_in, other=0.0).to(tl.float32)
+        acc += w.to(tl.float32) * xv[None, :]
+    return tl.sum(acc, 1)
+
+
+@triton.jit
 def init_sum_row(out_ptr, b_ptr, d_model, HAS_B: tl.constexpr):
     """out[:d_model] = b (fp32), or 0 without a bias: the first programs take 512 columns each (grid-strided), so the
     rows kernel that follows can add its sums straight into `out` (triton_rows_ffn.py, SUM_IS_OUT)."""
@@ -80,15 +93,9 @@ def gate_tma_kernel(x_ptr, wg_desc, bg_ptr, gact_ptr, counts_ptr, idx_ptr, wu_pt
     if INIT_OUT:  # the fp32 output row the rows kernel sums into: b_down, or 0
         init_sum_row(out_ptr, bout_ptr, d_model, HAS_BOUT)
     n0 = tl.program_id(0) * BLOCK_N
-    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for k0 in tl.range(0, d_model, BLOCK_K, num_stages=STAGES):
-        w = wg_desc.load([n0, k0])   # rows past d_ff and columns past d_model arrive as zeros
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        xv = tl.load(x_ptr + offs_k, mask=offs_k < d_model, other=0.0).to(tl.float32)
-        acc += w.to(tl.float32) * xv[None, :]
+    g = tma_row_dots(x_ptr, wg_desc, n0, d_model, BLOCK_N, BLOCK_K, STAGES)
     offs_n = n0 + tl.arange(0, BLOCK_N)
     n_mask = offs_n < d_ff
-    g = tl.sum(acc, 1)
     if HAS_BIAS:
         g += tl.load(bg_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
     a = gate_act(g, threshold, ACT)

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 from . import configs
 from .configs import GEMV_CONFIGS, GEMV_FIXED, tuned
+from .triton_gate_tma import tma_row_dots
 
 
 @tuned(GEMV_CONFIGS, GEMV_FIXED, key=["n_out", "d_in", "HAS_BIAS"])
@@ -29,15 +30,9 @@ from .configs import GEMV_CONFIGS, GEMV_FIXED, tuned
 def gemv_kernel(x_ptr, w_desc, b_ptr, out_ptr, n_out, d_in, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr,
                 BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
     n0 = tl.program_id(0) * BLOCK_N
-    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for k0 in tl.range(0, d_in, BLOCK_K, num_stages=STAGES):
-        w = w_desc.load([n0, k0])   # rows past n_out and columns past d_in arrive as zeros
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        xv = tl.load(x_ptr + offs_k, mask=offs_k < d_in, other=0.0).to(tl.float32)
-        acc += w.to(tl.float32) * xv[None, :]
+    y = tma_row_dots(x_ptr, w_desc, n0, d_in, BLOCK_N, BLOCK_K, STAGES)
     offs_n = n0 + tl.arange(0, BLOCK_N)
     n_mask = offs_n < n_out
-    y = tl.sum(acc, 1)
     if HAS_BIAS:
         y += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + offs_n, y, mask=n_mask)
