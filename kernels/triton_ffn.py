@@ -132,12 +132,9 @@ def _rows_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, thres
         launch_gate(x, w_gate, b_gate, activation, threshold, False, gate_act, counts, idx, pdl=pdl, tma=gate_tma,
                     prefetch=_prefetch_rows(w_up, w_down_t) if gate_prefetch else None,
                     init_out=None if out is None else (out[0], b_down))
-        if out is not None:
-            from .triton_rows_ffn import launch_rows
-            launch_rows(x, w_gate, b_gate, w_up, b_up, w_down_t, None, gate_act, activation, threshold, counts, idx,
-                        out[0], tickets[:1], out, _n_sms(dev), pdl=pdl, sum_is_out=True)
-            return out
-    elif n_given is None:
+        return _rows_out(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, counts, idx, n_given,
+                         tickets, alloc, rows_acc, pdl, gate_act=gate_act, sum_out=out)
+    if n_given is None:
         compact_mask(mask, False, counts, idx, pdl=pdl)
     return _rows_out(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, counts, idx, n_given,
                      tickets, alloc, rows_acc, pdl, gate_act=gate_act)
@@ -179,13 +176,15 @@ def _prefetch_rows(w_up, w_down_t):
 
 
 def _rows_out(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, counts, idx, n_given, tickets,
-              alloc, rows_acc, pdl, gate_act=None, x1c=None):
-    """The rows kernel's output [1, d_model] over the list (see launch_rows for gate_act / x1c)."""
+              alloc, rows_acc, pdl, gate_act=None, x1c=None, sum_out=None):
+    """The rows kernel's output [1, d_model] over the list (see launch_rows for gate_act / x1c). `sum_out`: an fp32
+    [1, d_model] output the gate kernel set to b_down, which the rows kernel sums into with no epilogue."""
     from .triton_rows_ffn import launch_rows
     dev = x.device
-    acc, out = _sum_row_and_out(x, rows_acc, alloc)
-    launch_rows(x, w_gate, b_gate, w_up, b_up, w_down_t, b_down, gate_act, activation, threshold, counts, idx, acc,
-                tickets[:1], out, _n_sms(dev), pdl=pdl, n_given=n_given, x1c=x1c)
+    acc, out = (sum_out[0], sum_out) if sum_out is not None else _sum_row_and_out(x, rows_acc, alloc)
+    launch_rows(x, w_gate, b_gate, w_up, b_up, w_down_t, None if sum_out is not None else b_down, gate_act, activation,
+                threshold, counts, idx, acc, tickets[:1], out, _n_sms(dev), pdl=pdl, n_given=n_given, x1c=x1c,
+                sum_is_out=sum_out is not None)
     return out
 
 

@@ -202,15 +202,16 @@ def write_sum_row(acc_ptr, bd_ptr, out_ptr, ticket_ptr, offs_d, d_model, HAS_BD:
     tl.atomic_xchg(ticket_ptr, 0)
 
 
-@tuned(ROWS_CONFIGS, ROWS_FIXED, key=["d_model", "d_ff", "FUSE_GATE", "X1_GIVEN", "N_GIVEN", "BLOCK_D", "SUM_IS_OUT"],
+@tuned(ROWS_CONFIGS, ROWS_FIXED,
+       key=["d_model", "d_ff", "FUSE_GATE", "X1_GIVEN", "N_GIVEN", "BLOCK_D", "SUM_IS_OUT"],
        restore_value=["counts_ptr", "acc_ptr"])
 @triton.jit
 def rows_ffn_kernel(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, bd_ptr, gact_ptr, counts_ptr, idx_ptr, acc_ptr,
                     ticket_ptr, out_ptr, d_model, d_ff, threshold, n_given, ACT: tl.constexpr,
                     FUSE_GATE: tl.constexpr, X1_GIVEN: tl.constexpr, HAS_BG: tl.constexpr, HAS_BU: tl.constexpr,
                     HAS_BD: tl.constexpr, N_GIVEN: tl.constexpr, ONE_STEP_D: tl.constexpr, SUM_IS_OUT: tl.constexpr,
-                    IEEE: tl.constexpr, FENCE: tl.constexpr, USE_GDC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_J: tl.constexpr,
-                    BLOCK_K: tl.constexpr, GRID_PER_SM: tl.constexpr, PIPELINE: tl.constexpr):
+                    IEEE: tl.constexpr, FENCE: tl.constexpr, USE_GDC: tl.constexpr, BLOCK_D: tl.constexpr,
+                    BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, GRID_PER_SM: tl.constexpr, PIPELINE: tl.constexpr):
     gdc_start(USE_GDC)
     if N_GIVEN:
         n_listed = n_given
@@ -283,5 +284,5 @@ def launch_rows(x, w_gate, b_gate, w_up, b_up, w_down_t, b_down, gate_act_in, ac
                  acc, ticket, out, d_model, d_ff, float(threshold), n_given or 0, ACT=ACT_CODES[act],
                  FUSE_GATE=fuse_gate, X1_GIVEN=x1c is not None, HAS_BG=b_gate is not None, HAS_BU=b_up is not None,
                  HAS_BD=b_down is not None, N_GIVEN=n_given is not None, ONE_STEP_D=block_d >= d_model,
-                 SUM_IS_OUT=sum_is_out, IEEE=x.dtype == torch.float32, FENCE=not configs.INTERPRET, BLOCK_D=block_d, **launch_options(pdl),
-                 **extra)
+                 SUM_IS_OUT=sum_is_out, IEEE=x.dtype == torch.float32, FENCE=not configs.INTERPRET, BLOCK_D=block_d,
+                 **launch_options(pdl), **extra)

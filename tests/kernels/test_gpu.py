@@ -132,7 +132,8 @@ def test_rows_kernel_matches_float64(dtype, d, f, kind, dispatch):
     the exact path in one kernel (triton_gate_rows.py; a predicted set takes the rows kernel). "prefetch": the TMA gate
     kernel sends the active rows towards L2 first (DispatchConfig.gate_prefetch). "stream": gate and rows kernels
     concurrently (triton_stream_rows.py; a predicted set takes the rows kernel)."""
-    config = {"stream": DispatchConfig(exact_kernel="stream"),"rows": DispatchConfig(exact_kernel="rows", predicted_kernel="rows"),
+    config = {"stream": DispatchConfig(exact_kernel="stream"),
+              "rows": DispatchConfig(exact_kernel="rows", predicted_kernel="rows"),
               "atomic_down": DispatchConfig(down_kernel="atomic"),
               "gate_rows": DispatchConfig(exact_kernel="gate_rows"),
               "prefetch": DispatchConfig(exact_kernel="rows", predicted_kernel="rows", gate_prefetch=True)}[dispatch]
