@@ -16,7 +16,7 @@ from collections import defaultdict
 
 import torch
 
-from actsparse.kernels.bench_decode import build_model, set_gate_biases, tokens_per_s
+from actsparse.kernels.bench_decode import build_model, build_predictors, set_gate_biases, tokens_per_s
 from actsparse.kernels.bench_report import write_json
 from actsparse.kernels.compiled_decoding import compile_model, eager
 from actsparse.kernels.dispatch import DispatchConfig
@@ -53,6 +53,12 @@ def parse_args(argv):
                    help="the sparse FFN returns the weights' dtype (SparseDecodingMLP.fp32_out off)")
     p.add_argument("--pdl", action="store_true", help="also trace the sparse path with DispatchConfig(pdl=True)")
     p.add_argument("--exact-kernels", default="auto", help="sparse exact-path kernels to trace, comma list")
+    p.add_argument("--predicted-kernels", default="",
+                   help="also trace the predictor path (bench_decode's stand-in predictor) with these predicted-set "
+                        "kernels (DispatchConfig.predicted_kernel), comma list; empty: not traced")
+    p.add_argument("--predictor-rank", type=int, default=358, help="rank of the stand-in predictor (as bench_decode)")
+    p.add_argument("--predicted-active", type=float, default=0.15,
+                   help="fraction of neurons the stand-in predictor selects (as bench_decode)")
     p.add_argument("--out", default="runs/profile-decode/profile_decode.json")
     return p.parse_args(argv)
 
@@ -114,6 +120,9 @@ def main(argv=None) -> int:
     gen = torch.Generator(device="cuda").manual_seed(1)
     sample = torch.randint(0, model.config.vocab_size, (4, 64), device="cuda", generator=gen)
     set_gate_biases(model, args.sparsity, sample)
+    predicted_kernels = [k for k in args.predicted_kernels.split(",") if k]
+    predictors = build_predictors(model, args.predictor_rank, args.predicted_active, sample)[0] \
+        if predicted_kernels else []
     prompt = torch.randint(0, model.config.vocab_size, (args.batch, args.prompt_len), device="cuda", generator=gen)
     if args.fuse_qkv:
         fuse_qkv(model)
@@ -141,6 +150,11 @@ def main(argv=None) -> int:
         for m in swapped:
             m.ffn.dispatch = DispatchConfig(exact_kernel=kernel, pdl=pdl)
         measure(f"sparse exact ({kernel}{', pdl' if pdl else ''})")
+    for kernel in predicted_kernels:
+        for m, pred in zip(swapped, predictors):
+            m.ffn.dispatch = DispatchConfig(predicted_kernel=kernel)
+            m.predictor = pred
+        measure(f"sparse predicted ({kernel}, rank {args.predictor_rank}, {args.predicted_active:g} predicted)")
     write_json(args.out, dict(device=torch.cuda.get_device_name(), layers=args.layers, batch=args.batch,
                               compiled=args.compile, fused_qkv=args.fuse_qkv, gemv_o=args.gemv_o,
                               fp32_out=not args.no_fp32_out, graph_ms_per_step=results, rows=rows,
