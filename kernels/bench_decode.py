@@ -18,7 +18,9 @@ sparse must match, since a trained model's top-2 logits are rarely within roundi
 Paths: `exact` (no predictor, greedy output must equal dense), then `predicted_<kernel>`: a
 stand-in predictor per layer (bench_predictor.py: rank-358 SVD of the gate, 4% of the FFN's bytes, ~15% of
 neurons predicted) feeding the predicted-set kernels: Version 1, Version 1 with the compaction inline (batch 1),
-and Version 2 (kernels/NOTES.md).
+and Version 2 (kernels/NOTES.md). On the rows path at one token the kernels build the neuron list from the
+predictor's logits themselves (triton_predictor_list.py); `--fused-predictor both` also times the predictor's mask
+compacted by its own kernel, as `<path>_mask`.
 """
 from __future__ import annotations
 
@@ -56,6 +58,10 @@ def parse_args(argv):
                    help="one GEMV for each attention's q/k/v projections (fused_qkv.py), dense and sparse alike")
     p.add_argument("--gemv-o", action="store_true",
                    help="each attention's o projection through the Triton GEMV (triton_gemv.py), dense and sparse alike")
+    p.add_argument("--fused-predictor", choices=["on", "off", "both"], default="on",
+                   help="predictor paths with SparseDecodingMLP.fuse_predictor on (default: at one token the kernels "
+                        "build the neuron list from the predictor's logits), off (its bool mask, compacted), or both "
+                        "(off named <path>_mask)")
     p.add_argument("--fp32-out", choices=["on", "off", "both"], default="on",
                    help="exact paths with SparseDecodingMLP.fp32_out on (default), off, or both (off named "
                         "<path>_no_fp32_out)")
@@ -171,13 +177,15 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
     fp32 = {"on": (True,), "off": (False,), "both": (True, False)}[args.fp32_out]
     paths = ([(("exact" if k == "auto" else f"exact_{k}") + ("" if f or args.fp32_out == "off" else "_no_fp32_out"),
                None, k, f) for k in args.exact_kernels.split(",") for f in fp32]
-             + [(f"predicted_{k}", k, "auto", True) for k in kernels])
+             + [(f"predicted_{k}" + ("" if f or args.fused_predictor == "off" else "_mask"), k, "auto", f)
+                for k in kernels for f in {"on": (True,), "off": (False,), "both": (True, False)}[args.fused_predictor]])
     cfg = model.config
     records = []
-    for path, kernel, exact_kernel, fp32_out in paths:
+    for path, kernel, exact_kernel, flag in paths:   # flag: fp32_out (exact paths) or fuse_predictor (predicted)
+        fp32_out, fused = (flag, False) if kernel is None else (True, flag)
         for m in swapped:
             m.ffn.dispatch = DispatchConfig(predicted_kernel=kernel or "lists", exact_kernel=exact_kernel)
-            m.fp32_out = fp32_out
+            m.fp32_out, m.fuse_predictor = fp32_out, fused
         for m, pred in zip(swapped, predictors):
             m.predictor = None if kernel is None else pred
         for b in batches:
@@ -197,6 +205,7 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
                        dtype=args.dtype)
             if kernel is not None:
                 rec.update(predictor_rank=args.predictor_rank, predicted_active=args.predicted_active,
+                           fused_predictor=fused,
                            predictor_bytes_of_ffn=predictor_bytes_fraction(args.predictor_rank, cfg.hidden_size,
                                                                            cfg.intermediate_size),
                            predictor_recall=sum(recalls) / len(recalls))

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from actsparse.modeling.predictors.low_rank_logits import LowRankLogits
+
 
 class GateSVDPredictor(nn.Module):
     """x [tokens, d_model] -> bool [tokens, d_ff]: (x V_r S_r) U_r^T + bias > margin."""
@@ -28,10 +30,14 @@ class GateSVDPredictor(nn.Module):
         self.rank = rank
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addmm(self.bias, x @ self.down.t(), self.up.t())
+        return self.low_rank_logits().logits(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits(x) > 0
+        return self.low_rank_logits().mask(x)
+
+    def low_rank_logits(self) -> LowRankLogits:
+        """This predictor as data the sparse kernels compute themselves at one token (SparseDecodingMLP)."""
+        return LowRankLogits(self.down, self.up, self.bias, False, 0.0)
 
     @torch.no_grad()
     def set_margin(self, x: torch.Tensor, predicted_active: float) -> None:

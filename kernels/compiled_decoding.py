@@ -13,9 +13,11 @@ import contextlib
 import itertools
 import logging
 import weakref
-from typing import Optional
+from typing import List, Optional
 
 import torch
+
+from actsparse.modeling.predictors.low_rank_logits import LowRankLogits
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +39,27 @@ def registered_ffn(key: int):
 
 
 @torch.library.custom_op("actsparse::sparse_ffn", mutates_args=())
-def sparse_ffn_op(x: torch.Tensor, key: int, active: Optional[torch.Tensor], fp32_out: bool = False) -> torch.Tensor:
+def sparse_ffn_op(x: torch.Tensor, key: int, active: Optional[torch.Tensor], fp32_out: bool,
+                  low_rank: List[Optional[torch.Tensor]], low_rank_relu: bool, low_rank_cut: float) -> torch.Tensor:
     """The registered SparseFFN on x ([tokens, d_model]); a new tensor of x's shape and the FFN's dtype (float32 with
-    `fp32_out`: SparseFFN.forward)."""
+    `fp32_out`: SparseFFN.forward). `low_rank` = [down, up, bias, source] (empty: none) with `low_rank_relu` and
+    `low_rank_cut`: the predictor as a LowRankLogits, in place of `active`."""
+    if low_rank:
+        active = LowRankLogits(low_rank[0], low_rank[1], low_rank[2], low_rank_relu, low_rank_cut, low_rank[3])
     return _FFNS[key](x, active, fp32_out)
 
 
 @sparse_ffn_op.register_fake
-def _sparse_ffn_fake(x, key, active, fp32_out=False):
+def _sparse_ffn_fake(x, key, active, fp32_out, low_rank, low_rank_relu, low_rank_cut):
     return x.new_empty(x.shape, dtype=torch.float32 if fp32_out else _FFNS[key].w_gate.dtype)
+
+
+def sparse_ffn_op_args(active) -> tuple:
+    """(active, low_rank, low_rank_relu, low_rank_cut) of sparse_ffn_op for `active`: a tensor, None or a
+    LowRankLogits."""
+    if isinstance(active, LowRankLogits):
+        return None, [active.down, active.up, active.bias, active.source], bool(active.relu_hidden), float(active.cut)
+    return active, [], False, 0.0
 
 
 def compile_model(model: torch.nn.Module, backend: str = "inductor", max_variants: int = 64) -> torch.nn.Module:

@@ -152,6 +152,15 @@ GATE_ROWS_FIXED = dict(BLOCK_N=2, GRID_PER_SM=3)  # interpreter: 3 programs, man
 COMPACT_CONFIGS = [_cfg(4, 1, BLOCK_N=n) for n in (256, 1024)]
 COMPACT_FIXED = dict(BLOCK_N=128)
 
+# A low-rank predictor's second layer + cut -> the union list at one token (triton_predictor_list.py): BLOCK_N rows of
+# up [d_ff, rank] per program, BLOCK_K of the rank per step (ranks are small: 358-1024, often one step).
+PREDICTOR_LIST_CONFIGS = [
+    _cfg(w, s, BLOCK_N=n, BLOCK_K=k)
+    for n, k, w, s in [(16, 512, 4, 1), (8, 512, 4, 1), (32, 256, 4, 2), (16, 256, 4, 2), (32, 512, 8, 1),
+                       (8, 1024, 4, 1), (64, 128, 4, 3), (16, 1024, 8, 1)]
+]
+PREDICTOR_LIST_FIXED = dict(BLOCK_N=32, BLOCK_K=64)
+
 
 def tuned(configs: list[triton.Config], fixed: dict, key: list[str], reset_to_zero: list[str] | None = None,
           restore_value: list[str] | None = None):

@@ -15,6 +15,7 @@ from torch import nn
 from actsparse.modeling import SparseGatedMLP
 
 from .compiled_decoding import register_ffn, registered_ffn, sparse_ffn_op
+from .compiled_decoding import sparse_ffn_op_args as _op_args
 from .dispatch import DispatchConfig
 from .sparse_ffn import SPARSE_ACTIVATIONS, SparseFFN
 
@@ -23,13 +24,16 @@ class SparseDecodingMLP(nn.Module):
     """(batch, seq, d_model) -> same, through a SparseFFN on the flattened tokens.
 
     `predictor`: optional callable (x2d) -> active set (bool [d_ff] / [tokens, d_ff] or indices), from
-    the predictor work; None runs the exact path. `calibrating`: the next forward measures each neuron's
+    the predictor work; None runs the exact path. A predictor with a `low_rank_logits()` method (returning a
+    LowRankLogits, e.g. bench_predictor.GateSVDPredictor) is handed to the kernels as that description at one token
+    (`fuse_predictor`, default True): they build its neuron list while computing its logits, no mask and no
+    compaction (triton_predictor_list.py). `calibrating`: the next forward measures each neuron's
     activation probability for the dispatcher (this synchronizes; do it before capturing graphs).
     `fp32_out`: where the call's kernels produce the sum in fp32 anyway (SparseFFN.sums_in_fp32), take it as it is
     and cast here, a cast that torch.compile merges into the residual add after the FFN.
     """
 
-    def __init__(self, ffn: SparseFFN, layer_index: int = 0, fp32_out: bool = True):
+    def __init__(self, ffn: SparseFFN, layer_index: int = 0, fp32_out: bool = True, fuse_predictor: bool = True):
         super().__init__()
         self.ffn = ffn
         self.ffn_key = register_ffn(ffn)  # for compiled models (compiled_decoding.py)
@@ -37,18 +41,31 @@ class SparseDecodingMLP(nn.Module):
         self.predictor = None
         self.calibrating = False
         self.fp32_out = fp32_out
+        self.fuse_predictor = fuse_predictor
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         x = hidden.reshape(-1, hidden.shape[-1])
         if self.calibrating:
             self.ffn.calibrate(x)
-        active = None if self.predictor is None else self.predictor(x)
+        active = self._active(x)
         fp32_out = self.fp32_out and _sums_in_fp32(self.ffn_key, x.shape[0], active is not None)
         if torch.compiler.is_compiling():  # one opaque op: the kernels and the dispatch run as in eager mode
-            out = sparse_ffn_op(x, self.ffn_key, active, fp32_out)
+            given, low_rank, relu, cut = _op_args(active)
+            out = sparse_ffn_op(x, self.ffn_key, given, fp32_out, low_rank, relu, cut)
         else:
             out = self.ffn(x, active, fp32_out)
         return out.reshape(hidden.shape).to(hidden.dtype)
+
+    def _active(self, x: torch.Tensor):
+        """None (exact path), the predictor as a LowRankLogits (one token, `fuse_predictor`, a predictor that can
+        describe itself), or the predictor's output."""
+        if self.predictor is None:
+            return None
+        describe = getattr(self.predictor, "low_rank_logits", None)
+        if (self.fuse_predictor and describe is not None and x.shape[0] == 1
+                and _takes_low_rank(self.ffn_key, self.ffn.dispatch.predicted_kernel)):
+            return describe()
+        return self.predictor(x)
 
     def extra_repr(self) -> str:
         return f"activation={self.ffn.activation}, backend={self.ffn.backend}, layer_index={self.layer_index}"
@@ -61,6 +78,14 @@ def _sums_in_fp32(ffn_key: int, n_tokens: int, predicted: bool) -> bool:
     DispatchConfig for another (bench_decode's paths) does not recompile the model. A compiled model whose FFNs then
     stop summing in fp32 stays correct: SparseFFN casts to what the op was asked for."""
     return registered_ffn(ffn_key).sums_in_fp32(n_tokens, predicted)
+
+
+@torch.compiler.assume_constant_result
+def _takes_low_rank(ffn_key: int, predicted_kernel: str) -> bool:
+    """Whether the FFN registered under `ffn_key` builds a one-token list from a LowRankLogits itself (the rows path;
+    other predicted-set kernels would compute its mask inside the op, outside the compiled graph). A constant for
+    torch.compile; `predicted_kernel` is passed so that a compiled model recompiles when it changes."""
+    return registered_ffn(ffn_key)._lists_from_logits(1)
 
 
 def swap_in_sparse_ffns(model: nn.Module, backend: str = "triton",

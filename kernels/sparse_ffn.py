@@ -10,6 +10,9 @@ What is skipped (no predictor):
   rows where x1 == 0, i.e. gate <= 0 OR up <= 0 (the down kernel tests x1 before loading a row).
 With a predicted set `active` (bool [d_ff] or [tokens, d_ff], or a 1-D index tensor): gate, up and
 down rows of neurons outside the set are all skipped; x1 is act(gate) * up inside the set and 0 outside.
+`active` may also be the predictor itself as a `LowRankLogits` (modeling/predictors/low_rank_logits.py): at one
+token on the rows path its second layer builds the neuron list in a kernel (triton_predictor_list.py); elsewhere
+its mask is computed in PyTorch and taken as above.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from actsparse.modeling.activations import check_activation, gate_activation
+from actsparse.modeling.predictors.low_rank_logits import LowRankLogits
 
 from .dispatch import DispatchConfig, choose_plan, warn_once
 from .torch_sparse import sparse_ffn_torch
@@ -125,6 +129,10 @@ class SparseFFN(nn.Module):
         if x.dim() != 2 or x.shape[1] != self.w_gate.shape[1]:
             raise ValueError(f"x must be (tokens, {self.w_gate.shape[1]}), got {tuple(x.shape)}")
         x = x.to(self.w_gate.dtype).contiguous()
+        if isinstance(active, LowRankLogits):
+            if self._lists_from_logits(x.shape[0]):
+                return self._triton_ffn(x, None, None, False, low_rank=active)
+            active = active.mask(x)
         fused = active is not None and self.backend == "triton" and self.dispatch.predicted_kernel == "fused"
         # The fused and the lists kernels read an index list as given (no mask built from it, no compaction).
         idx = active if (active is not None and self.backend == "triton" and self._is_index(active)
@@ -142,19 +150,33 @@ class SparseFFN(nn.Module):
             from .triton_predicted import predicted_ffn
             return predicted_ffn(*args, self.activation, self.threshold, mask, idx, self._ticket_buffer(x),
                                  self.workspace_alloc)
+        return self._triton_ffn(x, mask, idx, plan.per_token, active is not None, fp32_out)
+
+    def _triton_ffn(self, x, mask, idx, per_token: bool, predicted: bool = True, fp32_out: bool = False,
+                    low_rank: LowRankLogits | None = None) -> torch.Tensor:
         from .triton_ffn import list_state, triton_sparse_ffn  # triton is needed only for this backend
         if self._list_state is None or self._list_state.device != x.device:
             self._list_state = list_state(x.device)
-        return triton_sparse_ffn(*args, self.activation, self.threshold, mask, plan.per_token, self._ticket_buffer(x),
+        args = (x, self.w_gate, self.w_up, self.w_down_t, self.b_gate, self.b_up, self.b_down)
+        return triton_sparse_ffn(*args, self.activation, self.threshold, mask, per_token, self._ticket_buffer(x),
                                  self.workspace_alloc, fuse_up=self.dispatch.fuse_up(x.shape[0]),
                                  state=self._list_state,
                                  inline_compact=self.dispatch.predicted_kernel == "lists_inline",
                                  pdl=self.dispatch.pdl, index=None if idx is None else self._int32(idx),
-                                 rows=self.dispatch.rows(x.shape[0], active is not None, self.activation),
-                                 gate_rows=self.dispatch.gate_rows(x.shape[0], active is not None),
+                                 rows=self.dispatch.rows(x.shape[0], predicted, self.activation),
+                                 gate_rows=self.dispatch.gate_rows(x.shape[0], predicted),
                                  rows_acc=self._rows_acc_buffer(x), atomic_down=self.dispatch.down_kernel == "atomic",
                                  gate_tma=self.dispatch.gate_tma, gate_prefetch=self.dispatch.gate_prefetch,
-                                 stream=self._stream_args(x, active is not None), fp32_out=fp32_out)
+                                 stream=self._stream_args(x, predicted), fp32_out=fp32_out, low_rank=low_rank)
+
+    def _lists_from_logits(self, n_tokens: int) -> bool:
+        """Whether a LowRankLogits `active` goes to the kernels as it is (one token on the rows path, the dispatcher
+        not choosing dense), rather than as its PyTorch mask."""
+        if self.backend != "triton" or not self.dispatch.rows(n_tokens, True, self.activation):
+            return False
+        if self.neuron_prob is None:
+            warn_once("SparseFFN: not calibrated, so no dense fallback at low sparsity (call calibrate())")
+        return self._plan(n_tokens, True).path != "dense"
 
     def _plan(self, n_tokens: int, predicted: bool, mask_rows: int = 1):
         """The dispatcher's choice, cached per (tokens, predicted, mask rows): host-only, no sync.

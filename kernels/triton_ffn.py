@@ -31,7 +31,7 @@ def list_state(device) -> torch.Tensor:
 def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, per_token,
                       tickets, alloc=torch.empty, fuse_up=False, state=None, inline_compact=False, pdl=False,
                       index=None, rows=False, rows_acc=None, atomic_down=False, gate_rows=False, gate_tma=False,
-                      gate_prefetch=False, stream=None, fp32_out=False):
+                      gate_prefetch=False, stream=None, fp32_out=False, low_rank=None):
     """x [T, d] -> [T, d]. mask: None (dense gate decides), [1, d_ff] or [T, d_ff] bool (predicted set).
     `alloc` makes the float workspaces and the output (tests poison them with NaN). `fuse_up` (no mask, union
     mode): the gate kernel also computes x1, one launch fewer. `state`: a `list_state` buffer (None: a fresh one).
@@ -50,7 +50,8 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
     `stream_state` pair, gate_first): the gate and rows kernels run concurrently (triton_stream_rows.py) where
     usable, else the rows path (said once). `fp32_out` (the one-token exact rows path): the output is the rows
     kernel's fp32 sum row itself, set to b_down by the gate kernel, with no epilogue; other paths ignore it (the
-    caller casts)."""
+    caller casts). `low_rank` (a LowRankLogits; one token, `rows`, no mask / index): the predictor's second layer
+    writes the list (triton_predictor_list.py) and the rows kernel reads it: no mask, no compaction."""
     if x.device.type != "cuda" and not configs.INTERPRET:
         raise RuntimeError("the Triton backend needs a CUDA tensor (or TRITON_INTERPRET=1 set before importing "
                            "triton); use backend='torch' on CPU")
@@ -67,6 +68,13 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
     if index is not None and (mask is not None or per_token or index.dtype != torch.int32 or index.dim() != 1):
         raise ValueError("index: a 1-D int32 tensor of neuron ids, with mask None and per_token False")
     idx = index if index is not None else torch.empty(n_lists, d_ff, dtype=torch.int32, device=dev)
+    if low_rank is not None:
+        if not (rows and n_tokens == 1 and mask is None and index is None):
+            raise ValueError("low_rank: one token on the rows path, with mask and index None")
+        from .triton_predictor_list import launch_predictor_list
+        launch_predictor_list(x, low_rank, counts, idx)
+        return _rows_out(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, counts, idx, None,
+                         tickets, alloc, rows_acc, pdl)
     if rows and n_tokens == 1 and not per_token:
         return _rows_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, counts, idx,
                          n_given, tickets, alloc, rows_acc, pdl, gate_rows, gate_tma, gate_prefetch, stream, fp32_out)

@@ -34,7 +34,7 @@ class PredictedSparseMLP(SparseGatedMLP):
         self.predictor = predictor
         self.input_location = input_location
         self.rule = rule
-        self.sparse_ffn: Callable | None = None          # kernels' SparseFFN: (x [T, d], active [T, d_ff]) -> [T, d]
+        self.sparse_ffn: Callable | None = None   # kernels' SparseFFN: (x [T, d], active [T, d_ff] or LowRankLogits)
         self.prediction_counts: PredictionCounts | None = None   # set to count predicted vs true active sets
         self.tapped_input: torch.Tensor | None = None     # residual handed over by the norm's pre-hook
         self._hook = None
@@ -50,11 +50,11 @@ class PredictedSparseMLP(SparseGatedMLP):
         return self.rule(self.predictor(source))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        active = self.predict_active(x)
         if self.sparse_ffn is not None:
             flat = x.reshape(-1, x.shape[-1])
-            out = self.sparse_ffn(flat, active=active.reshape(-1, active.shape[-1]))
+            out = self.sparse_ffn(flat, active=self._kernel_active(x, flat.shape[0]))
             return out.reshape(*x.shape[:-1], out.shape[-1])
+        active = self.predict_active(x)
         up = self.up_proj(x)
         if self.relu_on_up:
             up = torch.relu(up)
@@ -65,6 +65,19 @@ class PredictedSparseMLP(SparseGatedMLP):
         if self.zero_counter is not None and not _in_backward():
             self.zero_counter.add(self.layer_index, x1)
         return self.down_proj(x1)
+
+    def _kernel_active(self, x: torch.Tensor, n_tokens: int):
+        """What the kernels' SparseFFN gets as `active`: at one token under a threshold rule the predictor itself as
+        a `LowRankLogits` (the kernels build the neuron list while computing the logits), else the bool mask."""
+        if n_tokens == 1 and self.rule.kind == "threshold":
+            source = None
+            if self.input_location == "pre_norm":
+                if self.tapped_input is None:
+                    self.predict_active(x)   # raises the missing-hook error
+                source, self.tapped_input = self.tapped_input.reshape(1, -1), None
+            return self.predictor.kernel_logits(self.rule, source)
+        active = self.predict_active(x)
+        return active.reshape(-1, active.shape[-1])
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, input_location={self.input_location}, rule={self.rule.describe()}"

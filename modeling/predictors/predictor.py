@@ -22,6 +22,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .low_rank_logits import LowRankLogits
+
 INPUT_LOCATIONS = ("pre_norm", "mlp_input")
 ACTIVE_RULES = ("threshold", "topk")
 PREDICTORS_DIRNAME = "predictors"
@@ -38,6 +40,13 @@ class LowRankPredictor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(torch.relu(self.down(x.to(self.down.weight.dtype))))
+
+    def kernel_logits(self, rule: "ActiveRule", source: torch.Tensor | None = None) -> LowRankLogits | None:
+        """This predictor under `rule` as data the sparse kernels compute themselves (low_rank_logits.py); None for
+        a top-k rule, which needs every logit of a token before it can pick."""
+        if rule.kind != "threshold":
+            return None
+        return LowRankLogits(self.down.weight, self.up.weight, None, True, rule.logit_cut(), source)
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, rank={self.rank}, d_ff={self.d_ff}"
@@ -65,11 +74,15 @@ class ActiveRule:
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         if self.kind == "threshold":
-            # sigmoid(l) >= p  <=>  l >= log(p / (1 - p)); comparing logits avoids a sigmoid per neuron.
-            return logits >= math.log(self.threshold / (1.0 - self.threshold))
+            return logits >= self.logit_cut()
         k = self.topk_count(logits.shape[-1])
         top = logits.topk(k, dim=-1).indices
         return torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, top, True)
+
+    def logit_cut(self) -> float:
+        """`threshold` rule: active where logit >= this, since sigmoid(l) >= p  <=>  l >= log(p / (1 - p))
+        (comparing logits avoids a sigmoid per neuron)."""
+        return math.log(self.threshold / (1.0 - self.threshold))
 
     def topk_count(self, d_ff: int) -> int:
         return max(1, min(d_ff, math.ceil(self.topk_percent / 100.0 * d_ff)))

@@ -198,4 +198,38 @@ def test_bench_decode_gemv_o_and_both_fp32_out_settings():
     assert all(r["greedy_sequences_identical"] == 1.0 and r["teacher_forced"]["argmax_agreement"] == 1.0
                for r in records)
     assert sum(isinstance(m, GemvLinear) for m in built[0].modules()) == 2
+
+
+@pytest.mark.skipif(not configs.INTERPRET, reason="needs TRITON_INTERPRET=1 (set by conftest.py)")
+def test_bench_decode_fused_predictor_both_settings(monkeypatch):
+    """--fused-predictor both on the rows path, compiled: the fused path runs the list kernel and not the compaction,
+    the `_mask` path the reverse; both decode the same greedy tokens (same predicted sets, computed two ways)."""
+    torch._dynamo.reset()
+    from actsparse.kernels import bench_decode, triton_ffn, triton_predictor_list
+    launches = []
+    for module, name in ((triton_predictor_list, "launch_predictor_list"), (triton_ffn, "compact_mask")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _r=real, _n=name, **k: launches.append(_n) or _r(*a, **k))
+    args = bench_decode.parse_args(["--sparsity", "0.8", "--prompt-len", "4", "--new-tokens", "3", "--no-cuda-graph",
+                                    "--compile", "--predictor-rank", "8", "--exact-kernels", "auto",
+                                    "--predicted-kernels", "auto", "--fused-predictor", "both"])
+    args.dtype, args.compile_backend = "fp32", "aot_eager"
+    shape = dict(hidden_size=32, intermediate_size=400, num_attention_heads=4, num_key_value_heads=2,
+                 vocab_size=97, max_position_embeddings=64)
+    seen = {}
+    run_path = bench_decode.tokens_per_s
+
+    def tokens_per_s(model, ids, new_tokens, graph):
+        launches.clear()
+        tps, out = run_path(model, ids, new_tokens, graph)
+        seen[len(seen)] = (set(launches), out)
+        return tps, out
+    monkeypatch.setattr(bench_decode, "tokens_per_s", tokens_per_s)
+    records = bench_decode.run(2, [1], args, device="cpu", shape=shape)
+    assert [(r["path"], r.get("fused_predictor")) for r in records] == [
+        ("exact", None), ("predicted_auto", True), ("predicted_auto_mask", False)]
+    (_, dense), (_, exact), (fused_calls, fused), (mask_calls, masked) = (seen[i] for i in range(4))
+    assert fused_calls == {"launch_predictor_list"} and mask_calls == {"compact_mask"}
+    assert torch.equal(fused, masked) and torch.equal(exact, dense)
+    torch._dynamo.reset()
     torch._dynamo.reset()

@@ -329,3 +329,42 @@ def test_gemv_matches_float64(dtype, n_out, d_in):
     graph, out = _captured(lambda: gemv_op(x, w, b))
     graph.replay()
     torch.testing.assert_close(out, y, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("rank,relu_hidden", [(358, False), (384, True)])
+@pytest.mark.parametrize("d,f", [(4096, 11008), (1000, 3001)])
+def test_predictor_list_matches_float64(dtype, d, f, rank, relu_hidden):
+    """A low-rank predictor handed to the kernels (triton_predictor_list.py: its first layer through the TMA GEMV or
+    F.linear, its second layer writing the list; rank 358: rows of 716 bytes): the list equals the float64 predicted
+    set away from the cut (h rounded to the weights' dtype, as the kernels round it); the FFN given the predictor
+    equals float64 restricted to that list, replayed in a CUDA graph; the list length left at zero."""
+    from actsparse.kernels.triton_predictor_list import launch_predictor_list
+    from actsparse.modeling.predictors import LowRankLogits
+    ws, x, ffn, _mask = _case(dtype, d, f, 1, DispatchConfig())
+    gen = torch.Generator(device="cuda").manual_seed(rank)
+    down = (torch.randn(rank, d, device="cuda", generator=gen) / d ** 0.5).to(dtype)
+    up = (torch.randn(f, rank, device="cuda", generator=gen) / rank ** 0.5).to(dtype)
+    bias = (torch.randn(f, device="cuda", generator=gen) * 0.5).to(dtype)
+    h = (x.double() @ down.double().T).to(dtype).double()
+    logits = (h.clamp(min=0) if relu_hidden else h) @ up.double().T + bias.double()
+    cut = float(logits.flatten().quantile(0.85))
+    low_rank = LowRankLogits(down, up, bias, relu_hidden, cut)
+    counts = torch.zeros(2, dtype=torch.int32, device="cuda")
+    idx = torch.empty(f, dtype=torch.int32, device="cuda")
+    launch_predictor_list(x, low_rank, counts, idx)
+    listed = torch.zeros(f, dtype=torch.bool, device="cuda")
+    listed[idx[:int(counts[0])].long()] = True
+    assert int(listed.sum()) == int(counts[0])                        # each neuron once
+    clear = (logits[0] - cut).abs() > 2e-2
+    assert torch.equal(listed[clear], (logits[0] >= cut)[clear])
+    assert 0.1 < float(listed.float().mean()) < 0.2
+    ref = _reference(ws, x, listed.double())
+    first = ffn(x, low_rank)
+    assert torch.isfinite(first).all()
+    assert float((first.double() - ref).norm() / ref.norm()) < (2e-3 if dtype == torch.float16 else 1e-2)
+    graph, out = _captured(lambda: ffn(x, low_rank))
+    for _ in range(3):
+        graph.replay()
+        torch.testing.assert_close(out, first, rtol=1e-3, atol=1e-3)
+    assert not ffn._list_state.any()

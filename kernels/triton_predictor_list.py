@@ -1,0 +1,68 @@
+"""The predicted set at one token as a neuron list, built while the predictor's logits are computed.
+
+A low-rank predictor (`LowRankLogits`, modeling/predictors/low_rank_logits.py) marks neuron j active where
+`(act(x @ down^T) @ up^T + bias)_j >= cut`. The mask path runs that as two cuBLAS GEMVs, a comparison, and the
+compaction kernel that turns the bool mask into the rows kernel's list: at the 7B shape with a rank-358 predictor
+that was 4.6 + 9.0 + ~1 + 2.1 µs per layer (profile_decode, H100, session 12). Here:
+- `h = x @ down^T` through the one-token TMA GEMV (triton_gemv.py) where it can run, else F.linear (said once);
+- `predictor_list_kernel`: BLOCK_N rows of `up` per program, relu on h as it is loaded (`relu_hidden`), the bias,
+  the cut, and the active neurons appended to the union list with one atomic (as the gate kernel appends them);
+then the rows kernel reads that list (gate, up and down rows of the listed neurons), as after the compaction.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.nn import functional as F
+
+from .configs import PREDICTOR_LIST_CONFIGS, PREDICTOR_LIST_FIXED, tuned
+from .triton_gate import append_union
+
+
+@tuned(PREDICTOR_LIST_CONFIGS, PREDICTOR_LIST_FIXED, key=["rank", "d_ff", "RELU_H"], reset_to_zero=["counts_ptr"])
+@triton.jit
+def predictor_list_kernel(h_ptr, up_ptr, b_ptr, counts_ptr, idx_ptr, rank, d_ff, cut, RELU_H: tl.constexpr,
+                          HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < d_ff
+    row_ptrs = up_ptr + offs_n.to(tl.int64)[:, None] * rank
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for k0 in range(0, rank, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_mask = offs_k < rank
+        w = tl.load(row_ptrs + offs_k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0)
+        h = tl.load(h_ptr + offs_k, mask=k_mask, other=0.0).to(tl.float32)
+        if RELU_H:
+            h = tl.maximum(h, 0.0)
+        acc += w.to(tl.float32) * h[None, :]
+    logit = tl.sum(acc, 1)
+    if HAS_BIAS:
+        logit += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+    append_union((n_mask & (logit >= cut)).to(tl.int32), offs_n, counts_ptr, idx_ptr)
+
+
+def predictor_hidden(x: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """x @ down^T for one token [1, d_model] -> [1, rank] in down's dtype: the TMA GEMV where usable, else F.linear
+    (said once with the reason)."""
+    from .dispatch import warn_once
+    from .triton_gemv import gemv, gemv_unusable
+    x = x.reshape(1, -1).to(down.dtype)
+    reason = gemv_unusable(x, down)
+    if reason is None:
+        return gemv(x, down)
+    warn_once(f"predictor list: the Triton GEMV is unavailable for the predictor's first layer ({reason}); F.linear")
+    return F.linear(x, down)
+
+
+def launch_predictor_list(x: torch.Tensor, logits, counts: torch.Tensor, idx: torch.Tensor) -> None:
+    """Append the neurons `logits` (a LowRankLogits) predicts active for the one token x [1, d_model] (or its
+    `source`) to the union list (counts[0], idx), which must be empty; the list's order is arbitrary."""
+    down, up = logits.down, logits.up
+    if up.stride(1) != 1 or up.stride(0) != up.shape[1]:
+        up = up.contiguous()
+    d_ff, rank = up.shape
+    h = predictor_hidden(x if logits.source is None else logits.source, down)
+    grid = lambda meta: (triton.cdiv(d_ff, meta["BLOCK_N"]),)  # noqa: E731
+    predictor_list_kernel[grid](h, up, logits.bias if logits.bias is not None else up, counts, idx, rank, d_ff,
+                                float(logits.cut), RELU_H=bool(logits.relu_hidden), HAS_BIAS=logits.bias is not None)
