@@ -206,8 +206,9 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
             if kernel is not None:
                 rec.update(predictor_rank=args.predictor_rank, predicted_active=args.predicted_active,
                            fused_predictor=fused,
-                           predictor_bytes_of_ffn=predictor_bytes_fraction(args.predictor_rank, cfg.hidden_size,
-                                                                           cfg.intermediate_size),
+                           predictor_rank_padded=predictors[0].down.shape[0],   # zeros up to a multiple of 8
+                           predictor_bytes_of_ffn=predictor_bytes_fraction(predictors[0].down.shape[0],
+                                                                           cfg.hidden_size, cfg.intermediate_size),
                            predictor_recall=sum(recalls) / len(recalls))
             records.append(rec)
             extra = "" if kernel is None else f", predictor recall {rec['predictor_recall']:.3f}"

@@ -12,19 +12,22 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from actsparse.modeling.predictors.low_rank_logits import LowRankLogits
 
 
 class GateSVDPredictor(nn.Module):
-    """x [tokens, d_model] -> bool [tokens, d_ff]: (x V_r S_r) U_r^T + bias > margin."""
+    """x [tokens, d_model] -> bool [tokens, d_ff]: (x V_r S_r) U_r^T + bias >= margin."""
 
     def __init__(self, w_gate: torch.Tensor, b_gate: torch.Tensor | None, rank: int):
         super().__init__()
         u, s, v = torch.svd_lowrank(w_gate.float(), q=rank, niter=2)   # w ~ u diag(s) v^T
         dtype = w_gate.dtype
-        self.down = nn.Parameter((v * s).t().contiguous().to(dtype), requires_grad=False)   # [r, d_model]
-        self.up = nn.Parameter(u.contiguous().to(dtype), requires_grad=False)                # [d_ff, r]
+        pad = -rank % 8   # zero components up to a multiple of 8: 16-byte rows of `up` for the list kernel
+        down, up = F.pad((v * s).t(), (0, 0, 0, pad)), F.pad(u, (0, pad))
+        self.down = nn.Parameter(down.contiguous().to(dtype), requires_grad=False)   # [r + pad, d_model]
+        self.up = nn.Parameter(up.contiguous().to(dtype), requires_grad=False)       # [d_ff, r + pad]
         bias = torch.zeros(w_gate.shape[0], device=w_gate.device) if b_gate is None else b_gate.float()
         self.register_buffer("bias", bias.to(dtype))
         self.rank = rank
