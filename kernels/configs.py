@@ -160,6 +160,13 @@ PREDICTOR_LIST_CONFIGS = [
                        (8, 1024, 4, 1), (64, 128, 4, 3), (16, 1024, 8, 1)]
 ]
 PREDICTOR_LIST_FIXED = dict(BLOCK_N=32, BLOCK_K=64)
+# The same with the rows of up through TMA (16-byte aligned rows): the gate kernel's tiles and shorter ones.
+PREDICTOR_LIST_TMA_CONFIGS = [
+    triton.Config(dict(BLOCK_N=n, BLOCK_K=k, STAGES=s), num_warps=w, num_stages=1, pre_hook=_tma_block_hook)
+    for n, k, w, s in [(16, 128, 4, 3), (8, 256, 4, 2), (16, 256, 4, 2), (32, 128, 4, 3), (8, 128, 4, 3),
+                       (32, 256, 4, 2), (16, 512, 4, 1), (64, 128, 8, 3)]
+]
+PREDICTOR_LIST_TMA_FIXED = GATE_TMA_FIXED
 
 
 def tuned(configs: list[triton.Config], fixed: dict, key: list[str], reset_to_zero: list[str] | None = None,

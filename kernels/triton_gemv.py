@@ -25,16 +25,18 @@ from .configs import GEMV_CONFIGS, GEMV_FIXED, tuned
 from .triton_gate_tma import tma_row_dots
 
 
-@tuned(GEMV_CONFIGS, GEMV_FIXED, key=["n_out", "d_in", "HAS_BIAS"])
+@tuned(GEMV_CONFIGS, GEMV_FIXED, key=["n_out", "d_in", "HAS_BIAS", "RELU"])
 @triton.jit
-def gemv_kernel(x_ptr, w_desc, b_ptr, out_ptr, n_out, d_in, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+def gemv_kernel(x_ptr, w_desc, b_ptr, out_ptr, n_out, d_in, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
     n0 = tl.program_id(0) * BLOCK_N
     y = tma_row_dots(x_ptr, w_desc, n0, d_in, BLOCK_N, BLOCK_K, STAGES)
     offs_n = n0 + tl.arange(0, BLOCK_N)
     n_mask = offs_n < n_out
     if HAS_BIAS:
         y += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+    if RELU:
+        y = tl.maximum(y, 0.0)
     tl.store(out_ptr + offs_n, y, mask=n_mask)
 
 
@@ -50,16 +52,16 @@ def gemv_unusable(x: torch.Tensor, weight: torch.Tensor) -> str | None:
     return tma_unusable(x.reshape(1, -1), weight)
 
 
-def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x [..., d_in] holding one token, weight [n_out, d_in] -> [..., n_out] in x's dtype (the caller checked
-    `gemv_unusable`)."""
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
+    """x [..., d_in] holding one token, weight [n_out, d_in] -> [..., n_out] in x's dtype, through relu with `relu`
+    (the caller checked `gemv_unusable`)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
     n_out, d_in = weight.shape
     out = torch.empty(*x.shape[:-1], n_out, dtype=x.dtype, device=x.device)
     desc = TensorDescriptor.from_tensor(weight, [GEMV_FIXED["BLOCK_N"], GEMV_FIXED["BLOCK_K"]])  # configs' hook sets it
     grid = lambda meta: (triton.cdiv(n_out, meta["BLOCK_N"]),)  # noqa: E731
     gemv_kernel[grid](x.contiguous(), desc, bias if bias is not None else weight, out, n_out, d_in,
-                      HAS_BIAS=bias is not None)
+                      HAS_BIAS=bias is not None, RELU=relu)
     return out
 
 

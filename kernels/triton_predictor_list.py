@@ -4,13 +4,14 @@ A low-rank predictor (`LowRankLogits`, modeling/predictors/low_rank_logits.py) m
 `(act(x @ down^T) @ up^T + bias)_j >= cut`. The mask path runs that as two cuBLAS GEMVs, a comparison, and the
 compaction kernel that turns the bool mask into the rows kernel's list: at the 7B shape with a rank-358 predictor
 that was 4.6 + 9.0 + ~1 + 2.1 µs per layer (profile_decode, H100, session 12). Here:
-- `h = x @ down^T` through the one-token TMA GEMV (triton_gemv.py) where it can run, else F.linear (said once);
-- `predictor_list_kernel`: BLOCK_N rows of `up` per program, relu on h as it is loaded (`relu_hidden`), the bias,
-  the cut, and the active neurons appended to the union list with one atomic (as the gate kernel appends them);
+- `h = act(x @ down^T)` through the one-token TMA GEMV (triton_gemv.py, relu in its epilogue) where it can run,
+  else F.linear (and torch.relu), said once;
+- the list kernel: BLOCK_N rows of `up` per program, the bias, the cut, and the active neurons appended to the
+  union list with one atomic (as the gate kernel appends them); the rows of `up` come through TMA where they are
+  16-byte aligned (`predictor_list_tma_kernel`), else by plain loads (`predictor_list_kernel`);
 then the rows kernel reads that list (gate, up and down rows of the listed neurons), as after the compaction.
-Rows of `up` load 16 bytes at a time only where the rank is a multiple of 8 (fp16 / bf16; the compiler is told so):
-at rank 358 (716-byte rows) the kernel took 8.1 µs for 7.9 MB (H100, session 12), so the stand-in predictor pads its
-rank to a multiple of 8 with zeros (bench_predictor.py).
+H100 (session 12): plain loads took 8.1 µs for rank-358 rows of 716 bytes and 7.7 µs at rank 360 (told 16-byte
+aligned), 7.9 MB at ~1 TB/s; the stand-in predictor pads its rank to a multiple of 8 (bench_predictor.py).
 """
 from __future__ import annotations
 
@@ -19,19 +20,18 @@ import triton
 import triton.language as tl
 from torch.nn import functional as F
 
-from .configs import PREDICTOR_LIST_CONFIGS, PREDICTOR_LIST_FIXED, tuned
+from .configs import (PREDICTOR_LIST_CONFIGS, PREDICTOR_LIST_FIXED, PREDICTOR_LIST_TMA_CONFIGS,
+                      PREDICTOR_LIST_TMA_FIXED, tuned)
 from .triton_gate import append_union
+from .triton_gate_tma import tma_row_dots
 
 
-@tuned(PREDICTOR_LIST_CONFIGS, PREDICTOR_LIST_FIXED, key=["rank", "d_ff", "RELU_H"], reset_to_zero=["counts_ptr"])
+@tuned(PREDICTOR_LIST_CONFIGS, PREDICTOR_LIST_FIXED, key=["rank", "d_ff"], reset_to_zero=["counts_ptr"])
 @triton.jit
-def predictor_list_kernel(h_ptr, up_ptr, b_ptr, counts_ptr, idx_ptr, rank, d_ff, cut, RELU_H: tl.constexpr,
-                          HAS_BIAS: tl.constexpr, RANK_OF_8: tl.constexpr, BLOCK_N: tl.constexpr,
-                          BLOCK_K: tl.constexpr):
+def predictor_list_kernel(h_ptr, up_ptr, b_ptr, counts_ptr, idx_ptr, rank, d_ff, cut, HAS_BIAS: tl.constexpr,
+                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < d_ff
-    if RANK_OF_8:   # rows start 8 elements apart or more: the compiler may load 16 bytes at a time
-        rank = tl.multiple_of(rank, 8)
     row_ptrs = up_ptr + offs_n.to(tl.int64)[:, None] * rank
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     for k0 in range(0, rank, BLOCK_K):
@@ -39,37 +39,59 @@ def predictor_list_kernel(h_ptr, up_ptr, b_ptr, counts_ptr, idx_ptr, rank, d_ff,
         k_mask = offs_k < rank
         w = tl.load(row_ptrs + offs_k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0)
         h = tl.load(h_ptr + offs_k, mask=k_mask, other=0.0).to(tl.float32)
-        if RELU_H:
-            h = tl.maximum(h, 0.0)
         acc += w.to(tl.float32) * h[None, :]
-    logit = tl.sum(acc, 1)
+    list_active(tl.sum(acc, 1), offs_n, n_mask, b_ptr, cut, counts_ptr, idx_ptr, HAS_BIAS)
+
+
+@tuned(PREDICTOR_LIST_TMA_CONFIGS, PREDICTOR_LIST_TMA_FIXED, key=["rank", "d_ff"], reset_to_zero=["counts_ptr"])
+@triton.jit
+def predictor_list_tma_kernel(h_ptr, w_desc, b_ptr, counts_ptr, idx_ptr, rank, d_ff, cut, HAS_BIAS: tl.constexpr,
+                              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+    n0 = tl.program_id(0) * BLOCK_N
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    logit = tma_row_dots(h_ptr, w_desc, n0, rank, BLOCK_N, BLOCK_K, STAGES)
+    list_active(logit, offs_n, offs_n < d_ff, b_ptr, cut, counts_ptr, idx_ptr, HAS_BIAS)
+
+
+@triton.jit
+def list_active(logit, offs_n, n_mask, b_ptr, cut, counts_ptr, idx_ptr, HAS_BIAS: tl.constexpr):
+    """Bias added, neurons with logit >= cut appended to the union list."""
     if HAS_BIAS:
         logit += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
     append_union((n_mask & (logit >= cut)).to(tl.int32), offs_n, counts_ptr, idx_ptr)
 
 
-def predictor_hidden(x: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
-    """x @ down^T for one token [1, d_model] -> [1, rank] in down's dtype: the TMA GEMV where usable, else F.linear
-    (said once with the reason)."""
+def predictor_hidden(x: torch.Tensor, down: torch.Tensor, relu: bool) -> torch.Tensor:
+    """act(x @ down^T) for one token [1, d_model] -> [1, rank] in down's dtype: the TMA GEMV where usable, else
+    F.linear (said once with the reason)."""
     from .dispatch import warn_once
     from .triton_gemv import gemv, gemv_unusable
     x = x.reshape(1, -1).to(down.dtype)
     reason = gemv_unusable(x, down)
     if reason is None:
-        return gemv(x, down)
+        return gemv(x, down, relu=relu)
     warn_once(f"predictor list: the Triton GEMV is unavailable for the predictor's first layer ({reason}); F.linear")
-    return F.linear(x, down)
+    h = F.linear(x, down)
+    return torch.relu(h) if relu else h
 
 
 def launch_predictor_list(x: torch.Tensor, logits, counts: torch.Tensor, idx: torch.Tensor) -> None:
     """Append the neurons `logits` (a LowRankLogits) predicts active for the one token x [1, d_model] (or its
     `source`) to the union list (counts[0], idx), which must be empty; the list's order is arbitrary."""
+    from .triton_gate_tma import tma_unusable
     down, up = logits.down, logits.up
     if up.stride(1) != 1 or up.stride(0) != up.shape[1]:
         up = up.contiguous()
     d_ff, rank = up.shape
-    h = predictor_hidden(x if logits.source is None else logits.source, down)
+    h = predictor_hidden(x if logits.source is None else logits.source, down, bool(logits.relu_hidden))
+    bias = logits.bias if logits.bias is not None else up
     grid = lambda meta: (triton.cdiv(d_ff, meta["BLOCK_N"]),)  # noqa: E731
-    predictor_list_kernel[grid](h, up, logits.bias if logits.bias is not None else up, counts, idx, rank, d_ff,
-                                float(logits.cut), RELU_H=bool(logits.relu_hidden), HAS_BIAS=logits.bias is not None,
-                                RANK_OF_8=rank % 8 == 0 and up.data_ptr() % 16 == 0)
+    if tma_unusable(h, up) is None:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+        desc = TensorDescriptor.from_tensor(up, [PREDICTOR_LIST_TMA_FIXED["BLOCK_N"],
+                                                 PREDICTOR_LIST_TMA_FIXED["BLOCK_K"]])  # configs' hook sets it
+        predictor_list_tma_kernel[grid](h, desc, bias, counts, idx, rank, d_ff, float(logits.cut),
+                                        HAS_BIAS=logits.bias is not None)
+        return
+    predictor_list_kernel[grid](h, up, bias, counts, idx, rank, d_ff, float(logits.cut),
+                                HAS_BIAS=logits.bias is not None)

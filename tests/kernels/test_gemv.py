@@ -18,17 +18,19 @@ def reference(x, w, b):
     return x.double() @ w.double().T + (0 if b is None else b.double())
 
 
+@pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("n_out,d_in", [(40, 24), (37, 72), (1, 8), (100, 200)])
-def test_gemv_matches_float64(n_out, d_in, bias):
+def test_gemv_matches_float64(n_out, d_in, bias, relu):
     g = torch.Generator().manual_seed(n_out + d_in)
     w = torch.randn(n_out, d_in, generator=g)
     b = torch.randn(n_out, generator=g) if bias else None
     x = torch.randn(1, 1, d_in, generator=g)
     assert gemv_unusable(x, w) is None
-    y = gemv(x, w, b)
+    y = gemv(x, w, b, relu=relu)
     assert y.shape == (1, 1, n_out) and y.dtype == torch.float32
-    torch.testing.assert_close(y.double(), reference(x, w, b), rtol=1e-5, atol=1e-5)
+    ref = reference(x, w, b)
+    torch.testing.assert_close(y.double(), ref.clamp(min=0) if relu else ref, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 1e-2)])

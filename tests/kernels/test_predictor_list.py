@@ -57,15 +57,22 @@ def predictor_with_cut(pred, src, cut_kind, gap=1e-4):
 @pytest.mark.parametrize("cut_kind", list(CUTS))
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("relu_hidden", [True, False])
-@pytest.mark.parametrize("d,f,rank", [(D, F, RANK), (24, 301, 130)])
-def test_list_kernel_writes_the_float64_set(d, f, rank, relu_hidden, bias, cut_kind):
+@pytest.mark.parametrize("d,f,rank", [(D, F, RANK), (24, 301, 130), (40, 100, 44)])   # 44: 176-byte rows, TMA
+def test_list_kernel_writes_the_float64_set(d, f, rank, relu_hidden, bias, cut_kind, monkeypatch):
+    """Plain loads (rows not 16-byte aligned) or TMA tiles (rank 44 in fp32), against the float64 set."""
+    from actsparse.kernels import triton_predictor_list
     from actsparse.kernels.triton_predictor_list import launch_predictor_list
     pred = make_predictor(d, f, rank, relu_hidden, bias, seed=f + rank)
     x = torch.randn(1, d, generator=torch.Generator().manual_seed(5))
     low_rank, expected = predictor_with_cut(pred, x, cut_kind)
     counts = torch.zeros(2, dtype=torch.int32)
     idx = torch.full((f,), -7, dtype=torch.int32)
+    launched = []
+    for name in ("predictor_list_kernel", "predictor_list_tma_kernel"):
+        kernel = getattr(triton_predictor_list, name)
+        monkeypatch.setattr(kernel, "run", lambda *a, _k=kernel.run, _n=name, **kw: launched.append(_n) or _k(*a, **kw))
     launch_predictor_list(x, low_rank, counts, idx)
+    assert launched == ["predictor_list_tma_kernel" if rank * 4 % 16 == 0 else "predictor_list_kernel"]
     n = int(counts[0])
     assert n == int(expected.sum())
     assert idx[:n].unique().numel() == n   # each neuron once
