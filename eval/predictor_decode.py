@@ -5,8 +5,10 @@ Paths (rows of the report):
 - `predicted-mask`: each FFN runs its predictor and masks x1 in PyTorch (`PredictedSparseMLP`, the reference:
   quality of the prediction, but every neuron is still computed, so it is never faster than `exact`).
 - `predicted-kernels`: each FFN runs its predictor and passes the active set to the kernels' `SparseFFN`
-  (`ffn(x, active=...)`): gate, up and down rows of unpredicted neurons are skipped. Backend `triton` on a
-  GPU; backend `torch` runs the same arithmetic anywhere (a correctness check, not a speed figure).
+  (`ffn(x, active=...)`): gate, up and down rows of unpredicted neurons are skipped. At one token under a
+  threshold rule the predictor itself goes to the kernels (`LowRankLogits`), which build the neuron list while
+  computing its logits. Backend `triton` on a GPU; backend `torch` runs the same arithmetic anywhere (a
+  correctness check, not a speed figure).
 Tokens/s: batch 1, greedy decoding of `new_tokens` tokens after a `prompt_len`-token prompt with the HF KV
 cache (`generate`), host clock around the whole call after one warm-up call, CUDA synchronized. It includes
 the prefill and the decode loop's launch overhead, which the paths share (PAPERS.md (h): a 2x end-to-end

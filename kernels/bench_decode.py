@@ -174,11 +174,12 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
     with eager(model):  # calibration reads counts back to the host: not inside a compiled graph
         per_layer_active = calibrate(model, sample)
     kernels = tuple(args.predicted_kernels.split(",")) if predictors else ()
-    fp32 = {"on": (True,), "off": (False,), "both": (True, False)}[args.fp32_out]
+    settings = {"on": (True,), "off": (False,), "both": (True, False)}
+    fp32, fused_settings = settings[args.fp32_out], settings[args.fused_predictor]
     paths = ([(("exact" if k == "auto" else f"exact_{k}") + ("" if f or args.fp32_out == "off" else "_no_fp32_out"),
                None, k, f) for k in args.exact_kernels.split(",") for f in fp32]
              + [(f"predicted_{k}" + ("" if f or args.fused_predictor == "off" else "_mask"), k, "auto", f)
-                for k in kernels for f in {"on": (True,), "off": (False,), "both": (True, False)}[args.fused_predictor]])
+                for k in kernels for f in fused_settings])
     cfg = model.config
     records = []
     for path, kernel, exact_kernel, flag in paths:   # flag: fp32_out (exact paths) or fuse_predictor (predicted)

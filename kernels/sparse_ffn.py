@@ -131,7 +131,7 @@ class SparseFFN(nn.Module):
         x = x.to(self.w_gate.dtype).contiguous()
         if isinstance(active, LowRankLogits):
             if self._lists_from_logits(x.shape[0]):
-                return self._triton_ffn(x, None, None, False, low_rank=active)
+                return self._triton_ffn(x, None, None, False, True, low_rank=active)
             active = active.mask(x)
         fused = active is not None and self.backend == "triton" and self.dispatch.predicted_kernel == "fused"
         # The fused and the lists kernels read an index list as given (no mask built from it, no compaction).
@@ -152,7 +152,7 @@ class SparseFFN(nn.Module):
                                  self.workspace_alloc)
         return self._triton_ffn(x, mask, idx, plan.per_token, active is not None, fp32_out)
 
-    def _triton_ffn(self, x, mask, idx, per_token: bool, predicted: bool = True, fp32_out: bool = False,
+    def _triton_ffn(self, x, mask, idx, per_token: bool, predicted: bool, fp32_out: bool = False,
                     low_rank: LowRankLogits | None = None) -> torch.Tensor:
         from .triton_ffn import list_state, triton_sparse_ffn  # triton is needed only for this backend
         if self._list_state is None or self._list_state.device != x.device:
