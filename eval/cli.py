@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("target", help="eval config YAML, or a checkpoint folder / Hub id (default settings)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. quality.limit=20")
     parser.add_argument("--out", help="results JSON path (overrides `output`)")
-    parser.add_argument("--kernel-bench", help="kernel benchmark JSON: fills the `throughput` field")
+    parser.add_argument("--kernel-bench",
+                        help="benchmark JSON (bench-kernels or bench_decode): fills the `throughput` field")
     parser.add_argument("--name", help="model name in the results and the leaderboard")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     return parser

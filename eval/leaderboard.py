@@ -41,12 +41,27 @@ def ours_row(results: dict) -> dict:
            "cett_sparsity": _percent(_get(sparsity, "cett", "sparsity")),
            "ppl_p_sparsity": _percent(_get(sparsity, "ppl_p", "sparsity")),
            "ppl_dense": ppl.get("dense"), "ppl_cett": ppl.get("cett"), "ppl_ppl_p": ppl.get("ppl_p"),
-           "throughput": os.path.basename(_get(results, "throughput", "source") or "") or None}
+           "throughput": throughput_cell(results.get("throughput"))}
     for suite, body in (quality.get("suites") or {}).items():
         row[f"{suite} avg"] = body.get("average")
     for group, body in (quality.get("groups") or {}).items():
         row[group] = body.get("score")
     return row
+
+
+def throughput_cell(throughput: dict | None) -> str | None:
+    """The `throughput` cell: from a bench_decode JSON (`records` with `sparse_tok_s`) the exact path's batch-1 decode,
+    e.g. "260 tok/s, 1.50x dense (exact, bench_decode.json)"; from any other benchmark JSON its file name."""
+    if not throughput:
+        return None
+    name = os.path.basename(throughput.get("source") or "")
+    records = (throughput.get("bench") or {}).get("records") or []
+    exact = [r for r in records if isinstance(r, dict) and r.get("path") == "exact" and r.get("batch") == 1
+             and "sparse_tok_s" in r and "speedup" in r]
+    if not exact:
+        return name or None
+    r = exact[-1]
+    return f"{r['sparse_tok_s']:.0f} tok/s, {r['speedup']:.2f}x dense (exact, {name})"
 
 
 def _note(results: dict) -> str:

@@ -13,7 +13,8 @@ Top-level keys (schema `actsparse-eval-results/1`; values are null when a metric
 - `quality`: {tasks: {"<task>:<n>shot": {task, num_fewshot, metric, value, stderr, score, ...}},
   groups: {name: {score, tasks, complete}}, suites: {name: {average, groups, complete, source}},
   missing: [...], add_bos_token, limit, thresholds}; scores in percent for accuracies
-- `throughput`: null, or the kernel benchmark JSON given with `--kernel-bench` (with its `source` path)
+- `throughput`: null, or the benchmark JSON given with `--kernel-bench` (with its `source` path): `bench-kernels`, or
+  `bench_decode` (the leaderboard then shows the exact path's batch-1 tok/s and speed-up over dense)
 """
 from __future__ import annotations
 

@@ -118,3 +118,17 @@ def test_run_labels_come_from_the_run_folder_or_the_copied_file_name(tmp_path):
     assert run_label(str(tmp_path / "runs" / "prosparse" / "metrics.jsonl")) == "prosparse"
     assert run_label(str(tmp_path / "arms" / "metrics_relu.jsonl")) == "relu"
     assert run_label(str(tmp_path / "arms" / "drelu_run.jsonl")) == "drelu_run"
+
+
+def test_throughput_cell_reads_a_decode_bench_and_names_other_benches():
+    """bench_decode's JSON: the exact path's batch-1 tok/s and speed-up; a kernel-bench JSON: its file name."""
+    from actsparse.eval.leaderboard import throughput_cell
+    decode = {"source": "/runs/bench_decode.json", "bench": {"records": [
+        {"path": "exact", "batch": 8, "sparse_tok_s": 900.0, "speedup": 1.2},
+        {"path": "exact", "batch": 1, "sparse_tok_s": 260.3, "speedup": 1.5268},
+        {"path": "predicted_auto", "batch": 1, "sparse_tok_s": 290.0, "speedup": 1.69}]}}
+    assert throughput_cell(decode) == "260 tok/s, 1.53x dense (exact, bench_decode.json)"
+    kernels = {"source": "/runs/bench_kernels.json", "bench": {"records": [{"method": "dense", "us": 110.0}]}}
+    assert throughput_cell(kernels) == "bench_kernels.json"
+    assert throughput_cell(None) is None
+
