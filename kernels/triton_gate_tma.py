@@ -68,6 +68,19 @@ def tma_row_dots(x_ptr, w_desc, n0, d_in, BLOCK_N: tl.constexpr, BLOCK_K: tl.con
 
 
 @triton.jit
+def tma_row_dots_bias(x_ptr, w_desc, b_ptr, n0, n_rows, d_in, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+    """(y, rows, row mask) for rows n0 + i, i < BLOCK_N, of w [n_rows, d_in]: y = x . w[row] (+ b[row]) in fp32, as
+    `tma_row_dots` reads them. The one-token TMA kernels (gate, GEMV, predictor list) each start with this."""
+    y = tma_row_dots(x_ptr, w_desc, n0, d_in, BLOCK_N, BLOCK_K, STAGES)
+    rows = n0 + tl.arange(0, BLOCK_N)
+    r_mask = rows < n_rows
+    if HAS_BIAS:
+        y += tl.load(b_ptr + rows, mask=r_mask, other=0.0).to(tl.float32)
+    return y, rows, r_mask
+
+
+@triton.jit
 def init_sum_row(out_ptr, b_ptr, d_model, HAS_B: tl.constexpr):
     """out[:d_model] = b (fp32), or 0 without a bias: the first programs take 512 columns each (grid-strided), so the
     rows kernel that follows can add its sums straight into `out` (triton_rows_ffn.py, SUM_IS_OUT)."""
@@ -93,11 +106,7 @@ def gate_tma_kernel(x_ptr, wg_desc, bg_ptr, gact_ptr, counts_ptr, idx_ptr, wu_pt
     if INIT_OUT:  # the fp32 output row the rows kernel sums into: b_down, or 0
         init_sum_row(out_ptr, bout_ptr, d_model, HAS_BOUT)
     n0 = tl.program_id(0) * BLOCK_N
-    g = tma_row_dots(x_ptr, wg_desc, n0, d_model, BLOCK_N, BLOCK_K, STAGES)
-    offs_n = n0 + tl.arange(0, BLOCK_N)
-    n_mask = offs_n < d_ff
-    if HAS_BIAS:
-        g += tl.load(bg_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+    g, offs_n, n_mask = tma_row_dots_bias(x_ptr, wg_desc, bg_ptr, n0, d_ff, d_model, HAS_BIAS, BLOCK_N, BLOCK_K, STAGES)
     a = gate_act(g, threshold, ACT)
     live = (n_mask & (a != 0.0)).to(tl.int32)
     if STREAM:  # no act(gate) buffer, no id list: packed entries for the concurrent consumer

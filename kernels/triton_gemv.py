@@ -22,19 +22,15 @@ from torch.nn import functional as F
 
 from . import configs
 from .configs import GEMV_CONFIGS, GEMV_FIXED, tuned
-from .triton_gate_tma import tma_row_dots
+from .triton_gate_tma import tma_row_dots_bias
 
 
 @tuned(GEMV_CONFIGS, GEMV_FIXED, key=["n_out", "d_in", "HAS_BIAS", "RELU"])
 @triton.jit
 def gemv_kernel(x_ptr, w_desc, b_ptr, out_ptr, n_out, d_in, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
-    n0 = tl.program_id(0) * BLOCK_N
-    y = tma_row_dots(x_ptr, w_desc, n0, d_in, BLOCK_N, BLOCK_K, STAGES)
-    offs_n = n0 + tl.arange(0, BLOCK_N)
-    n_mask = offs_n < n_out
-    if HAS_BIAS:
-        y += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+    y, offs_n, n_mask = tma_row_dots_bias(x_ptr, w_desc, b_ptr, tl.program_id(0) * BLOCK_N, n_out, d_in, HAS_BIAS,
+                                          BLOCK_N, BLOCK_K, STAGES)
     if RELU:
         y = tl.maximum(y, 0.0)
     tl.store(out_ptr + offs_n, y, mask=n_mask)

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from .configs import (PREDICTOR_LIST_CONFIGS, PREDICTOR_LIST_FIXED, PREDICTOR_LIST_TMA_CONFIGS,
                       PREDICTOR_LIST_TMA_FIXED, tuned)
 from .triton_gate import append_union
-from .triton_gate_tma import tma_row_dots
+from .triton_gate_tma import tma_row_dots_bias
 
 
 @tuned(PREDICTOR_LIST_CONFIGS, PREDICTOR_LIST_FIXED, key=["rank", "d_ff"], reset_to_zero=["counts_ptr"])
@@ -40,24 +40,18 @@ def predictor_list_kernel(h_ptr, up_ptr, b_ptr, counts_ptr, idx_ptr, rank, d_ff,
         w = tl.load(row_ptrs + offs_k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0)
         h = tl.load(h_ptr + offs_k, mask=k_mask, other=0.0).to(tl.float32)
         acc += w.to(tl.float32) * h[None, :]
-    list_active(tl.sum(acc, 1), offs_n, n_mask, b_ptr, cut, counts_ptr, idx_ptr, HAS_BIAS)
+    logit = tl.sum(acc, 1)
+    if HAS_BIAS:
+        logit += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+    append_union((n_mask & (logit >= cut)).to(tl.int32), offs_n, counts_ptr, idx_ptr)
 
 
 @tuned(PREDICTOR_LIST_TMA_CONFIGS, PREDICTOR_LIST_TMA_FIXED, key=["rank", "d_ff"], reset_to_zero=["counts_ptr"])
 @triton.jit
 def predictor_list_tma_kernel(h_ptr, w_desc, b_ptr, counts_ptr, idx_ptr, rank, d_ff, cut, HAS_BIAS: tl.constexpr,
                               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
-    n0 = tl.program_id(0) * BLOCK_N
-    offs_n = n0 + tl.arange(0, BLOCK_N)
-    logit = tma_row_dots(h_ptr, w_desc, n0, rank, BLOCK_N, BLOCK_K, STAGES)
-    list_active(logit, offs_n, offs_n < d_ff, b_ptr, cut, counts_ptr, idx_ptr, HAS_BIAS)
-
-
-@triton.jit
-def list_active(logit, offs_n, n_mask, b_ptr, cut, counts_ptr, idx_ptr, HAS_BIAS: tl.constexpr):
-    """Bias added, neurons with logit >= cut appended to the union list."""
-    if HAS_BIAS:
-        logit += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+    logit, offs_n, n_mask = tma_row_dots_bias(h_ptr, w_desc, b_ptr, tl.program_id(0) * BLOCK_N, d_ff, rank, HAS_BIAS,
+                                              BLOCK_N, BLOCK_K, STAGES)
     append_union((n_mask & (logit >= cut)).to(tl.int32), offs_n, counts_ptr, idx_ptr)
 
 
