@@ -139,8 +139,6 @@ class SparseFFN(nn.Module):
                          and self.dispatch.predicted_kernel in ("fused", "lists", "rows", "auto")) else None
         mask = None if active is None or idx is not None else self._as_mask(active, x.shape[0])
         plan = self._plan(x.shape[0], active is not None, 1 if mask is None else mask.shape[0])
-        if self.neuron_prob is None:
-            warn_once("SparseFFN: not calibrated, so no dense fallback at low sparsity (call calibrate())")
         if plan.path == "dense":
             return self.dense(x, mask if idx is None else self._as_mask(idx, x.shape[0]))
         args = (x, self.w_gate, self.w_up, self.w_down_t, self.b_gate, self.b_up, self.b_down)
@@ -174,13 +172,13 @@ class SparseFFN(nn.Module):
         not choosing dense), rather than as its PyTorch mask."""
         if self.backend != "triton" or not self.dispatch.rows(n_tokens, True, self.activation):
             return False
-        if self.neuron_prob is None:
-            warn_once("SparseFFN: not calibrated, so no dense fallback at low sparsity (call calibrate())")
         return self._plan(n_tokens, True).path != "dense"
 
     def _plan(self, n_tokens: int, predicted: bool, mask_rows: int = 1):
         """The dispatcher's choice, cached per (tokens, predicted, mask rows): host-only, no sync.
         Assign a new DispatchConfig (rather than editing fields of the old one) to change the choice."""
+        if self.neuron_prob is None:
+            warn_once("SparseFFN: not calibrated, so no dense fallback at low sparsity (call calibrate())")
         key = (n_tokens, predicted, mask_rows, id(self.neuron_prob), id(self.dispatch))
         if key not in self._plans:
             weight_mb = 3 * self.w_gate.numel() * self.w_gate.element_size() / 1e6
