@@ -25,8 +25,7 @@ from .sparse_ffn import SparseFFN
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 PREDICTED = ("ours_predicted_union", "ours_predicted_per_token", "ours_predicted_fused", "ours_predicted_inline",
              "ours_predicted_union_pdl", "ours_predicted_index", "ours_predicted_rows", "ours_predicted_index_rows",
-             "ours_predicted_index_atomic", "ours_predicted_index_pdl", "ours_predicted_rows_tma",
-             "ours_predicted_index_rows_tma")
+             "ours_predicted_index_atomic", "ours_predicted_index_pdl")
 
 
 def parse_args(argv):
@@ -60,12 +59,11 @@ def _index_select(ws, x, rows):
 def _methods(sets, xs, masks, batch, calib_x):
     """(name -> list of zero-argument calls, one per weight set; the path the dispatcher picks)."""
     def ffn(ws, mode, predicted_kernel="lists", exact_kernel="split", pdl=False, down_kernel="split", gate_tma=True,
-            gate_prefetch=False, rows_tma=False, **stream):
+            gate_prefetch=False, **stream):
         return SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, activation="relu",
                          dispatch=DispatchConfig(batch_mode=mode, predicted_kernel=predicted_kernel,
                                                  exact_kernel=exact_kernel, pdl=pdl, down_kernel=down_kernel,
-                                                 gate_tma=gate_tma, gate_prefetch=gate_prefetch, rows_tma=rows_tma,
-                                                 **stream))
+                                                 gate_tma=gate_tma, gate_prefetch=gate_prefetch, **stream))
     union = [ffn(ws, "union") for ws in sets]
     gate_up = [ffn(ws, "union", exact_kernel="gate_up") for ws in sets]  # exact path, two launches
     fused = [ffn(ws, "union", "fused") for ws in sets]  # Version 2 predicted path, timed beside Version 1
@@ -110,13 +108,6 @@ def _methods(sets, xs, masks, batch, calib_x):
         # The exact rows path returning its fp32 sum row (fp32_out: no epilogue; the caller's cast, which a compiled
         # decode step merges into the residual add, is not timed here).
         methods["ours_union_rows_fp32_out"] = [lambda f=f, x=x: f(x, fp32_out=True) for f, x in zip(one, xs)]
-        # The same rows paths with each listed neuron's rows loaded through TMA (DispatchConfig(rows_tma=True),
-        # triton_rows_tma.py).
-        one_tma = [ffn(ws, "union", "rows", exact_kernel="rows", rows_tma=True) for ws in sets]
-        methods["ours_union_rows_tma"] = [lambda f=f, x=x: f(x) for f, x in zip(one_tma, xs)]
-        methods["ours_union_rows_fp32_out_tma"] = [lambda f=f, x=x: f(x, fp32_out=True) for f, x in zip(one_tma, xs)]
-        methods["ours_predicted_rows_tma"] = [lambda f=f, x=x, m=m: f(x, m) for f, x, m in zip(one_tma, xs, masks)]
-        methods["ours_predicted_index_rows_tma"] = [lambda f=f, x=x, i=i: f(x, i) for f, x, i in zip(one_tma, xs, ids)]
         # The exact path in one kernel (triton_gate_rows.py): gate rows streamed, active up / down rows behind them.
         fused_exact = [ffn(ws, "union", exact_kernel="gate_rows") for ws in sets]
         methods["ours_union_gate_rows"] = [lambda f=f, x=x: f(x) for f, x in zip(fused_exact, xs)]

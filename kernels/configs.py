@@ -138,16 +138,6 @@ ROWS_CONFIGS = [
 # Interpreter: 3 programs, ranges that loop; pipelined two blocks ahead where W_down^T rows are whole (the plain
 # loop's several K steps: tests pass a PIPELINE=0 config, or force W_down^T column steps).
 ROWS_FIXED = dict(BLOCK_J=2, BLOCK_K=16, GRID_PER_SM=3, PIPELINE=2)
-# The same with each listed neuron's rows through TMA (triton_rows_tma.py): GRID_PER_SM persistent programs per SM.
-# STAGES is tl.range's num_stages: the list entry is itself a pipelined load, so the rows get (STAGES - 1) // 2 buffers
-# (compile check, sm_90, triton 3.9): STAGES 5 keeps 2 neurons' rows in shared memory (48 KB with the gate rows at
-# d_model 4096 in fp16), 7 three, 9 four; Hopper has 227 KB per SM.
-ROWS_TMA_CONFIGS = [
-    triton.Config(dict(GRID_PER_SM=g, STAGES=s), num_warps=w, num_stages=1)
-    for g, s, w in [(1, 5, 8), (1, 7, 8), (1, 9, 8), (1, 5, 4), (1, 7, 4), (2, 5, 8), (2, 5, 4), (2, 7, 4),
-                    (1, 11, 8), (1, 3, 8)]
-]
-ROWS_TMA_FIXED = dict(GRID_PER_SM=3, STAGES=2)  # interpreter: 3 programs, ranges that loop
 
 # One token's exact FFN in one kernel (triton_gate_rows.py): BLOCK_N neurons per step, whole rows, GRID_PER_SM
 # persistent programs per SM.

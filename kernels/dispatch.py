@@ -95,10 +95,6 @@ class DispatchConfig:
     # towards L2 (bulk prefetches that nothing waits for), so the rows kernel after it reads them from L2. GPU only.
     # H100, 7B (session 9): 0.2-0.8 µs slower, so off.
     gate_prefetch: bool = False
-    # The one-token rows kernel (exact path after the gate kernel, a predicted list or mask) loads each listed neuron's
-    # rows through TMA into shared memory, several neurons in flight (triton_rows_tma.py), where the device, the Triton,
-    # the row alignment and d_model allow (else the rows kernel's register loads, said once). Not the atomic down kernel.
-    rows_tma: bool = False
     # The stream path's consumer (exact_kernel="stream"): its programs as a fraction of the SMs (at most one per SM),
     # neurons per claim, warps per program. Session 10 (7B, 90%): 1.0 (49.8 µs) beat 0.5 (60.5) and 0.25 (80.9). The
     # GPU tests of session 10 ran 0.5; 1.0 matched the rows path in 40 calls (debug run) and the bench's check.

@@ -165,8 +165,7 @@ class SparseFFN(nn.Module):
                                  gate_rows=self.dispatch.gate_rows(x.shape[0], predicted),
                                  rows_acc=self._rows_acc_buffer(x), atomic_down=self.dispatch.down_kernel == "atomic",
                                  gate_tma=self.dispatch.gate_tma, gate_prefetch=self.dispatch.gate_prefetch,
-                                 stream=self._stream_args(x, predicted), fp32_out=fp32_out, low_rank=low_rank,
-                                 rows_tma=self.dispatch.rows_tma)
+                                 stream=self._stream_args(x, predicted), fp32_out=fp32_out, low_rank=low_rank)
 
     def _lists_from_logits(self, n_tokens: int) -> bool:
         """Whether a LowRankLogits `active` goes to the kernels as it is (one token on the rows path, the dispatcher

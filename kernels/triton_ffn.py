@@ -31,7 +31,7 @@ def list_state(device) -> torch.Tensor:
 def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, per_token,
                       tickets, alloc=torch.empty, fuse_up=False, state=None, inline_compact=False, pdl=False,
                       index=None, rows=False, rows_acc=None, atomic_down=False, gate_rows=False, gate_tma=False,
-                      gate_prefetch=False, stream=None, fp32_out=False, low_rank=None, rows_tma=False):
+                      gate_prefetch=False, stream=None, fp32_out=False, low_rank=None):
     """x [T, d] -> [T, d]. mask: None (dense gate decides), [1, d_ff] or [T, d_ff] bool (predicted set).
     `alloc` makes the float workspaces and the output (tests poison them with NaN). `fuse_up` (no mask, union
     mode): the gate kernel also computes x1, one launch fewer. `state`: a `list_state` buffer (None: a fresh one).
@@ -51,8 +51,7 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
     usable, else the rows path (said once). `fp32_out` (the one-token exact rows path): the output is the rows
     kernel's fp32 sum row itself, set to b_down by the gate kernel, with no epilogue; other paths ignore it (the
     caller casts). `low_rank` (a LowRankLogits; one token, `rows`, no mask / index): the predictor's second layer
-    writes the list (triton_predictor_list.py) and the rows kernel reads it: no mask, no compaction. `rows_tma`: the
-    rows kernel loads each listed neuron's rows through TMA (triton_rows_tma.py) where usable (else said once)."""
+    writes the list (triton_predictor_list.py) and the rows kernel reads it: no mask, no compaction."""
     if x.device.type != "cuda" and not configs.INTERPRET:
         raise RuntimeError("the Triton backend needs a CUDA tensor (or TRITON_INTERPRET=1 set before importing "
                            "triton); use backend='torch' on CPU")
@@ -75,11 +74,10 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
         from .triton_predictor_list import launch_predictor_list
         launch_predictor_list(x, low_rank, counts, idx)
         return _rows_out(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, counts, idx, None,
-                         tickets, alloc, rows_acc, pdl, tma=rows_tma)
+                         tickets, alloc, rows_acc, pdl)
     if rows and n_tokens == 1 and not per_token:
         return _rows_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, counts, idx,
-                         n_given, tickets, alloc, rows_acc, pdl, gate_rows, gate_tma, gate_prefetch, stream, fp32_out,
-                         rows_tma)
+                         n_given, tickets, alloc, rows_acc, pdl, gate_rows, gate_tma, gate_prefetch, stream, fp32_out)
     x1c = alloc(n_tokens, d_ff, dtype=torch.float32, device=dev)
     if index is not None:
         if n_given > 0:  # (a grid of 0 programs is not launched)
@@ -113,7 +111,7 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
 
 def _rows_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, counts, idx, n_given,
               tickets, alloc, rows_acc, pdl, gate_rows=False, gate_tma=False, gate_prefetch=False, stream=None,
-              fp32_out=False, rows_tma=False):
+              fp32_out=False):
     """One token through the rows kernel: gate kernel (no predictor) or compaction (mask) first, then rows_ffn; or,
     with `gate_rows` and no predicted set, the one-kernel exact path (triton_gate_rows.py); or, with `stream`, the
     gate and rows kernels concurrently (triton_stream_rows.py). `fp32_out` on the gate-then-rows path: the rows
@@ -143,11 +141,11 @@ def _rows_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, thres
                     prefetch=_prefetch_rows(w_up, w_down_t) if gate_prefetch else None,
                     init_out=None if out is None else (out[0], b_down))
         return _rows_out(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, counts, idx, n_given,
-                         tickets, alloc, rows_acc, pdl, gate_act=gate_act, sum_out=out, tma=rows_tma)
+                         tickets, alloc, rows_acc, pdl, gate_act=gate_act, sum_out=out)
     if n_given is None:
         compact_mask(mask, False, counts, idx, pdl=pdl)
     return _rows_out(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, counts, idx, n_given,
-                     tickets, alloc, rows_acc, pdl, gate_act=gate_act, tma=rows_tma)
+                     tickets, alloc, rows_acc, pdl, gate_act=gate_act)
 
 
 def _stream_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, counts, stream, alloc,
@@ -186,25 +184,15 @@ def _prefetch_rows(w_up, w_down_t):
 
 
 def _rows_out(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, counts, idx, n_given, tickets,
-              alloc, rows_acc, pdl, gate_act=None, x1c=None, sum_out=None, tma=False):
+              alloc, rows_acc, pdl, gate_act=None, x1c=None, sum_out=None):
     """The rows kernel's output [1, d_model] over the list (see launch_rows for gate_act / x1c). `sum_out`: an fp32
-    [1, d_model] output the gate kernel set to b_down, which the rows kernel sums into with no epilogue. `tma` (not
-    with x1c): the rows come through TMA (triton_rows_tma.py) where usable, else the rows kernel runs (said once)."""
+    [1, d_model] output the gate kernel set to b_down, which the rows kernel sums into with no epilogue."""
     from .triton_rows_ffn import launch_rows
     dev = x.device
     acc, out = (sum_out[0], sum_out) if sum_out is not None else _sum_row_and_out(x, rows_acc, alloc)
-    b_out = None if sum_out is not None else b_down
-    if tma and x1c is None:
-        from .dispatch import warn_once
-        from .triton_rows_tma import launch_rows_tma, rows_tma_unusable
-        reason = rows_tma_unusable(x, (w_gate, w_up, w_down_t))
-        if reason is None:
-            launch_rows_tma(x, w_gate, b_gate, w_up, b_up, w_down_t, b_out, gate_act, activation, threshold, counts,
-                            idx, acc, tickets[:1], out, _n_sms(dev), n_given=n_given, sum_is_out=sum_out is not None)
-            return out
-        warn_once(f"rows kernel: TMA row loads unavailable ({reason}); register loads")
-    launch_rows(x, w_gate, b_gate, w_up, b_up, w_down_t, b_out, gate_act, activation, threshold, counts, idx, acc,
-                tickets[:1], out, _n_sms(dev), pdl=pdl, n_given=n_given, x1c=x1c, sum_is_out=sum_out is not None)
+    launch_rows(x, w_gate, b_gate, w_up, b_up, w_down_t, None if sum_out is not None else b_down, gate_act, activation,
+                threshold, counts, idx, acc, tickets[:1], out, _n_sms(dev), pdl=pdl, n_given=n_given, x1c=x1c,
+                sum_is_out=sum_out is not None)
     return out
 
 

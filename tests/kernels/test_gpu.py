@@ -123,27 +123,20 @@ def _check_within_ulp(ffn, x, active, ref, dtype):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("d,f", [(4096, 11008), (1000, 3001), (5120, 13824)])
 @pytest.mark.parametrize("kind", ["exact", "mask", "index"])
-@pytest.mark.parametrize("dispatch", ["rows", "atomic_down", "gate_rows", "prefetch", "stream", "rows_tma"])
-def test_rows_kernel_matches_float64(dtype, d, f, kind, dispatch, monkeypatch):
+@pytest.mark.parametrize("dispatch", ["rows", "atomic_down", "gate_rows", "prefetch", "stream"])
+def test_rows_kernel_matches_float64(dtype, d, f, kind, dispatch):
     """One token through the rows kernel (triton_rows_ffn.py) after the gate kernel, after the compaction, or
     alone: against float64; repeated calls (also replayed in a CUDA graph) within one output ulp, since its fp32
     atomics add in the order programs finish. 5120 (13B) is no power of two: its whole-row tiles are masked.
     "atomic_down": the up kernel, then the rows kernel given x1 (DispatchConfig.down_kernel="atomic"). "gate_rows":
     the exact path in one kernel (triton_gate_rows.py; a predicted set takes the rows kernel). "prefetch": the TMA gate
     kernel sends the active rows towards L2 first (DispatchConfig.gate_prefetch). "stream": gate and rows kernels
-    concurrently (triton_stream_rows.py; a predicted set takes the rows kernel). "rows_tma": the rows kernel with each
-    listed neuron's rows loaded through TMA (triton_rows_tma.py; rows as [R, C] boxes: 4096 [16, 256], 5120 [20 -> 32,
-    256], 1000 [125 -> 128, 8]); the test checks that it ran."""
+    concurrently (triton_stream_rows.py; a predicted set takes the rows kernel)."""
     config = {"stream": DispatchConfig(exact_kernel="stream"),
               "rows": DispatchConfig(exact_kernel="rows", predicted_kernel="rows"),
               "atomic_down": DispatchConfig(down_kernel="atomic"),
               "gate_rows": DispatchConfig(exact_kernel="gate_rows"),
-              "prefetch": DispatchConfig(exact_kernel="rows", predicted_kernel="rows", gate_prefetch=True),
-              "rows_tma": DispatchConfig(exact_kernel="rows", predicted_kernel="rows", rows_tma=True)}[dispatch]
-    from actsparse.kernels import triton_rows_tma
-    launched = []
-    launch = triton_rows_tma.launch_rows_tma
-    monkeypatch.setattr(triton_rows_tma, "launch_rows_tma", lambda *a, **k: launched.append(1) or launch(*a, **k))
+              "prefetch": DispatchConfig(exact_kernel="rows", predicted_kernel="rows", gate_prefetch=True)}[dispatch]
     ws, x, ffn, mask = _case(dtype, d, f, 1, config)
     active = {"exact": None, "mask": mask, "index": torch.nonzero(mask[0]).flatten().to(torch.int32)}[kind]
     first = _check_within_ulp(ffn, x, active, _reference(ws, x, None if kind == "exact" else mask), dtype)
@@ -153,7 +146,6 @@ def test_rows_kernel_matches_float64(dtype, d, f, kind, dispatch, monkeypatch):
         graph.replay()
         torch.testing.assert_close(out, first, rtol=ulp, atol=ulp)
     assert not ffn._rows_acc.any() and not ffn._list_state.any() and not ffn._tickets.any()
-    assert bool(launched) == (dispatch == "rows_tma")
     if ffn._stream_state is not None:  # left empty / zero for the next call
         assert (ffn._stream_state[0] == -1).all() and not ffn._stream_state[1].any()
 
@@ -298,15 +290,13 @@ def test_tma_gate_matches_float64_and_the_plain_gate(dtype, d, f):
     torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize("rows_tma", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("d,f", [(4096, 11008), (5120, 13824), (1001, 3001)])
-def test_fp32_out_rows_path_matches_float64_and_the_default(dtype, d, f, rows_tma):
+def test_fp32_out_rows_path_matches_float64_and_the_default(dtype, d, f):
     """fp32_out at one token (the gate kernel sets the fp32 output row, the rows kernel sums into it with no epilogue;
     d 1001: the plain gate kernel, the row set by one more launch): against float64, within one output ulp of the
-    default call, replayed in a CUDA graph; the list length and ticket left at zero. `rows_tma`: the rows kernel
-    with TMA row loads (d 1001 cannot: the register-load kernel)."""
-    ws, x, ffn, _mask = _case(dtype, d, f, 1, DispatchConfig(rows_tma=rows_tma))
+    default call, replayed in a CUDA graph; the list length and ticket left at zero."""
+    ws, x, ffn, _mask = _case(dtype, d, f, 1, DispatchConfig())
     ref = _reference(ws, x)
     first = ffn(x, fp32_out=True)
     assert first.dtype == torch.float32 and torch.isfinite(first).all()
