@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from actsparse.modeling import SparseGatedMLP
+from actsparse.modeling.predictors.low_rank_logits import LowRankLogits
 
 from .compiled_decoding import register_ffn, registered_ffn, sparse_ffn_op
 from .compiled_decoding import sparse_ffn_op_args as _op_args
@@ -48,7 +49,8 @@ class SparseDecodingMLP(nn.Module):
         if self.calibrating:
             self.ffn.calibrate(x)
         active = self._active(x)
-        fp32_out = self.fp32_out and _sums_in_fp32(self.ffn_key, x.shape[0], active is not None)
+        fp32_out = self.fp32_out and _sums_in_fp32(self.ffn_key, x.shape[0], active is not None,
+                                                   isinstance(active, LowRankLogits))
         if torch.compiler.is_compiling():  # one opaque op: the kernels and the dispatch run as in eager mode
             given, low_rank, relu, cut = _op_args(active)
             out = sparse_ffn_op(x, self.ffn_key, given, fp32_out, low_rank, relu, cut)
@@ -72,12 +74,12 @@ class SparseDecodingMLP(nn.Module):
 
 
 @torch.compiler.assume_constant_result
-def _sums_in_fp32(ffn_key: int, n_tokens: int, predicted: bool) -> bool:
+def _sums_in_fp32(ffn_key: int, n_tokens: int, predicted: bool, low_rank: bool) -> bool:
     """SparseFFN.sums_in_fp32 of the FFN registered under `ffn_key` (compiled_decoding.py; plain arguments: torch 2.11
     takes no module here), taken by torch.compile as a constant without a guard on the dispatch: swapping one
     DispatchConfig for another (bench_decode's paths) does not recompile the model. A compiled model whose FFNs then
     stop summing in fp32 stays correct: SparseFFN casts to what the op was asked for."""
-    return registered_ffn(ffn_key).sums_in_fp32(n_tokens, predicted)
+    return registered_ffn(ffn_key).sums_in_fp32(n_tokens, predicted, low_rank)
 
 
 @torch.compiler.assume_constant_result

@@ -117,13 +117,15 @@ class SparseFFN(nn.Module):
         out = self._forward(x, active, fp32_out)
         return out.float() if fp32_out and out.dtype != torch.float32 else out
 
-    def sums_in_fp32(self, n_tokens: int, predicted: bool) -> bool:
-        """Whether a call of `n_tokens` with `fp32_out` takes the gate and rows kernels, whose fp32 sum it returns as it
-        is: one token, no predictor, not gate_rows / stream. Attribute checks only, so torch.compile traces it into a
-        constant; the plan is not asked (calibration tensors), so a layer the dispatcher sends to cuBLAS at one token
-        (low sparsity) casts its output to fp32 here and back in the caller."""
-        return (self.backend == "triton" and not predicted and self.dispatch.exact_kernel not in ("gate_rows", "stream")
-                and self.dispatch.rows(n_tokens, False, self.activation))
+    def sums_in_fp32(self, n_tokens: int, predicted: bool, low_rank: bool = False) -> bool:
+        """Whether a call of `n_tokens` with `fp32_out` takes the rows kernel after the gate kernel (no predictor, not
+        gate_rows / stream) or after a low-rank predictor's list kernel (`low_rank`: `active` is a LowRankLogits), whose
+        fp32 sum it returns as it is: one token. Attribute checks only, so torch.compile traces it into a constant; the
+        plan is not asked (calibration tensors), so a layer the dispatcher sends to cuBLAS at one token (low sparsity)
+        casts its output to fp32 here and back in the caller."""
+        if self.backend != "triton" or not self.dispatch.rows(n_tokens, predicted, self.activation):
+            return False
+        return low_rank if predicted else self.dispatch.exact_kernel not in ("gate_rows", "stream")
 
     def _forward(self, x: torch.Tensor, active: torch.Tensor | None, fp32_out: bool) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.w_gate.shape[1]:
@@ -131,7 +133,7 @@ class SparseFFN(nn.Module):
         x = x.to(self.w_gate.dtype).contiguous()
         if isinstance(active, LowRankLogits):
             if self._lists_from_logits(x.shape[0]):
-                return self._triton_ffn(x, None, None, False, True, low_rank=active)
+                return self._triton_ffn(x, None, None, False, True, fp32_out, low_rank=active)
             active = active.mask(x)
         fused = active is not None and self.backend == "triton" and self.dispatch.predicted_kernel == "fused"
         # The fused and the lists kernels read an index list as given (no mask built from it, no compaction).

@@ -48,10 +48,11 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
     `gate_prefetch` (with it, on the rows path): it also sends the active neurons' up / W_down^T rows towards L2.
     `stream` (with `rows`, no mask / index): (consumer settings of DispatchConfig.stream, the SparseFFN's
     `stream_state` pair, gate_first): the gate and rows kernels run concurrently (triton_stream_rows.py) where
-    usable, else the rows path (said once). `fp32_out` (the one-token exact rows path): the output is the rows
-    kernel's fp32 sum row itself, set to b_down by the gate kernel, with no epilogue; other paths ignore it (the
-    caller casts). `low_rank` (a LowRankLogits; one token, `rows`, no mask / index): the predictor's second layer
-    writes the list (triton_predictor_list.py) and the rows kernel reads it: no mask, no compaction."""
+    usable, else the rows path (said once). `fp32_out` (the one-token rows path after the gate kernel or a
+    `low_rank` list): the output is the rows kernel's fp32 sum row itself, set to b_down by the kernel before it, with
+    no epilogue; other paths ignore it (the caller casts). `low_rank` (a LowRankLogits; one token, `rows`, no mask / index): the predictor's second layer
+    writes the list (triton_predictor_list.py) and the rows kernel reads it: no mask, no compaction; with `fp32_out` the
+    list kernel sets the fp32 output row to b_down and the rows kernel sums into it with no epilogue."""
     if x.device.type != "cuda" and not configs.INTERPRET:
         raise RuntimeError("the Triton backend needs a CUDA tensor (or TRITON_INTERPRET=1 set before importing "
                            "triton); use backend='torch' on CPU")
@@ -72,9 +73,10 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
         if not (rows and n_tokens == 1 and mask is None and index is None):
             raise ValueError("low_rank: one token on the rows path, with mask and index None")
         from .triton_predictor_list import launch_predictor_list
-        launch_predictor_list(x, low_rank, counts, idx)
+        out = alloc(1, d_model, dtype=torch.float32, device=dev) if fp32_out else None
+        launch_predictor_list(x, low_rank, counts, idx, init_out=None if out is None else (out[0], b_down))
         return _rows_out(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, counts, idx, None,
-                         tickets, alloc, rows_acc, pdl)
+                         tickets, alloc, rows_acc, pdl, sum_out=out)
     if rows and n_tokens == 1 and not per_token:
         return _rows_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, counts, idx,
                          n_given, tickets, alloc, rows_acc, pdl, gate_rows, gate_tma, gate_prefetch, stream, fp32_out)

@@ -23,13 +23,16 @@ from torch.nn import functional as F
 from .configs import (PREDICTOR_LIST_CONFIGS, PREDICTOR_LIST_FIXED, PREDICTOR_LIST_TMA_CONFIGS,
                       PREDICTOR_LIST_TMA_FIXED, tuned)
 from .triton_gate import append_union
-from .triton_gate_tma import tma_row_dots_bias
+from .triton_gate_tma import init_sum_row, tma_row_dots_bias
 
 
-@tuned(PREDICTOR_LIST_CONFIGS, PREDICTOR_LIST_FIXED, key=["rank", "d_ff"], reset_to_zero=["counts_ptr"])
+@tuned(PREDICTOR_LIST_CONFIGS, PREDICTOR_LIST_FIXED, key=["rank", "d_ff", "INIT_OUT"], reset_to_zero=["counts_ptr"])
 @triton.jit
-def predictor_list_kernel(h_ptr, up_ptr, b_ptr, counts_ptr, idx_ptr, rank, d_ff, cut, HAS_BIAS: tl.constexpr,
+def predictor_list_kernel(h_ptr, up_ptr, b_ptr, counts_ptr, idx_ptr, out_ptr, bout_ptr, rank, d_ff, d_model, cut,
+                          HAS_BIAS: tl.constexpr, INIT_OUT: tl.constexpr, HAS_BOUT: tl.constexpr,
                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    if INIT_OUT:  # the fp32 output row the rows kernel sums into: b_down, or 0
+        init_sum_row(out_ptr, bout_ptr, d_model, HAS_BOUT)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < d_ff
     row_ptrs = up_ptr + offs_n.to(tl.int64)[:, None] * rank
@@ -46,10 +49,14 @@ def predictor_list_kernel(h_ptr, up_ptr, b_ptr, counts_ptr, idx_ptr, rank, d_ff,
     append_union((n_mask & (logit >= cut)).to(tl.int32), offs_n, counts_ptr, idx_ptr)
 
 
-@tuned(PREDICTOR_LIST_TMA_CONFIGS, PREDICTOR_LIST_TMA_FIXED, key=["rank", "d_ff"], reset_to_zero=["counts_ptr"])
+@tuned(PREDICTOR_LIST_TMA_CONFIGS, PREDICTOR_LIST_TMA_FIXED, key=["rank", "d_ff", "INIT_OUT"],
+       reset_to_zero=["counts_ptr"])
 @triton.jit
-def predictor_list_tma_kernel(h_ptr, w_desc, b_ptr, counts_ptr, idx_ptr, rank, d_ff, cut, HAS_BIAS: tl.constexpr,
+def predictor_list_tma_kernel(h_ptr, w_desc, b_ptr, counts_ptr, idx_ptr, out_ptr, bout_ptr, rank, d_ff, d_model, cut,
+                              HAS_BIAS: tl.constexpr, INIT_OUT: tl.constexpr, HAS_BOUT: tl.constexpr,
                               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+    if INIT_OUT:
+        init_sum_row(out_ptr, bout_ptr, d_model, HAS_BOUT)
     logit, offs_n, n_mask = tma_row_dots_bias(h_ptr, w_desc, b_ptr, tl.program_id(0) * BLOCK_N, d_ff, rank, HAS_BIAS,
                                               BLOCK_N, BLOCK_K, STAGES)
     append_union((n_mask & (logit >= cut)).to(tl.int32), offs_n, counts_ptr, idx_ptr)
@@ -69,9 +76,12 @@ def predictor_hidden(x: torch.Tensor, down: torch.Tensor, relu: bool) -> torch.T
     return torch.relu(h) if relu else h
 
 
-def launch_predictor_list(x: torch.Tensor, logits, counts: torch.Tensor, idx: torch.Tensor) -> None:
+def launch_predictor_list(x: torch.Tensor, logits, counts: torch.Tensor, idx: torch.Tensor,
+                          init_out: tuple | None = None) -> None:
     """Append the neurons `logits` (a LowRankLogits) predicts active for the one token x [1, d_model] (or its
-    `source`) to the union list (counts[0], idx), which must be empty; the list's order is arbitrary."""
+    `source`) to the union list (counts[0], idx), which must be empty; the list's order is arbitrary.
+    `init_out` = (out, b_down or None): the list kernel also sets the fp32 row `out` [d_model] to b_down (or 0), for a
+    rows kernel that adds its sums into it (launch_rows with sum_is_out), as the gate kernel does on the exact path."""
     from .triton_gate_tma import tma_unusable
     down, up = logits.down, logits.up
     if up.stride(1) != 1 or up.stride(0) != up.shape[1]:
@@ -80,12 +90,15 @@ def launch_predictor_list(x: torch.Tensor, logits, counts: torch.Tensor, idx: to
     h = predictor_hidden(x if logits.source is None else logits.source, down, bool(logits.relu_hidden))
     bias = logits.bias if logits.bias is not None else up
     grid = lambda meta: (triton.cdiv(d_ff, meta["BLOCK_N"]),)  # noqa: E731
+    out, b_out = init_out if init_out is not None else (counts, None)   # not written without INIT_OUT
+    d_model = out.shape[-1]
+    flags = dict(HAS_BIAS=logits.bias is not None, INIT_OUT=init_out is not None, HAS_BOUT=b_out is not None)
     if tma_unusable(h, up) is None:
         from triton.tools.tensor_descriptor import TensorDescriptor
         desc = TensorDescriptor.from_tensor(up, [PREDICTOR_LIST_TMA_FIXED["BLOCK_N"],
                                                  PREDICTOR_LIST_TMA_FIXED["BLOCK_K"]])  # configs' hook sets it
-        predictor_list_tma_kernel[grid](h, desc, bias, counts, idx, rank, d_ff, float(logits.cut),
-                                        HAS_BIAS=logits.bias is not None)
+        predictor_list_tma_kernel[grid](h, desc, bias, counts, idx, out, b_out if b_out is not None else out, rank, d_ff,
+                                        d_model, float(logits.cut), **flags)
         return
-    predictor_list_kernel[grid](h, up, bias, counts, idx, rank, d_ff, float(logits.cut),
-                                HAS_BIAS=logits.bias is not None)
+    predictor_list_kernel[grid](h, up, bias, counts, idx, out, b_out if b_out is not None else out, rank, d_ff, d_model,
+                                float(logits.cut), **flags)

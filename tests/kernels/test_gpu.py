@@ -338,7 +338,7 @@ def test_predictor_list_matches_float64(dtype, d, f, rank, relu_hidden):
     """A low-rank predictor handed to the kernels (triton_predictor_list.py: its first layer through the TMA GEMV or
     F.linear, its second layer writing the list; rank 358: rows of 716 bytes): the list equals the float64 predicted
     set away from the cut (h rounded to the weights' dtype, as the kernels round it); the FFN given the predictor
-    equals float64 restricted to that list, replayed in a CUDA graph; the list length left at zero."""
+    equals float64 restricted to that list, replayed in a CUDA graph, also with fp32_out; the list length left at zero."""
     from actsparse.kernels.triton_predictor_list import launch_predictor_list
     from actsparse.modeling.predictors import LowRankLogits
     ws, x, ffn, _mask = _case(dtype, d, f, 1, DispatchConfig())
@@ -368,3 +368,12 @@ def test_predictor_list_matches_float64(dtype, d, f, rank, relu_hidden):
         graph.replay()
         torch.testing.assert_close(out, first, rtol=1e-3, atol=1e-3)
     assert not ffn._list_state.any()
+    # fp32_out: the list kernel sets the fp32 output row, the rows kernel sums into it (no epilogue), in a graph too.
+    first32 = ffn(x, low_rank, fp32_out=True)
+    assert first32.dtype == torch.float32
+    assert float((first32.double() - ref).norm() / ref.norm()) < (2e-3 if dtype == torch.float16 else 1e-2)
+    graph, out = _captured(lambda: ffn(x, low_rank, fp32_out=True))
+    for _ in range(3):
+        graph.replay()
+        torch.testing.assert_close(out, first32, rtol=1e-4, atol=1e-4)
+    assert not ffn._list_state.any() and not ffn._tickets.any()

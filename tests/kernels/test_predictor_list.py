@@ -95,13 +95,38 @@ def test_sparse_ffn_given_the_predictor_matches_float64(activation, threshold, t
     check(ffn(x, low_rank), ref(x, mask))                # and a second call sees an empty list
 
 
+@pytest.mark.parametrize("cut_kind", list(CUTS))
+@pytest.mark.parametrize("biases", [False, True])
+def test_fp32_out_the_list_kernel_sets_the_sum_row(biases, cut_kind, monkeypatch):
+    """fp32_out at one token: the list kernel sets the fp32 output row to b_down (or 0) and the rows kernel adds into it
+    with no epilogue (sum_is_out); against float64 with the output poisoned, three calls on one SparseFFN (list length,
+    ticket left at zero); sums_in_fp32 says so for a LowRankLogits only."""
+    from actsparse.kernels import triton_rows_ffn
+    seen = []
+    launch = triton_rows_ffn.launch_rows
+    monkeypatch.setattr(triton_rows_ffn, "launch_rows", lambda *a, **k: seen.append(k.get("sum_is_out")) or launch(*a, **k))
+    ffn, ref = random_ffn(D, F, "relu", 0.0, UNION, 0.0, seed=15, biases=biases)
+    assert ffn.sums_in_fp32(1, True, low_rank=True) and not ffn.sums_in_fp32(1, True)
+    assert not ffn.sums_in_fp32(3, True, low_rank=True)
+    pred = make_predictor(D, F, RANK, True, True, seed=16)
+    g = torch.Generator().manual_seed(17)
+    for _ in range(3):
+        x = torch.randn(1, D, generator=g)
+        low_rank, mask = predictor_with_cut(pred, x, cut_kind)
+        y = ffn(x, low_rank, fp32_out=True)
+        assert y.dtype == torch.float32
+        check(y, ref(x, mask))
+        assert not ffn._list_state.any() and not ffn._tickets.any()
+    assert seen == [True] * 3
+
+
 def test_sparse_ffn_takes_the_predictor_source(monkeypatch):
     """A pre_norm predictor reads `source`, not the FFN input; and the list kernel is what ran."""
     from actsparse.kernels import triton_predictor_list
     launches = []
     launch = triton_predictor_list.launch_predictor_list
     monkeypatch.setattr(triton_predictor_list, "launch_predictor_list",
-                        lambda *a: launches.append(1) or launch(*a))
+                        lambda *a, **k: launches.append(1) or launch(*a, **k))
     ffn, ref = random_ffn(D, F, "relu", 0.0, UNION, 0.0, seed=3, biases=False)
     pred = make_predictor(D, F, RANK, True, False, seed=4)
     g = torch.Generator().manual_seed(6)
@@ -172,7 +197,9 @@ def test_decoding_module_hands_the_predictor_over_at_one_token():
     fused, plain = SparseDecodingMLP(ffn), SparseDecodingMLP(ffn, fuse_predictor=False)
     fused.predictor = _SVDLike(pred, low_rank.cut)
     plain.predictor = _SVDLike(pred, low_rank.cut)
-    assert torch.equal(fused(one), plain(one))
+    # One token: the fused path's fp32 sum starts from b_down (set by the list kernel), the mask path's rows kernel adds
+    # b_down to its sum at the end: the same terms in another order.
+    torch.testing.assert_close(fused(one), plain(one), rtol=1e-6, atol=1e-6)
     assert fused.predictor.calls == 0 and plain.predictor.calls == 1   # one token: described, not called
     assert torch.equal(fused(three), plain(three))
     assert fused.predictor.calls == 1                                  # several tokens: its mask
