@@ -41,11 +41,6 @@ def _tma_block_hook(nargs: dict) -> None:
     nargs["wg_desc" if "wg_desc" in nargs else "w_desc"].block_shape = [nargs["BLOCK_N"], nargs["BLOCK_K"]]
 
 
-def _tma_rank_hook(nargs: dict) -> None:
-    """Autotune pre-hook of the predictor list kernel: its tile is [BLOCK_N, RANK_PAD] (whole rows of `up`)."""
-    nargs["w_desc"].block_shape = [nargs["BLOCK_N"], nargs["RANK_PAD"]]
-
-
 GATE_TMA_CONFIGS = [
     triton.Config(dict(BLOCK_N=n, BLOCK_K=k, STAGES=s), num_warps=w, num_stages=1, pre_hook=_tma_block_hook)
     for n, k, w, s in [(8, 512, 4, 4), (16, 512, 4, 3), (32, 256, 4, 4), (16, 256, 4, 4), (8, 512, 4, 3),
@@ -165,16 +160,13 @@ PREDICTOR_LIST_CONFIGS = [
                        (8, 1024, 4, 1), (64, 128, 4, 3), (16, 1024, 8, 1)]
 ]
 PREDICTOR_LIST_FIXED = dict(BLOCK_N=32, BLOCK_K=64)
-# The same with the rows of up through TMA (16-byte aligned rows), persistent: GRID_PER_SM programs per SM walk the row
-# blocks, a whole [BLOCK_N, next power of two of the rank] tile per block, STAGES - 1 blocks in flight. Session 12's
-# one-block-per-program TMA kernel (688 programs at BLOCK_N 16) read 7.9 MB in 6.2 µs (1.3 TB/s); GRID_PER_SM 64 is
-# that grid again (one block per program).
+# The same with the rows of up through TMA (16-byte aligned rows): the gate kernel's tiles and shorter ones.
 PREDICTOR_LIST_TMA_CONFIGS = [
-    triton.Config(dict(BLOCK_N=n, GRID_PER_SM=g, STAGES=s), num_warps=w, num_stages=1, pre_hook=_tma_rank_hook)
-    for n, g, s, w in [(16, 2, 4, 4), (16, 4, 3, 4), (32, 1, 4, 4), (32, 2, 3, 8), (16, 64, 2, 4), (8, 4, 4, 4),
-                       (32, 1, 3, 8), (16, 1, 6, 4), (64, 1, 3, 8)]
+    triton.Config(dict(BLOCK_N=n, BLOCK_K=k, STAGES=s), num_warps=w, num_stages=1, pre_hook=_tma_block_hook)
+    for n, k, w, s in [(16, 128, 4, 3), (8, 256, 4, 2), (16, 256, 4, 2), (32, 128, 4, 3), (8, 128, 4, 3),
+                       (32, 256, 4, 2), (16, 512, 4, 1), (64, 128, 8, 3)]
 ]
-PREDICTOR_LIST_TMA_FIXED = dict(BLOCK_N=16, GRID_PER_SM=3, STAGES=2)  # interpreter: blocks that loop
+PREDICTOR_LIST_TMA_FIXED = GATE_TMA_FIXED
 
 
 def tuned(configs: list[triton.Config], fixed: dict, key: list[str], reset_to_zero: list[str] | None = None,

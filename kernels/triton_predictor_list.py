@@ -20,11 +20,10 @@ import triton
 import triton.language as tl
 from torch.nn import functional as F
 
-from . import configs
 from .configs import (PREDICTOR_LIST_CONFIGS, PREDICTOR_LIST_FIXED, PREDICTOR_LIST_TMA_CONFIGS,
                       PREDICTOR_LIST_TMA_FIXED, tuned)
 from .triton_gate import append_union
-from .triton_gate_tma import init_sum_row
+from .triton_gate_tma import init_sum_row, tma_row_dots_bias
 
 
 @tuned(PREDICTOR_LIST_CONFIGS, PREDICTOR_LIST_FIXED, key=["rank", "d_ff", "INIT_OUT"], reset_to_zero=["counts_ptr"])
@@ -55,22 +54,12 @@ def predictor_list_kernel(h_ptr, up_ptr, b_ptr, counts_ptr, idx_ptr, out_ptr, bo
 @triton.jit
 def predictor_list_tma_kernel(h_ptr, w_desc, b_ptr, counts_ptr, idx_ptr, out_ptr, bout_ptr, rank, d_ff, d_model, cut,
                               HAS_BIAS: tl.constexpr, INIT_OUT: tl.constexpr, HAS_BOUT: tl.constexpr,
-                              RANK_PAD: tl.constexpr, BLOCK_N: tl.constexpr, GRID_PER_SM: tl.constexpr,
-                              STAGES: tl.constexpr):
-    """Persistent: each program walks row blocks pid, pid + programs, ..., a whole [BLOCK_N, RANK_PAD] tile of `up` per
-    block (one TMA copy; the columns past the rank arrive as zeros), STAGES - 1 blocks' tiles in flight."""
-    if INIT_OUT:  # the fp32 output row the rows kernel sums into: b_down, or 0
+                              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+    if INIT_OUT:
         init_sum_row(out_ptr, bout_ptr, d_model, HAS_BOUT)
-    offs_k = tl.arange(0, RANK_PAD)
-    hv = tl.load(h_ptr + offs_k, mask=offs_k < rank, other=0.0).to(tl.float32)
-    for b in tl.range(tl.program_id(0), tl.cdiv(d_ff, BLOCK_N), tl.num_programs(0), num_stages=STAGES):
-        w = w_desc.load([b * BLOCK_N, 0])
-        logit = tl.sum(w.to(tl.float32) * hv[None, :], 1)
-        rows = b * BLOCK_N + tl.arange(0, BLOCK_N)
-        r_mask = rows < d_ff
-        if HAS_BIAS:
-            logit += tl.load(b_ptr + rows, mask=r_mask, other=0.0).to(tl.float32)
-        append_union((r_mask & (logit >= cut)).to(tl.int32), rows, counts_ptr, idx_ptr)
+    logit, offs_n, n_mask = tma_row_dots_bias(h_ptr, w_desc, b_ptr, tl.program_id(0) * BLOCK_N, d_ff, rank, HAS_BIAS,
+                                              BLOCK_N, BLOCK_K, STAGES)
+    append_union((n_mask & (logit >= cut)).to(tl.int32), offs_n, counts_ptr, idx_ptr)
 
 
 def predictor_hidden(x: torch.Tensor, down: torch.Tensor, relu: bool) -> torch.Tensor:
@@ -106,12 +95,10 @@ def launch_predictor_list(x: torch.Tensor, logits, counts: torch.Tensor, idx: to
     flags = dict(HAS_BIAS=logits.bias is not None, INIT_OUT=init_out is not None, HAS_BOUT=b_out is not None)
     if tma_unusable(h, up) is None:
         from triton.tools.tensor_descriptor import TensorDescriptor
-        rank_pad = triton.next_power_of_2(rank)
-        desc = TensorDescriptor.from_tensor(up, [PREDICTOR_LIST_TMA_FIXED["BLOCK_N"], rank_pad])  # configs' hook sets it
-        n_sms = 1 if configs.INTERPRET else torch.cuda.get_device_properties(x.device).multi_processor_count
-        persistent = lambda meta: (min(triton.cdiv(d_ff, meta["BLOCK_N"]), meta["GRID_PER_SM"] * n_sms),)  # noqa: E731
-        predictor_list_tma_kernel[persistent](h, desc, bias, counts, idx, out, b_out if b_out is not None else out, rank,
-                                              d_ff, d_model, float(logits.cut), RANK_PAD=rank_pad, **flags)
+        desc = TensorDescriptor.from_tensor(up, [PREDICTOR_LIST_TMA_FIXED["BLOCK_N"],
+                                                 PREDICTOR_LIST_TMA_FIXED["BLOCK_K"]])  # configs' hook sets it
+        predictor_list_tma_kernel[grid](h, desc, bias, counts, idx, out, b_out if b_out is not None else out, rank, d_ff,
+                                        d_model, float(logits.cut), **flags)
         return
     predictor_list_kernel[grid](h, up, bias, counts, idx, out, b_out if b_out is not None else out, rank, d_ff, d_model,
                                 float(logits.cut), **flags)
