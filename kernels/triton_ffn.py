@@ -50,9 +50,9 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
     `stream_state` pair, gate_first): the gate and rows kernels run concurrently (triton_stream_rows.py) where
     usable, else the rows path (said once). `fp32_out` (the one-token rows path after the gate kernel or a
     `low_rank` list): the output is the rows kernel's fp32 sum row itself, set to b_down by the kernel before it, with
-    no epilogue; other paths ignore it (the caller casts). `low_rank` (a LowRankLogits; one token, `rows`, no mask / index): the predictor's second layer
-    writes the list (triton_predictor_list.py) and the rows kernel reads it: no mask, no compaction; with `fp32_out` the
-    list kernel sets the fp32 output row to b_down and the rows kernel sums into it with no epilogue."""
+    no epilogue; other paths ignore it (the caller casts). `low_rank` (a LowRankLogits; one token, `rows`, no mask /
+    index): the predictor's second layer writes the list (triton_predictor_list.py) and the rows kernel reads it: no
+    mask, no compaction; with `fp32_out` the list kernel sets the fp32 output row to b_down."""
     if x.device.type != "cuda" and not configs.INTERPRET:
         raise RuntimeError("the Triton backend needs a CUDA tensor (or TRITON_INTERPRET=1 set before importing "
                            "triton); use backend='torch' on CPU")

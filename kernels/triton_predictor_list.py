@@ -91,14 +91,13 @@ def launch_predictor_list(x: torch.Tensor, logits, counts: torch.Tensor, idx: to
     bias = logits.bias if logits.bias is not None else up
     grid = lambda meta: (triton.cdiv(d_ff, meta["BLOCK_N"]),)  # noqa: E731
     out, b_out = init_out if init_out is not None else (counts, None)   # not written without INIT_OUT
-    d_model = out.shape[-1]
+    row = (out, b_out if b_out is not None else out)
     flags = dict(HAS_BIAS=logits.bias is not None, INIT_OUT=init_out is not None, HAS_BOUT=b_out is not None)
     if tma_unusable(h, up) is None:
         from triton.tools.tensor_descriptor import TensorDescriptor
         desc = TensorDescriptor.from_tensor(up, [PREDICTOR_LIST_TMA_FIXED["BLOCK_N"],
                                                  PREDICTOR_LIST_TMA_FIXED["BLOCK_K"]])  # configs' hook sets it
-        predictor_list_tma_kernel[grid](h, desc, bias, counts, idx, out, b_out if b_out is not None else out, rank, d_ff,
-                                        d_model, float(logits.cut), **flags)
+        predictor_list_tma_kernel[grid](h, desc, bias, counts, idx, *row, rank, d_ff, out.shape[-1], float(logits.cut),
+                                        **flags)
         return
-    predictor_list_kernel[grid](h, up, bias, counts, idx, out, b_out if b_out is not None else out, rank, d_ff, d_model,
-                                float(logits.cut), **flags)
+    predictor_list_kernel[grid](h, up, bias, counts, idx, *row, rank, d_ff, out.shape[-1], float(logits.cut), **flags)

@@ -338,7 +338,8 @@ def test_predictor_list_matches_float64(dtype, d, f, rank, relu_hidden):
     """A low-rank predictor handed to the kernels (triton_predictor_list.py: its first layer through the TMA GEMV or
     F.linear, its second layer writing the list; rank 358: rows of 716 bytes): the list equals the float64 predicted
     set away from the cut (h rounded to the weights' dtype, as the kernels round it); the FFN given the predictor
-    equals float64 restricted to that list, replayed in a CUDA graph, also with fp32_out; the list length left at zero."""
+    equals float64 restricted to that list, replayed in a CUDA graph, also with fp32_out; the list length left at
+    zero."""
     from actsparse.kernels.triton_predictor_list import launch_predictor_list
     from actsparse.modeling.predictors import LowRankLogits
     ws, x, ffn, _mask = _case(dtype, d, f, 1, DispatchConfig())

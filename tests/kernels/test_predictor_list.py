@@ -104,7 +104,8 @@ def test_fp32_out_the_list_kernel_sets_the_sum_row(biases, cut_kind, monkeypatch
     from actsparse.kernels import triton_rows_ffn
     seen = []
     launch = triton_rows_ffn.launch_rows
-    monkeypatch.setattr(triton_rows_ffn, "launch_rows", lambda *a, **k: seen.append(k.get("sum_is_out")) or launch(*a, **k))
+    monkeypatch.setattr(triton_rows_ffn, "launch_rows",
+                        lambda *a, **k: seen.append(k.get("sum_is_out")) or launch(*a, **k))
     ffn, ref = random_ffn(D, F, "relu", 0.0, UNION, 0.0, seed=15, biases=biases)
     assert ffn.sums_in_fp32(1, True, low_rank=True) and not ffn.sums_in_fp32(1, True)
     assert not ffn.sums_in_fp32(3, True, low_rank=True)
