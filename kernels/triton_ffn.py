@@ -73,8 +73,8 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
         if not (rows and n_tokens == 1 and mask is None and index is None):
             raise ValueError("low_rank: one token on the rows path, with mask and index None")
         from .triton_predictor_list import launch_predictor_list
-        out = alloc(1, d_model, dtype=torch.float32, device=dev) if fp32_out else None
-        launch_predictor_list(x, low_rank, counts, idx, init_out=None if out is None else (out[0], b_down))
+        out, init_out = _fp32_sum_out(x, b_down, alloc, fp32_out)
+        launch_predictor_list(x, low_rank, counts, idx, init_out=init_out)
         return _rows_out(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, counts, idx, None,
                          tickets, alloc, rows_acc, pdl, sum_out=out)
     if rows and n_tokens == 1 and not per_token:
@@ -138,10 +138,9 @@ def _rows_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, thres
                   f"{x.shape[1]}, {activation}: the gate and rows kernels run instead")
     if n_given is None and mask is None:
         gate_act = alloc(1, w_gate.shape[0], dtype=torch.float32, device=dev)
-        out = alloc(1, x.shape[1], dtype=torch.float32, device=dev) if fp32_out else None
+        out, init_out = _fp32_sum_out(x, b_down, alloc, fp32_out)
         launch_gate(x, w_gate, b_gate, activation, threshold, False, gate_act, counts, idx, pdl=pdl, tma=gate_tma,
-                    prefetch=_prefetch_rows(w_up, w_down_t) if gate_prefetch else None,
-                    init_out=None if out is None else (out[0], b_down))
+                    prefetch=_prefetch_rows(w_up, w_down_t) if gate_prefetch else None, init_out=init_out)
         return _rows_out(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, counts, idx, n_given,
                          tickets, alloc, rows_acc, pdl, gate_act=gate_act, sum_out=out)
     if n_given is None:
@@ -196,6 +195,16 @@ def _rows_out(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, thres
                 threshold, counts, idx, acc, tickets[:1], out, _n_sms(dev), pdl=pdl, n_given=n_given, x1c=x1c,
                 sum_is_out=sum_out is not None)
     return out
+
+
+def _fp32_sum_out(x, b_down, alloc, fp32_out: bool):
+    """(out, init_out) for the rows kernel summing into its output: with `fp32_out` the fp32 output [1, d_model] and
+    the (row, b_down) the kernel launched before the rows kernel sets it to (launch_gate / launch_predictor_list's
+    init_out); else (None, None), and the rows kernel's epilogue writes the output."""
+    if not fp32_out:
+        return None, None
+    out = alloc(1, x.shape[1], dtype=torch.float32, device=x.device)
+    return out, (out[0], b_down)
 
 
 def _sum_row_and_out(x, rows_acc, alloc):

@@ -54,7 +54,8 @@ def test_bench_case_batch_1_has_the_inline_compaction_pdl_and_index_methods(capl
                                                                "ours_predicted_index_rows", "ours_union_atomic",
                                                                "ours_predicted_index_atomic", "ours_predicted_index_pdl",
                                                                "ours_union_gate_rows", "ours_union_rows_plain_gate",
-                                                               "ours_union_rows_prefetch", "ours_union_rows_fp32_out", "ours_union_stream",
+                                                               "ours_union_rows_prefetch", "ours_union_rows_fp32_out",
+                                                               "ours_union_stream",
                                                                "ours_union_stream_p25", "ours_union_stream_p50",
                                                                "ours_union_stream_w8", "ours_union_stream_p50_w8"}
     for r in records:
@@ -80,6 +81,20 @@ def test_bench_case_runs_every_method_correctly(tmp_path):
     assert json.loads((tmp_path / "re" / "bench_kernels.json").read_text())["records"] == records
 
 
+# bench_decode.run's model shape for the CPU tests: 2 layers of it decode in seconds under the interpreter.
+TINY_DECODE_SHAPE = dict(hidden_size=32, intermediate_size=400, num_attention_heads=4, num_key_value_heads=2,
+                         vocab_size=97, max_position_embeddings=64)
+
+
+def _compiled_tiny_decode_args(bench_decode, *flags):
+    """bench_decode's arguments for a compiled CPU run at 80% sparsity, 4 prompt and 3 new tokens, no CUDA graph, plus
+    `flags`; fp32, and aot_eager (no code generation on CPU: what is traced is the point)."""
+    args = bench_decode.parse_args(["--sparsity", "0.8", "--prompt-len", "4", "--new-tokens", "3", "--no-cuda-graph",
+                                    "--compile", *flags])
+    args.dtype, args.compile_backend = "fp32", "aot_eager"
+    return args
+
+
 @pytest.mark.skipif(not configs.INTERPRET, reason="needs TRITON_INTERPRET=1 (set by conftest.py)")
 def test_bench_decode_flow_on_a_tiny_model():
     """bench_decode's model build, layer-by-layer gate biases and dense-vs-sparse loop, tiny and on CPU."""
@@ -87,10 +102,9 @@ def test_bench_decode_flow_on_a_tiny_model():
     args = bench_decode.parse_args(["--sparsity", "0.8", "--prompt-len", "4", "--new-tokens", "3",
                                     "--no-cuda-graph", "--predicted-kernels", "lists,lists_inline,fused,rows"])
     args.dtype = "fp32"
-    shape = dict(hidden_size=32, intermediate_size=400, num_attention_heads=4, num_key_value_heads=2,
-                 vocab_size=97, max_position_embeddings=64)
     args.predictor_rank = 8
-    exact, exact_rows, lists, inline, fused, rows = bench_decode.run(2, [1], args, device="cpu", shape=shape)
+    exact, exact_rows, lists, inline, fused, rows = bench_decode.run(2, [1], args, device="cpu",
+                                                                     shape=TINY_DECODE_SHAPE)
     assert [r["path"] for r in (exact, exact_rows, lists, inline, fused, rows)] == [
         "exact", "exact_rows", "predicted_lists", "predicted_lists_inline", "predicted_fused", "predicted_rows"]
     for r in (lists, inline, fused, rows):
@@ -162,12 +176,8 @@ def test_bench_decode_compiled_matches_eager_without_recompiling():
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()   # other tests' compiled graphs count there too
     from actsparse.kernels import bench_decode
-    args = bench_decode.parse_args(["--sparsity", "0.8", "--prompt-len", "4", "--new-tokens", "3", "--no-cuda-graph",
-                                    "--compile", "--predictor-rank", "0"])
-    args.dtype, args.compile_backend = "fp32", "aot_eager"   # no code generation on CPU: what is traced is the point
-    shape = dict(hidden_size=32, intermediate_size=400, num_attention_heads=4, num_key_value_heads=2,
-                 vocab_size=97, max_position_embeddings=64)
-    for rec in bench_decode.run(2, [1], args, device="cpu", shape=shape):   # exact, exact_rows
+    args = _compiled_tiny_decode_args(bench_decode, "--predictor-rank", "0")
+    for rec in bench_decode.run(2, [1], args, device="cpu", shape=TINY_DECODE_SHAPE):   # exact, exact_rows
         assert rec["compiled"] and rec["greedy_sequences_identical"] == 1.0
         assert rec["teacher_forced"]["argmax_agreement"] == 1.0
     counters = torch._dynamo.utils.counters
@@ -183,17 +193,13 @@ def test_bench_decode_gemv_o_and_both_fp32_out_settings():
     torch._dynamo.reset()
     from actsparse.kernels import bench_decode
     from actsparse.kernels.triton_gemv import GemvLinear
-    args = bench_decode.parse_args(["--sparsity", "0.8", "--prompt-len", "4", "--new-tokens", "3", "--no-cuda-graph",
-                                    "--compile", "--predictor-rank", "0", "--exact-kernels", "auto", "--gemv-o",
-                                    "--fp32-out", "both"])
-    args.dtype, args.compile_backend = "fp32", "aot_eager"
-    shape = dict(hidden_size=32, intermediate_size=400, num_attention_heads=4, num_key_value_heads=2,
-                 vocab_size=97, max_position_embeddings=64)
+    args = _compiled_tiny_decode_args(bench_decode, "--predictor-rank", "0", "--exact-kernels", "auto", "--gemv-o",
+                                      "--fp32-out", "both")
     built = []
     build = bench_decode.build_model
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(bench_decode, "build_model", lambda *a, **k: built.append(build(*a, **k)) or built[-1])
-        records = bench_decode.run(2, [1], args, device="cpu", shape=shape)
+        records = bench_decode.run(2, [1], args, device="cpu", shape=TINY_DECODE_SHAPE)
     assert [(r["path"], r["fp32_out"], r["gemv_o"]) for r in records] == [("exact", True, True),
                                                                         ("exact_no_fp32_out", False, True)]
     assert all(r["greedy_sequences_identical"] == 1.0 and r["teacher_forced"]["argmax_agreement"] == 1.0
@@ -211,12 +217,8 @@ def test_bench_decode_fused_predictor_both_settings(monkeypatch):
     for module, name in ((triton_predictor_list, "launch_predictor_list"), (triton_ffn, "compact_mask")):
         real = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, _r=real, _n=name, **k: launches.append(_n) or _r(*a, **k))
-    args = bench_decode.parse_args(["--sparsity", "0.8", "--prompt-len", "4", "--new-tokens", "3", "--no-cuda-graph",
-                                    "--compile", "--predictor-rank", "8", "--exact-kernels", "auto",
-                                    "--predicted-kernels", "auto", "--fused-predictor", "both"])
-    args.dtype, args.compile_backend = "fp32", "aot_eager"
-    shape = dict(hidden_size=32, intermediate_size=400, num_attention_heads=4, num_key_value_heads=2,
-                 vocab_size=97, max_position_embeddings=64)
+    args = _compiled_tiny_decode_args(bench_decode, "--predictor-rank", "8", "--exact-kernels", "auto",
+                                      "--predicted-kernels", "auto", "--fused-predictor", "both")
     seen = {}
     run_path = bench_decode.tokens_per_s
 
@@ -226,11 +228,10 @@ def test_bench_decode_fused_predictor_both_settings(monkeypatch):
         seen[len(seen)] = (set(launches), out)
         return tps, out
     monkeypatch.setattr(bench_decode, "tokens_per_s", tokens_per_s)
-    records = bench_decode.run(2, [1], args, device="cpu", shape=shape)
+    records = bench_decode.run(2, [1], args, device="cpu", shape=TINY_DECODE_SHAPE)
     assert [(r["path"], r.get("fused_predictor")) for r in records] == [
         ("exact", None), ("predicted_auto", True), ("predicted_auto_mask", False)]
     (_, dense), (_, exact), (fused_calls, fused), (mask_calls, masked) = (seen[i] for i in range(4))
     assert fused_calls == {"launch_predictor_list"} and mask_calls == {"compact_mask"}
     assert torch.equal(fused, masked) and torch.equal(exact, dense)
-    torch._dynamo.reset()
     torch._dynamo.reset()
