@@ -65,6 +65,10 @@ def parse_args(argv):
     p.add_argument("--fp32-out", choices=["on", "off", "both"], default="on",
                    help="exact paths with SparseDecodingMLP.fp32_out on (default), off, or both (off named "
                         "<path>_no_fp32_out)")
+    p.add_argument("--pdl", choices=["on", "off", "both"], default="off",
+                   help="sparse paths with DispatchConfig(pdl=True): each FFN kernel launched while the one before it "
+                        "runs (pdl.py; on the predictor path the list kernel loads its weights during the predictor's "
+                        "GEMV); on, off (default) or both (on named <path>_pdl)")
     p.add_argument("--compile-backend", default="inductor", help=argparse.SUPPRESS)
     p.add_argument("--predictor-rank", type=int, default=358,
                    help="rank of the stand-in predictor (bench_predictor.py); 358 = 4%% of a 7B FFN's bytes; 0: none")
@@ -180,12 +184,14 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
                None, k, f) for k in args.exact_kernels.split(",") for f in fp32]
              + [(f"predicted_{k}" + ("" if f or args.fused_predictor == "off" else "_mask"), k, "auto", f)
                 for k in kernels for f in fused_settings])
+    paths = [(path + ("_pdl" if pdl and args.pdl == "both" else ""), *rest, pdl)
+             for path, *rest in paths for pdl in settings[args.pdl]]
     cfg = model.config
     records = []
-    for path, kernel, exact_kernel, flag in paths:   # flag: fp32_out (exact paths) or fuse_predictor (predicted)
+    for path, kernel, exact_kernel, flag, pdl in paths:   # flag: fp32_out (exact paths) or fuse_predictor (predicted)
         fp32_out, fused = (flag, False) if kernel is None else (True, flag)
         for m in swapped:
-            m.ffn.dispatch = DispatchConfig(predicted_kernel=kernel or "lists", exact_kernel=exact_kernel)
+            m.ffn.dispatch = DispatchConfig(predicted_kernel=kernel or "lists", exact_kernel=exact_kernel, pdl=pdl)
             m.fp32_out, m.fuse_predictor = fp32_out, fused
         for m, pred in zip(swapped, predictors):
             m.predictor = None if kernel is None else pred
@@ -202,7 +208,7 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
                        per_layer_active=per_layer_active, greedy_sequences_identical=same,
                        teacher_forced=tf,
                        cuda_graph=not args.no_cuda_graph, compiled=args.compile, fused_qkv=args.fuse_qkv,
-                       gemv_o=args.gemv_o, fp32_out=fp32_out,
+                       gemv_o=args.gemv_o, fp32_out=fp32_out, pdl=pdl,
                        dtype=args.dtype)
             if kernel is not None:
                 rec.update(predictor_rank=args.predictor_rank, predicted_active=args.predicted_active,

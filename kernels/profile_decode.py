@@ -51,7 +51,7 @@ def parse_args(argv):
                    help="each attention's o projection through the Triton GEMV (as bench_decode --gemv-o)")
     p.add_argument("--no-fp32-out", action="store_true",
                    help="the sparse FFN returns the weights' dtype (SparseDecodingMLP.fp32_out off)")
-    p.add_argument("--pdl", action="store_true", help="also trace the sparse path with DispatchConfig(pdl=True)")
+    p.add_argument("--pdl", action="store_true", help="also trace the sparse paths (exact and predicted) with DispatchConfig(pdl=True)")
     p.add_argument("--exact-kernels", default="auto", help="sparse exact-path kernels to trace, comma list")
     p.add_argument("--predicted-kernels", default="",
                    help="also trace the predictor path (bench_decode's stand-in predictor) with these predicted-set "
@@ -150,11 +150,12 @@ def main(argv=None) -> int:
         for m in swapped:
             m.ffn.dispatch = DispatchConfig(exact_kernel=kernel, pdl=pdl)
         measure(f"sparse exact ({kernel}{', pdl' if pdl else ''})")
-    for kernel in predicted_kernels:
+    for kernel, pdl in [(k, p) for k in predicted_kernels for p in ((False, True) if args.pdl else (False,))]:
         for m, pred in zip(swapped, predictors):
-            m.ffn.dispatch = DispatchConfig(predicted_kernel=kernel)
+            m.ffn.dispatch = DispatchConfig(predicted_kernel=kernel, pdl=pdl)
             m.predictor = pred
-        measure(f"sparse predicted ({kernel}, rank {args.predictor_rank}, {args.predicted_active:g} predicted)")
+        measure(f"sparse predicted ({kernel}, rank {args.predictor_rank}, {args.predicted_active:g} predicted"
+                f"{', pdl' if pdl else ''})")
     write_json(args.out, dict(device=torch.cuda.get_device_name(), layers=args.layers, batch=args.batch,
                               compiled=args.compile, fused_qkv=args.fuse_qkv, gemv_o=args.gemv_o,
                               fp32_out=not args.no_fp32_out, graph_ms_per_step=results, rows=rows,

@@ -36,7 +36,8 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
     `alloc` makes the float workspaces and the output (tests poison them with NaN). `fuse_up` (no mask, union
     mode): the gate kernel also computes x1, one launch fewer. `state`: a `list_state` buffer (None: a fresh one).
     `inline_compact` (one token, one mask row): compaction inside the up kernel (triton_compact_up.py).
-    `pdl`: programmatic dependent launch for the gate / compaction, up and down kernels (pdl.py), where usable.
+    `pdl`: programmatic dependent launch for the gate / compaction, up and down kernels (pdl.py), and for the
+    predictor GEMV, list and rows kernels of a `low_rank` list, where usable.
     `index` (mask None, union mode): the predicted set as the caller's 1-D int32 list of unique neuron ids, used
     as the list itself: its length is known on the host, so there is no compaction launch (two launches in all).
     `rows` (one token, union mode): up, x1 and down in one kernel over the list (triton_rows_ffn.py), after the gate
@@ -74,7 +75,7 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
             raise ValueError("low_rank: one token on the rows path, with mask and index None")
         from .triton_predictor_list import launch_predictor_list
         out, init_out = _fp32_sum_out(x, b_down, alloc, fp32_out)
-        launch_predictor_list(x, low_rank, counts, idx, init_out=init_out)
+        launch_predictor_list(x, low_rank, counts, idx, init_out=init_out, pdl=pdl)
         return _rows_out(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, counts, idx, None,
                          tickets, alloc, rows_acc, pdl, sum_out=out)
     if rows and n_tokens == 1 and not per_token:

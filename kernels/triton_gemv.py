@@ -22,13 +22,15 @@ from torch.nn import functional as F
 
 from . import configs
 from .configs import GEMV_CONFIGS, GEMV_FIXED, tuned
+from .pdl import gdc_start, launch_options
 from .triton_gate_tma import tma_row_dots_bias
 
 
 @tuned(GEMV_CONFIGS, GEMV_FIXED, key=["n_out", "d_in", "HAS_BIAS", "RELU"])
 @triton.jit
 def gemv_kernel(x_ptr, w_desc, b_ptr, out_ptr, n_out, d_in, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+                USE_GDC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+    gdc_start(USE_GDC)  # with PDL the kernel after it (the predictor's list kernel) starts loading its weights now
     y, offs_n, n_mask = tma_row_dots_bias(x_ptr, w_desc, b_ptr, tl.program_id(0) * BLOCK_N, n_out, d_in, HAS_BIAS,
                                           BLOCK_N, BLOCK_K, STAGES)
     if RELU:
@@ -48,16 +50,18 @@ def gemv_unusable(x: torch.Tensor, weight: torch.Tensor) -> str | None:
     return tma_unusable(x.reshape(1, -1), weight)
 
 
-def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, relu: bool = False,
+         pdl: bool = False) -> torch.Tensor:
     """x [..., d_in] holding one token, weight [n_out, d_in] -> [..., n_out] in x's dtype, through relu with `relu`
-    (the caller checked `gemv_unusable`)."""
+    (the caller checked `gemv_unusable`). `pdl`: launched with programmatic dependent launch, letting the next
+    kernel's programs start at once (pdl.py; the caller checked `pdl_usable`)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
     n_out, d_in = weight.shape
     out = torch.empty(*x.shape[:-1], n_out, dtype=x.dtype, device=x.device)
     desc = TensorDescriptor.from_tensor(weight, [GEMV_FIXED["BLOCK_N"], GEMV_FIXED["BLOCK_K"]])  # configs' hook sets it
     grid = lambda meta: (triton.cdiv(n_out, meta["BLOCK_N"]),)  # noqa: E731
     gemv_kernel[grid](x.contiguous(), desc, bias if bias is not None else weight, out, n_out, d_in,
-                      HAS_BIAS=bias is not None, RELU=relu)
+                      HAS_BIAS=bias is not None, RELU=relu, **launch_options(pdl))
     return out
 
 

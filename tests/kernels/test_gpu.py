@@ -334,15 +334,18 @@ def test_gemv_matches_float64(dtype, n_out, d_in):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("rank,relu_hidden", [(358, False), (384, True)])
 @pytest.mark.parametrize("d,f", [(4096, 11008), (1000, 3001)])
-def test_predictor_list_matches_float64(dtype, d, f, rank, relu_hidden):
+@pytest.mark.parametrize("pdl", [False, True])
+def test_predictor_list_matches_float64(dtype, d, f, rank, relu_hidden, pdl):
     """A low-rank predictor handed to the kernels (triton_predictor_list.py: its first layer through the TMA GEMV or
     F.linear, its second layer writing the list; rank 358: rows of 716 bytes): the list equals the float64 predicted
     set away from the cut (h rounded to the weights' dtype, as the kernels round it); the FFN given the predictor
     equals float64 restricted to that list, replayed in a CUDA graph, also with fp32_out; the list length left at
-    zero."""
+    zero. With `pdl` (the list kernel loads its first tile of `up` before waiting for the GEMV that writes h), the
+    graph is also replayed on a new token: a list kernel reading h before the GEMV wrote it would read the last
+    replay's h."""
     from actsparse.kernels.triton_predictor_list import launch_predictor_list
     from actsparse.modeling.predictors import LowRankLogits
-    ws, x, ffn, _mask = _case(dtype, d, f, 1, DispatchConfig())
+    ws, x, ffn, _mask = _case(dtype, d, f, 1, DispatchConfig(pdl=pdl))
     gen = torch.Generator(device="cuda").manual_seed(rank)
     down = (torch.randn(rank, d, device="cuda", generator=gen) / d ** 0.5).to(dtype)
     up = (torch.randn(f, rank, device="cuda", generator=gen) / rank ** 0.5).to(dtype)
@@ -353,7 +356,7 @@ def test_predictor_list_matches_float64(dtype, d, f, rank, relu_hidden):
     low_rank = LowRankLogits(down, up, bias, relu_hidden, cut)
     counts = torch.zeros(2, dtype=torch.int32, device="cuda")
     idx = torch.empty(f, dtype=torch.int32, device="cuda")
-    launch_predictor_list(x, low_rank, counts, idx)
+    launch_predictor_list(x, low_rank, counts, idx, pdl=pdl)
     listed = torch.zeros(f, dtype=torch.bool, device="cuda")
     listed[idx[:int(counts[0])].long()] = True
     assert int(listed.sum()) == int(counts[0])                        # each neuron once
@@ -377,4 +380,10 @@ def test_predictor_list_matches_float64(dtype, d, f, rank, relu_hidden):
     for _ in range(3):
         graph.replay()
         torch.testing.assert_close(out, first32, rtol=1e-4, atol=1e-4)
+    x_first, x_next = x.clone(), torch.randn_like(x)
+    next32 = ffn(x_next, low_rank, fp32_out=True)
+    for token, expected in [(x_next, next32), (x_first, first32), (x_next, next32)]:
+        x.copy_(token)
+        graph.replay()
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
     assert not ffn._list_state.any() and not ffn._tickets.any()
