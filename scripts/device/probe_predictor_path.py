@@ -1,0 +1,100 @@
+"""GPU probe: the predictor path's kernels at one token, 7B shape, as a decode step runs them.
+
+32 layers' FFNs (each its own weights and stand-in predictor, 11% truly active, 15% predicted) called back to back
+inside one CUDA graph, as the 32-layer decode step calls them; the graph replay is timed with CUDA events (median of
+`reps`) and divided by 32. Variants side by side in one run:
+- `path`: the whole predictor path (GEMV, list kernel, rows kernel; fp32 sum), with and without PDL;
+- `path, list config i`: the same with the list kernel's config i forced (PREDICTOR_LIST_TMA_CONFIGS);
+- `gemv`: the predictor's first layer alone; `gemv + list`: with the list kernel (+ a memset of the list length,
+  which the rows kernel resets otherwise); `memset`: that memset alone.
+Usage: python3 scripts/device/probe_predictor_path.py [reps]
+"""
+import statistics
+import sys
+
+import torch
+
+from actsparse.kernels import DispatchConfig, SparseFFN
+from actsparse.kernels.bench_data import make_inputs, make_weight_sets, neuron_probabilities, set_gate_bias, true_active
+from actsparse.kernels.bench_predictor import GateSVDPredictor
+from actsparse.kernels.configs import PREDICTOR_LIST_TMA_CONFIGS
+from actsparse.kernels.triton_gemv import gemv_kernel
+from actsparse.kernels.triton_predictor_list import (launch_predictor_list, predictor_hidden,
+                                                     predictor_list_tma_kernel)
+
+LAYERS, D, F, RANK = 32, 4096, 11008, 358
+
+
+def layers(dtype):
+    sets = make_weight_sets(D, F, dtype, "cuda", LAYERS * 3 * D * F * 2)[:LAYERS]
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    sample = make_inputs(64, D, dtype, "cuda", gen)
+    out = []
+    for i, ws in enumerate(sets):
+        set_gate_bias(ws, neuron_probabilities(F, 0.89, torch.Generator().manual_seed(i)))
+        pred = GateSVDPredictor(ws.w_gate, None, RANK)
+        pred.set_margin(sample, 0.15)
+        out.append((ws, pred.low_rank_logits(), pred(sample) & true_active(ws, sample), true_active(ws, sample)))
+    recall = sum(float(hit.sum() / act.sum()) for _, _, hit, act in out) / len(out)
+    print(f"{len(out)} layers, truly active {float(sum(a.float().mean() for *_, a in out) / len(out)):.3f}, "
+          f"predictor recall {recall:.3f}")
+    return [(ws, lr) for ws, lr, _, _ in out], make_inputs(1, D, dtype, "cuda", gen)
+
+
+def graph_us(step, reps):
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / LAYERS)
+    return statistics.median(times)
+
+
+def main(reps: int) -> None:
+    torch.manual_seed(0)
+    dtype = torch.float16
+    lays, x = layers(dtype)
+    results = {}
+    for pdl in (False, True):
+        ffns = [SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, dispatch=DispatchConfig(pdl=pdl)) for ws, _ in lays]
+        results[f"path, pdl {pdl}"] = graph_us(lambda: [f(x, lr, fp32_out=True) for f, (_, lr) in zip(ffns, lays)],
+                                               reps)
+        print(f"path pdl {pdl}: list config {predictor_list_tma_kernel.best_config}, "
+              f"gemv config {gemv_kernel.best_config}", flush=True)
+    counts = [torch.zeros(2, dtype=torch.int32, device="cuda") for _ in lays]
+    idx = [torch.empty(F, dtype=torch.int32, device="cuda") for _ in lays]
+    results["gemv"] = graph_us(lambda: [predictor_hidden(x, lr.down, False) for _, lr in lays], reps)
+    for pdl in (False, True):
+        results[f"gemv + list (+ memset), pdl {pdl}"] = graph_us(
+            lambda: [(launch_predictor_list(x, lr, c, i, pdl=pdl), c.zero_()) for (_, lr), c, i in
+                     zip(lays, counts, idx)], reps)
+    results["memset"] = graph_us(lambda: [c.zero_() for c in counts], reps)
+    tuner = predictor_list_tma_kernel
+    all_configs = list(tuner.configs)
+    for n, cfg in enumerate(PREDICTOR_LIST_TMA_CONFIGS):
+        tuner.configs = [cfg]
+        tuner.cache.clear()
+        for pdl in (False, True):
+            ffns = [SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, dispatch=DispatchConfig(pdl=pdl)) for ws, _ in lays]
+            results[f"path, list config {n} {cfg.kwargs} w{cfg.num_warps}, pdl {pdl}"] = graph_us(
+                lambda: [f(x, lr, fp32_out=True) for f, (_, lr) in zip(ffns, lays)], reps)
+    tuner.configs = all_configs
+    print("| variant | µs per layer |\n|---|---|")
+    for name, us in results.items():
+        print(f"| {name} | {us:.2f} |")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 20)
