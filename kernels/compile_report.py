@@ -65,9 +65,11 @@ def variants(name: str, block_t: int):
     if name == "rows_ffn_kernel":  # one token only: exact (after the gate kernel; its sum as the output), index list,
         # atomic down
         return [dict(ACT=0, FUSE_GATE=fg, X1_GIVEN=xg, HAS_BG=False, HAS_BU=False, HAS_BD=False, N_GIVEN=ng,
-                     ONE_STEP_D=True, SUM_IS_OUT=so, IEEE=False, FENCE=True, USE_GDC=False, BLOCK_D=4096)
-                for fg, xg, ng, so in ((False, False, False, False), (False, False, False, True), (True, False, True, False),
-                                       (False, True, True, False))] if block_t == 1 else []
+                     ONE_STEP_D=True, SUM_IS_OUT=so, GATE_FIRST=gf, IEEE=False, FENCE=True, USE_GDC=False,
+                     BLOCK_D=4096)
+                for fg, xg, ng, so, gf in ((False, False, False, False, False), (False, False, False, True, False),
+                                           (True, False, True, False, False), (False, True, True, False, False),
+                                           (True, False, True, False, True))] if block_t == 1 else []
     if name == "gate_rows_kernel":  # one token only, the exact path in one kernel
         return [dict(ACT=0, HAS_BG=False, HAS_BU=False, HAS_BD=False, FENCE=True, BLOCK_D=4096)] if block_t == 1 else []
     if name == "compact_kernel":

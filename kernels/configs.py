@@ -131,10 +131,15 @@ ROWS_CONFIGS = [
     # 17.4-17.7 µs against 21.4-21.5 for the same plain config; PIPELINE 2 18.8 (two configs kept for other shapes).
     _cfg(w, 1, BLOCK_J=j, BLOCK_K=4096, GRID_PER_SM=g, PIPELINE=p)
     for j, w, g, p in [(1, 4, 1, 1), (1, 4, 2, 1), (1, 8, 1, 1), (1, 8, 2, 1), (2, 8, 1, 1), (2, 16, 1, 1), (2, 8, 2, 1),
-                       (4, 16, 1, 1), (1, 8, 1, 2), (2, 8, 1, 2)]
+                       (4, 16, 1, 1), (1, 8, 1, 2), (2, 8, 1, 2), (1, 8, 2, 2)]
 ]
 # compile_report (sm_90, fp16): with the gate rows too (a predicted set), BLOCK_J 4 x BLOCK_K 4096 and 8 x 512 at 8-16
 # warps spill 48-176 bytes of stack; the autotuner times them like the others.
+# GATE_FIRST (launch_rows(gate_first=True), a tuning key of its own): each step waits for a gate tile's act before it
+# issues that block's up / W_down^T loads, so more blocks in flight per SM may pay. compile_report's compile (sm_90,
+# fp16, 4096, the predictor path's variant: index list, sum_is_out; not timed): registers off / on at BLOCK_J 1 x 8
+# warps 94 / 92 (PIPELINE 1), 128 / 112 (PIPELINE 2: two programs per SM fit, hence the last config above); BLOCK_J 2
+# x 8 warps 145 / 143 and 194 / 171; the plain loop 100 / 56 (J1) and 171 / 99 (J2); no spills in any ROWS_CONFIGS.
 # Interpreter: 3 programs, ranges that loop; pipelined two blocks ahead where W_down^T rows are whole (the plain
 # loop's several K steps: tests pass a PIPELINE=0 config, or force W_down^T column steps).
 ROWS_FIXED = dict(BLOCK_J=2, BLOCK_K=16, GRID_PER_SM=3, PIPELINE=2)
@@ -167,6 +172,11 @@ PREDICTOR_LIST_TMA_CONFIGS = [
                        (32, 256, 4, 2), (16, 512, 4, 1), (64, 128, 8, 3)]
 ]
 PREDICTOR_LIST_TMA_FIXED = GATE_TMA_FIXED
+# The predictor path in one launch (triton_predictor_rows.py): one program per SM; its rows step's tiles as the
+# pipelined ROWS_CONFIGS (BLOCK_J neurons, PIPELINE blocks ahead). Its other block sizes follow the shape.
+PREDICTOR_ROWS_CONFIGS = [_cfg(w, 1, BLOCK_J=j, PIPELINE=p)
+                          for j, w, p in [(2, 8, 1), (1, 8, 1), (2, 16, 1), (1, 8, 2), (4, 16, 1)]]
+PREDICTOR_ROWS_FIXED = dict(BLOCK_J=2, PIPELINE=2)
 
 
 def tuned(configs: list[triton.Config], fixed: dict, key: list[str], reset_to_zero: list[str] | None = None,
