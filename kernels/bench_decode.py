@@ -69,6 +69,13 @@ def parse_args(argv):
                    help="sparse paths with DispatchConfig(pdl=True): each FFN kernel launched while the one before it "
                         "runs (pdl.py; on the predictor path the list kernel loads its weights during the predictor's "
                         "GEMV); on, off (default) or both (on named <path>_pdl)")
+    p.add_argument("--low-rank-kernels", default="three",
+                   help="predictor paths whose list the kernels build (fused predictor): DispatchConfig.low_rank_kernel "
+                        "values, comma list: three (GEMV, list kernel, rows kernel), fused (one launch with grid "
+                        "barriers: triton_predictor_rows.py), phases; other than three named <path>_<value>")
+    p.add_argument("--gate-first", choices=["on", "off", "both"], default="off",
+                   help="predictor paths with DispatchConfig(gate_first=True): a listed neuron's up / W_down^T rows "
+                        "read only where act(gate) != 0; on, off (default) or both (on named <path>_gate_first)")
     p.add_argument("--compile-backend", default="inductor", help=argparse.SUPPRESS)
     p.add_argument("--predictor-rank", type=int, default=358,
                    help="rank of the stand-in predictor (bench_predictor.py); 358 = 4%% of a 7B FFN's bytes; 0: none")
@@ -184,14 +191,20 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
                None, k, f) for k in args.exact_kernels.split(",") for f in fp32]
              + [(f"predicted_{k}" + ("" if f or args.fused_predictor == "off" else "_mask"), k, "auto", f)
                 for k in kernels for f in fused_settings])
-    paths = [(path + ("_pdl" if pdl and args.pdl == "both" else ""), *rest, pdl)
+    paths = [(path + ("_pdl" if pdl and args.pdl == "both" else ""), *rest, dict(pdl=pdl))
              for path, *rest in paths for pdl in settings[args.pdl]]
+    # Predictor paths: the list built in the kernels by the three kernels or in one launch; gate_first or not.
+    paths = [(path + ("" if lrk == "three" else f"_{lrk}") + ("_gate_first" if gf and args.gate_first == "both" else ""),
+              kernel, exact_kernel, flag, dict(extra, low_rank_kernel=lrk, gate_first=gf))
+             for path, kernel, exact_kernel, flag, extra in paths
+             for lrk in (args.low_rank_kernels.split(",") if kernel is not None and flag else ("three",))
+             for gf in (settings[args.gate_first] if kernel is not None else (False,))]
     cfg = model.config
     records = []
-    for path, kernel, exact_kernel, flag, pdl in paths:   # flag: fp32_out (exact paths) or fuse_predictor (predicted)
+    for path, kernel, exact_kernel, flag, extra in paths:   # flag: fp32_out (exact paths) or fuse_predictor (predicted)
         fp32_out, fused = (flag, False) if kernel is None else (True, flag)
         for m in swapped:
-            m.ffn.dispatch = DispatchConfig(predicted_kernel=kernel or "lists", exact_kernel=exact_kernel, pdl=pdl)
+            m.ffn.dispatch = DispatchConfig(predicted_kernel=kernel or "lists", exact_kernel=exact_kernel, **extra)
             m.fp32_out, m.fuse_predictor = fp32_out, fused
         for m, pred in zip(swapped, predictors):
             m.predictor = None if kernel is None else pred
@@ -208,7 +221,7 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
                        per_layer_active=per_layer_active, greedy_sequences_identical=same,
                        teacher_forced=tf,
                        cuda_graph=not args.no_cuda_graph, compiled=args.compile, fused_qkv=args.fuse_qkv,
-                       gemv_o=args.gemv_o, fp32_out=fp32_out, pdl=pdl,
+                       gemv_o=args.gemv_o, fp32_out=fp32_out, **extra,
                        dtype=args.dtype)
             if kernel is not None:
                 rec.update(predictor_rank=args.predictor_rank, predicted_active=args.predicted_active,

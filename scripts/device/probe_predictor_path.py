@@ -3,8 +3,10 @@
 32 layers' FFNs (each its own weights and stand-in predictor, 11% truly active, 15% predicted) called back to back
 inside one CUDA graph, as the 32-layer decode step calls them; the graph replay is timed with CUDA events (median of
 `reps`) and divided by 32. Variants side by side in one run:
-- `path`: the whole predictor path (GEMV, list kernel, rows kernel; fp32 sum), with and without PDL;
-- `path, list config i`: the same with the list kernel's config i forced (PREDICTOR_LIST_TMA_CONFIGS);
+- `path, <variant>`: the whole predictor path (fp32 sum) as VARIANTS dispatch it: the three kernels (GEMV, list
+  kernel, rows kernel) with and without PDL or gate_first, the one-launch kernel (triton_predictor_rows.py) with
+  and without gate_first, and its code as three launches; the eager outputs are compared with the three kernels';
+- `one launch, config i`: the one-launch kernel with its config i forced (PREDICTOR_ROWS_CONFIGS);
 - `gemv`: the predictor's first layer alone; `gemv + list`: with the list kernel (+ a memset of the list length,
   which the rows kernel resets otherwise); `memset`: that memset alone.
 Usage: python3 scripts/device/probe_predictor_path.py [reps]
@@ -17,12 +19,19 @@ import torch
 from actsparse.kernels import DispatchConfig, SparseFFN
 from actsparse.kernels.bench_data import make_inputs, make_weight_sets, neuron_probabilities, set_gate_bias, true_active
 from actsparse.kernels.bench_predictor import GateSVDPredictor
-from actsparse.kernels.configs import PREDICTOR_LIST_TMA_CONFIGS
+from actsparse.kernels.configs import PREDICTOR_ROWS_CONFIGS
 from actsparse.kernels.triton_gemv import gemv_kernel
 from actsparse.kernels.triton_predictor_list import (launch_predictor_list, predictor_hidden,
                                                      predictor_list_tma_kernel)
+from actsparse.kernels.triton_predictor_rows import predictor_rows_kernel
 
 LAYERS, D, F, RANK = 32, 4096, 11008, 358
+VARIANTS = {"three kernels": DispatchConfig(), "three kernels, pdl": DispatchConfig(pdl=True),
+            "three kernels, gate_first": DispatchConfig(gate_first=True),
+            "one launch": DispatchConfig(low_rank_kernel="fused"),
+            "one launch, gate_first": DispatchConfig(low_rank_kernel="fused", gate_first=True),
+            "one kernel in three launches": DispatchConfig(low_rank_kernel="phases"),
+            "one kernel in three launches, gate_first": DispatchConfig(low_rank_kernel="phases", gate_first=True)}
 
 
 def layers(dtype):
@@ -67,12 +76,19 @@ def main(reps: int) -> None:
     dtype = torch.float16
     lays, x = layers(dtype)
     results = {}
-    for pdl in (False, True):
-        ffns = [SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, dispatch=DispatchConfig(pdl=pdl)) for ws, _ in lays]
-        results[f"path, pdl {pdl}"] = graph_us(lambda: [f(x, lr, fp32_out=True) for f, (_, lr) in zip(ffns, lays)],
-                                               reps)
-        print(f"path pdl {pdl}: list config {predictor_list_tma_kernel.best_config}, "
-              f"gemv config {gemv_kernel.best_config}", flush=True)
+    checks = {}
+    for name, dispatch in VARIANTS.items():
+        ffns = [SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, dispatch=dispatch) for ws, _ in lays]
+        checks[name] = torch.stack([f(x, lr, fp32_out=True)[0] for f, (_, lr) in zip(ffns, lays)])
+        results[f"path, {name}"] = graph_us(lambda: [f(x, lr, fp32_out=True) for f, (_, lr) in zip(ffns, lays)],
+                                            reps)
+        print(f"path {name}: list config {predictor_list_tma_kernel.best_config}, "
+              f"gemv config {gemv_kernel.best_config}, one-launch config {predictor_rows_kernel.best_config}",
+              flush=True)
+    base = checks["three kernels"].double()
+    for name, out in checks.items():   # eager outputs of the 32 layers against the three kernels'
+        print(f"{name}: max |out - three kernels'| / max |three kernels'| "
+              f"{float((out.double() - base).abs().max() / base.abs().max()):.2e}")
     counts = [torch.zeros(2, dtype=torch.int32, device="cuda") for _ in lays]
     idx = [torch.empty(F, dtype=torch.int32, device="cuda") for _ in lays]
     results["gemv"] = graph_us(lambda: [predictor_hidden(x, lr.down, False) for _, lr in lays], reps)
@@ -81,14 +97,15 @@ def main(reps: int) -> None:
             lambda: [(launch_predictor_list(x, lr, c, i, pdl=pdl), c.zero_()) for (_, lr), c, i in
                      zip(lays, counts, idx)], reps)
     results["memset"] = graph_us(lambda: [c.zero_() for c in counts], reps)
-    tuner = predictor_list_tma_kernel
+    tuner = predictor_rows_kernel   # the one-launch kernel at each of its configs
     all_configs = list(tuner.configs)
-    for n, cfg in enumerate(PREDICTOR_LIST_TMA_CONFIGS):
+    for n, cfg in enumerate(PREDICTOR_ROWS_CONFIGS):
         tuner.configs = [cfg]
         tuner.cache.clear()
-        for pdl in (False, True):
-            ffns = [SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, dispatch=DispatchConfig(pdl=pdl)) for ws, _ in lays]
-            results[f"path, list config {n} {cfg.kwargs} w{cfg.num_warps}, pdl {pdl}"] = graph_us(
+        for gate_first in (False, True):
+            dispatch = DispatchConfig(low_rank_kernel="fused", gate_first=gate_first)
+            ffns = [SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, dispatch=dispatch) for ws, _ in lays]
+            results[f"one launch, config {n} {cfg.kwargs} w{cfg.num_warps}, gate_first {gate_first}"] = graph_us(
                 lambda: [f(x, lr, fp32_out=True) for f, (_, lr) in zip(ffns, lays)], reps)
     tuner.configs = all_configs
     print("| variant | µs per layer |\n|---|---|")
