@@ -7,10 +7,10 @@ then triton_rows_ffn.py ~18.8 µs for 40.6 MB) take 29.4 µs per layer, ~12 µs 
 kernel waits for the one before it to finish and its writes to drain, then ramps up, and its first loads wait on
 those writes; PDL (pdl.py) hides only the launch. Here one program per SM runs:
 1. h = act(src @ W1^T) over whole rows of W1 (BLOCK_R per program, rounded to the weights' dtype as the GEMV
-   rounds it), after sending its own rows of W2 towards L2 (bulk prefetches nothing waits for) and setting the
-   fp32 output row to b_down (or 0);
-2. after barrier 1, the logits of its contiguous range of neurons (its W2 rows, now in L2), those >= cut appended
-   to the list with one atomic;
+   rounds it), after issuing the loads of its own tile of W2 (a contiguous range of d_ff / P neurons, the whole
+   rank; longer ranges or ranks: bulk L2 prefetches, read in steps after the barrier) and setting the fp32 output
+   row to b_down (or 0);
+2. after barrier 1, the logits of its neurons, those >= cut appended to the list with one atomic;
 3. after barrier 2, the rows kernel's work over a balanced share of the list (`pipelined_rows_sum`, or with
    GATE_FIRST `gate_first_rows_sum`: false positives' up / W_down^T rows not read), added into the output row;
    the last program to leave resets the list length and the barrier counters.
@@ -36,13 +36,13 @@ from .triton_up_down import writes_done
 @triton.jit
 def grid_barrier(sync_ptr, n_programs, FENCE: tl.constexpr):
     """Every program's writes before it are visible to every program after it: arrive (release) on the counter
-    `sync_ptr`, spin (acquire) until all `n_programs` arrived, then a fence in every thread (its later loads see
-    the others' writes, not lines of its SM's L1)."""
+    `sync_ptr`, poll it (volatile loads) until all `n_programs` arrived, then a fence in every thread (acquire: its
+    later loads see the others' writes, not lines of its SM's L1)."""
     writes_done(FENCE)
     tl.atomic_add(sync_ptr, 1, sem="release")
-    arrived = tl.atomic_add(sync_ptr, 0, sem="acquire")
+    arrived = tl.load(sync_ptr, volatile=True)   # polled by loads from L2, not read-modify-writes of one address
     while arrived < n_programs:
-        arrived = tl.atomic_add(sync_ptr, 0, sem="acquire")
+        arrived = tl.load(sync_ptr, volatile=True)
     writes_done(FENCE)
 
 
@@ -66,10 +66,36 @@ def hidden_rows(src_ptr, w1_ptr, h_ptr, rank, d_model, RELU_H: tl.constexpr, BLO
 
 
 @triton.jit
+def w2_tile(w2_ptr, b2_ptr, n_lo, n_hi, rank, HAS_B2: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_RK: tl.constexpr):
+    """The rows n_lo..n_hi (< n_lo + BLOCK_N) of W2, the whole rank (<= BLOCK_RK), and their biases (fp32 zeros
+    without): weights only, so a program loads them before h exists."""
+    offs_n = n_lo + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_RK)
+    w = tl.load(w2_ptr + offs_n.to(tl.int64)[:, None] * rank + offs_k[None, :],
+                mask=(offs_n < n_hi)[:, None] & (offs_k < rank)[None, :], other=0.0)
+    b = tl.zeros([BLOCK_N], dtype=tl.float32)
+    if HAS_B2:
+        b = tl.load(b2_ptr + offs_n, mask=offs_n < n_hi, other=0.0).to(tl.float32)
+    return w, b
+
+
+@triton.jit
+def append_tile(w, b, h_ptr, counts_ptr, idx_ptr, n_lo, n_hi, rank, cut, BLOCK_N: tl.constexpr,
+                BLOCK_RK: tl.constexpr):
+    """Append the neurons of a `w2_tile` whose logit h . W2[n] + b2[n] is >= cut to the union list (one atomic); h
+    is read past L1 (other programs wrote it)."""
+    offs_n = n_lo + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_RK)
+    hv = tl.load(h_ptr + offs_k, mask=offs_k < rank, other=0.0, cache_modifier=".cg")
+    logit = tl.sum(w.to(tl.float32) * hv[None, :], 1) + b
+    append_union(((offs_n < n_hi) & (logit >= cut)).to(tl.int32), offs_n, counts_ptr, idx_ptr)
+
+
+@triton.jit
 def list_range(h_ptr, w2_ptr, b2_ptr, counts_ptr, idx_ptr, n_lo, n_hi, rank, cut, HAS_B2: tl.constexpr,
                BLOCK_N: tl.constexpr, BLOCK_RK: tl.constexpr):
-    """Append the neurons n_lo..n_hi whose logit h . W2[n] (+ b2[n]) is >= cut to the union list, BLOCK_N at a time
-    (one atomic each), BLOCK_RK of the rank per step; h is read past L1 (other programs wrote it)."""
+    """`append_tile` for ranges longer than BLOCK_N or ranks above BLOCK_RK: BLOCK_N neurons at a time (one atomic
+    each), BLOCK_RK of the rank per step, the loads after h exists."""
     for n0 in range(n_lo, n_hi, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         n_mask = offs_n < n_hi
@@ -114,15 +140,18 @@ def predictor_rows_kernel(x_ptr, src_ptr, w1_ptr, w2_ptr, b2_ptr, h_ptr, sync_pt
                           bg_ptr, wu_ptr, bu_ptr, wdt_ptr, out_ptr, bout_ptr, d_model, d_ff, rank, cut, threshold,
                           ACT: tl.constexpr, RELU_H: tl.constexpr, HAS_B2: tl.constexpr, HAS_BG: tl.constexpr,
                           HAS_BU: tl.constexpr, HAS_BOUT: tl.constexpr, GATE_FIRST: tl.constexpr,
-                          PHASE: tl.constexpr, PREFETCH: tl.constexpr, FENCE: tl.constexpr, BLOCK_R: tl.constexpr,
+                          PHASE: tl.constexpr, PREFETCH: tl.constexpr, EARLY_W2: tl.constexpr,
+                          FENCE: tl.constexpr, BLOCK_R: tl.constexpr,
                           BLOCK_N: tl.constexpr, BLOCK_RK: tl.constexpr, BLOCK_D: tl.constexpr,
                           BLOCK_J: tl.constexpr, PIPELINE: tl.constexpr):
     n_programs = tl.num_programs(0)
     per_program = tl.cdiv(d_ff, n_programs)
     n_lo = tl.program_id(0) * per_program
     n_hi = tl.minimum(n_lo + per_program, d_ff)
+    if EARLY_W2 and PHASE != 1 and PHASE != 3:  # this program's W2 rows and biases while h is computed
+        w2, b2 = w2_tile(w2_ptr, b2_ptr, n_lo, n_hi, rank, HAS_B2, BLOCK_N, BLOCK_RK)
     if PHASE <= 1:
-        if PREFETCH:  # this program's W2 rows, read after barrier 1: towards L2 now
+        if PREFETCH and not EARLY_W2:  # this program's W2 rows, read after barrier 1: towards L2 now
             for n0 in range(n_lo, n_hi, BLOCK_N):
                 rows = n0 + tl.arange(0, BLOCK_N)
                 prefetch_rows_to_l2(w2_ptr, rows, (rows < n_hi).to(tl.int32), rank)
@@ -131,7 +160,11 @@ def predictor_rows_kernel(x_ptr, src_ptr, w1_ptr, w2_ptr, b2_ptr, h_ptr, sync_pt
     if PHASE == 0:
         grid_barrier(sync_ptr, n_programs, FENCE)
     if PHASE == 0 or PHASE == 2:
-        list_range(h_ptr, w2_ptr, b2_ptr, counts_ptr, idx_ptr, n_lo, n_hi, rank, cut, HAS_B2, BLOCK_N, BLOCK_RK)
+        if EARLY_W2:
+            append_tile(w2, b2, h_ptr, counts_ptr, idx_ptr, n_lo, n_hi, rank, cut, BLOCK_N, BLOCK_RK)
+        else:
+            list_range(h_ptr, w2_ptr, b2_ptr, counts_ptr, idx_ptr, n_lo, n_hi, rank, cut, HAS_B2, BLOCK_N,
+                       BLOCK_RK)
     if PHASE == 0:
         grid_barrier(sync_ptr + 1, n_programs, FENCE)
     if PHASE == 0 or PHASE == 3:
@@ -184,8 +217,11 @@ def launch_predictor_rows(x, logits, w_gate, b_gate, w_up, b_up, w_down_t, act: 
                  HAS_BG=b_gate is not None, HAS_BU=b_up is not None, HAS_BOUT=b_down is not None,
                  GATE_FIRST=gate_first, PREFETCH=not configs.INTERPRET and rank * up.element_size() % 16 == 0,
                  FENCE=not configs.INTERPRET, BLOCK_D=triton.next_power_of_2(d_model),
-                 BLOCK_R=min(8, triton.next_power_of_2(triton.cdiv(rank, n_programs))),
-                 BLOCK_N=min(128, triton.next_power_of_2(triton.cdiv(d_ff, n_programs))),
-                 BLOCK_RK=min(128, triton.next_power_of_2(rank)))
+                 BLOCK_R=min(8, triton.next_power_of_2(triton.cdiv(rank, n_programs))))
+    per_program = triton.cdiv(d_ff, n_programs)
+    # A program's W2 rows in one tile (loaded before h exists) up to 128 neurons x a rank of 512, else in steps.
+    early = per_program <= 128 and rank <= 512
+    flags.update(EARLY_W2=early, BLOCK_N=min(128, triton.next_power_of_2(per_program)),
+                 BLOCK_RK=triton.next_power_of_2(rank) if early else 128)
     for phase in ((0,) if fused else (1, 2, 3)):
         predictor_rows_kernel[(n_programs,)](*args, PHASE=phase, **flags)

@@ -71,6 +71,29 @@ def graph_us(step, reps):
     return statistics.median(times)
 
 
+def kernel_us(step, names) -> dict:
+    """Mean device time (µs) of each kernel whose name contains one of `names`, by its launch index within a layer
+    (a kernel launched k times per layer is reported as name#0..k-1), over one eager run of `step` (profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    spans = [(e.name, e.device_time) for e in prof.events() if e.device_type.name == "CUDA"
+             and any(n in e.name for n in names)]
+    out: dict = {}
+    per_layer = {n: sum(1 for name, _ in spans if n in name) // LAYERS for n in names}
+    seen: dict = {}
+    for name, us in spans:
+        n = next(k for k in names if k in name)
+        i = seen.get(n, 0)
+        seen[n] = i + 1
+        key = f"{n}#{i % max(1, per_layer[n])}"
+        out[key] = out.get(key, 0.0) + us / LAYERS
+    return out
+
+
 def main(reps: int) -> None:
     torch.manual_seed(0)
     dtype = torch.float16
@@ -85,6 +108,9 @@ def main(reps: int) -> None:
         print(f"path {name}: list config {getattr(predictor_list_tma_kernel, 'best_config', None)}, "
               f"gemv config {getattr(gemv_kernel, 'best_config', None)}, one-launch config {getattr(predictor_rows_kernel, 'best_config', None)}",
               flush=True)
+        kernels = kernel_us(lambda: [f(x, lr, fp32_out=True) for f, (_, lr) in zip(ffns, lays)],
+                            ("gemv_kernel", "predictor_list", "rows_ffn_kernel", "predictor_rows_kernel"))
+        print("  kernels, µs per layer (eager, profiler): " + ", ".join(f"{k} {v:.2f}" for k, v in kernels.items()))
     base = checks["three kernels"].double()
     for name, out in checks.items():   # eager outputs of the 32 layers against the three kernels'
         print(f"{name}: max |out - three kernels'| / max |three kernels'| "

@@ -47,10 +47,11 @@ def test_one_launch_predictor_path_matches_float64(activation, threshold, relu_h
         assert not state[RANK:].view(torch.int32).any()   # barrier counters and exit ticket back at zero
 
 
-@pytest.mark.parametrize("d,f,rank", [(24, 301, 130), (40, 7, 5)])
+@pytest.mark.parametrize("d,f,rank", [(24, 301, 130), (40, 7, 5), (24, 50, 600), (24, 500, 40)])
 def test_shapes_where_blocks_loop_and_programs_idle(d, f, rank):
-    """rank 130 over 3 programs: W1 blocks of 8 rows looping, the rank in two steps of the logits; d_ff 7: programs
-    with fewer neurons than BLOCK_N; and a pre_norm source."""
+    """rank 130 over 3 programs: W1 blocks of 8 rows looping; d_ff 7: programs with fewer neurons than BLOCK_N;
+    rank 600 / 167 neurons a program: W2 read after h in steps (list_range) instead of one early tile; and a
+    pre_norm source."""
     ffn, ref = random_ffn(d, f, "relu", 0.0, phases(), 0.0, seed=f, biases=True)
     pred = make_predictor(d, f, rank, True, True, seed=rank)
     g = torch.Generator().manual_seed(34)
