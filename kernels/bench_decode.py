@@ -56,6 +56,9 @@ def parse_args(argv):
                         "compiled_decoding.py), so the non-FFN kernels of a step are fused")
     p.add_argument("--fuse-qkv", action="store_true",
                    help="one GEMV for each attention's q/k/v projections (fused_qkv.py), dense and sparse alike")
+    p.add_argument("--decode-attention", action="store_true",
+                   help="each attention at one token as one Triton kernel (RoPE, cache write, attention: "
+                        "triton_decode_attention.py), dense and sparse alike")
     p.add_argument("--gemv-o", action="store_true",
                    help="each attention's o projection through the Triton GEMV (triton_gemv.py), dense and sparse alike")
     p.add_argument("--fused-predictor", choices=["on", "off", "both"], default="on",
@@ -69,10 +72,6 @@ def parse_args(argv):
                    help="sparse paths with DispatchConfig(pdl=True): each FFN kernel launched while the one before it "
                         "runs (pdl.py; on the predictor path the list kernel loads its weights during the predictor's "
                         "GEMV); on, off (default) or both (on named <path>_pdl)")
-    p.add_argument("--low-rank-kernels", default="three",
-                   help="predictor paths whose list the kernels build (fused predictor): DispatchConfig.low_rank_kernel "
-                        "values, comma list: three (GEMV, list kernel, rows kernel), fused (one launch with grid "
-                        "barriers: triton_predictor_rows.py), phases; other than three named <path>_<value>")
     p.add_argument("--gate-first", choices=["on", "off", "both"], default="off",
                    help="predictor paths with DispatchConfig(gate_first=True): a listed neuron's up / W_down^T rows "
                         "read only where act(gate) != 0; on, off (default) or both (on named <path>_gate_first)")
@@ -177,6 +176,9 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
         fuse_qkv(model)
     if args.gemv_o:
         use_gemv(model, ("o_proj",))
+    if args.decode_attention:
+        from actsparse.kernels.triton_decode_attention import use_decode_attention
+        use_decode_attention(model)
     if args.compile:
         compile_model(model, backend=args.compile_backend)
     dense = {b: tokens_per_s(model, prompts[b], args.new_tokens, not args.no_cuda_graph) for b in batches}
@@ -193,11 +195,10 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
                 for k in kernels for f in fused_settings])
     paths = [(path + ("_pdl" if pdl and args.pdl == "both" else ""), *rest, dict(pdl=pdl))
              for path, *rest in paths for pdl in settings[args.pdl]]
-    # Predictor paths: the list built in the kernels by the three kernels or in one launch; gate_first or not.
-    paths = [(path + ("" if lrk == "three" else f"_{lrk}") + ("_gate_first" if gf and args.gate_first == "both" else ""),
-              kernel, exact_kernel, flag, dict(extra, low_rank_kernel=lrk, gate_first=gf))
+    # Predictor paths with gate_first or not.
+    paths = [(path + ("_gate_first" if gf and args.gate_first == "both" else ""), kernel, exact_kernel, flag,
+              dict(extra, gate_first=gf))
              for path, kernel, exact_kernel, flag, extra in paths
-             for lrk in (args.low_rank_kernels.split(",") if kernel is not None and flag else ("three",))
              for gf in (settings[args.gate_first] if kernel is not None else (False,))]
     cfg = model.config
     records = []
@@ -221,7 +222,7 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
                        per_layer_active=per_layer_active, greedy_sequences_identical=same,
                        teacher_forced=tf,
                        cuda_graph=not args.no_cuda_graph, compiled=args.compile, fused_qkv=args.fuse_qkv,
-                       gemv_o=args.gemv_o, fp32_out=fp32_out, **extra,
+                       decode_attention=args.decode_attention, gemv_o=args.gemv_o, fp32_out=fp32_out, **extra,
                        dtype=args.dtype)
             if kernel is not None:
                 rec.update(predictor_rank=args.predictor_rank, predicted_active=args.predicted_active,

@@ -172,11 +172,6 @@ PREDICTOR_LIST_TMA_CONFIGS = [
                        (32, 256, 4, 2), (16, 512, 4, 1), (64, 128, 8, 3)]
 ]
 PREDICTOR_LIST_TMA_FIXED = GATE_TMA_FIXED
-# The predictor path in one launch (triton_predictor_rows.py): one program per SM; its rows step's tiles as the
-# pipelined ROWS_CONFIGS (BLOCK_J neurons, PIPELINE blocks ahead). Its other block sizes follow the shape.
-PREDICTOR_ROWS_CONFIGS = [_cfg(w, 1, BLOCK_J=j, PIPELINE=p)
-                          for j, w, p in [(2, 16, 1), (1, 16, 1), (4, 16, 1), (2, 16, 2), (2, 8, 1)]]
-# 16 warps first: a program holds its [<= 128, <= 512] tile of W2 in registers through the predictor's first layer.
 PREDICTOR_ROWS_FIXED = dict(BLOCK_J=2, PIPELINE=2)
 
 

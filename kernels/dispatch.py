@@ -32,7 +32,6 @@ BATCH_MODES = ("union", "per_token", "auto")
 PREDICTED_KERNELS = ("lists", "fused", "lists_inline", "rows", "auto")
 EXACT_KERNELS = ("split", "gate_up", "auto", "rows", "gate_rows", "stream")
 DOWN_KERNELS = ("split", "atomic")
-LOW_RANK_KERNELS = ("three", "fused", "phases")
 # "auto": gate_up for this many tokens (union mode), split otherwise.
 GATE_UP_TOKENS = range(8, 17)
 
@@ -102,11 +101,6 @@ class DispatchConfig:
     stream_programs: float = 1.0
     stream_block_j: int = 2
     stream_warps: int = 4
-    # One token with a low-rank predictor handed over as data (`active` a LowRankLogits, on the rows path): "three"
-    # kernels (the predictor GEMV and list kernel, triton_predictor_list.py, then the rows kernel), or "fused": one
-    # launch, one program per SM, the same three steps separated by grid barriers (triton_predictor_rows.py), or
-    # "phases": that kernel's code as three launches without barriers (what the interpreter runs).
-    low_rank_kernel: str = "three"
     # Predicted sets at one token on the rows path: each listed neuron's gate row is read first and its up and
     # W_down^T rows only where act(gate) != 0 (GATE_FIRST, triton_rows_ffn.py): the predictor's false positives cost
     # their gate row only. The sum is the same.
@@ -119,9 +113,6 @@ class DispatchConfig:
         if self.exact_kernel not in EXACT_KERNELS:
             raise ValueError(f"DispatchConfig.exact_kernel={self.exact_kernel!r}; supported: "
                              f"{', '.join(EXACT_KERNELS)}")
-        if self.low_rank_kernel not in LOW_RANK_KERNELS:
-            raise ValueError(f"DispatchConfig.low_rank_kernel={self.low_rank_kernel!r}; supported: "
-                             f"{', '.join(LOW_RANK_KERNELS)}")
         if self.down_kernel not in DOWN_KERNELS:
             raise ValueError(f"DispatchConfig.down_kernel={self.down_kernel!r}; supported: {', '.join(DOWN_KERNELS)}")
         if self.batch_mode not in BATCH_MODES:

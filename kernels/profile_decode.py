@@ -47,6 +47,9 @@ def parse_args(argv):
     p.add_argument("--steps", type=int, default=16, help="decode steps traced by the profiler")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (as bench_decode --compile)")
     p.add_argument("--fuse-qkv", action="store_true", help="one q/k/v GEMV per attention (as bench_decode --fuse-qkv)")
+    p.add_argument("--decode-attention", action="store_true",
+                   help="each attention at one token as one Triton kernel (RoPE, cache write, attention: "
+                        "triton_decode_attention.py), dense and sparse alike")
     p.add_argument("--gemv-o", action="store_true",
                    help="each attention's o projection through the Triton GEMV (as bench_decode --gemv-o)")
     p.add_argument("--no-fp32-out", action="store_true",
@@ -57,8 +60,6 @@ def parse_args(argv):
                    help="also trace the predictor path (bench_decode's stand-in predictor) with these predicted-set "
                         "kernels (DispatchConfig.predicted_kernel), comma list; empty: not traced")
     p.add_argument("--predictor-rank", type=int, default=358, help="rank of the stand-in predictor (as bench_decode)")
-    p.add_argument("--low-rank-kernel", default="three",
-                   help="DispatchConfig.low_rank_kernel of the traced predictor path (three, fused, phases)")
     p.add_argument("--gate-first", action="store_true",
                    help="the traced predictor path with DispatchConfig(gate_first=True)")
     p.add_argument("--predicted-active", type=float, default=0.15,
@@ -132,6 +133,9 @@ def main(argv=None) -> int:
         fuse_qkv(model)
     if args.gemv_o:
         use_gemv(model, ("o_proj",))
+    if args.decode_attention:
+        from actsparse.kernels.triton_decode_attention import use_decode_attention
+        use_decode_attention(model)
     if args.compile:
         compile_model(model)
     results, rows = {}, []
@@ -156,14 +160,13 @@ def main(argv=None) -> int:
         measure(f"sparse exact ({kernel}{', pdl' if pdl else ''})")
     for kernel, pdl in [(k, p) for k in predicted_kernels for p in ((False, True) if args.pdl else (False,))]:
         for m, pred in zip(swapped, predictors):
-            m.ffn.dispatch = DispatchConfig(predicted_kernel=kernel, pdl=pdl, low_rank_kernel=args.low_rank_kernel,
-                                            gate_first=args.gate_first)
+            m.ffn.dispatch = DispatchConfig(predicted_kernel=kernel, pdl=pdl, gate_first=args.gate_first)
             m.predictor = pred
         measure(f"sparse predicted ({kernel}, rank {args.predictor_rank}, {args.predicted_active:g} predicted"
-                f"{', pdl' if pdl else ''}, low_rank_kernel {args.low_rank_kernel}"
-                f"{', gate_first' if args.gate_first else ''})")
+                f"{', pdl' if pdl else ''}{', gate_first' if args.gate_first else ''})")
     write_json(args.out, dict(device=torch.cuda.get_device_name(), layers=args.layers, batch=args.batch,
                               compiled=args.compile, fused_qkv=args.fuse_qkv, gemv_o=args.gemv_o,
+                              decode_attention=args.decode_attention,
                               fp32_out=not args.no_fp32_out, graph_ms_per_step=results, rows=rows,
                               command="python -m actsparse.kernels.profile_decode " + " ".join(argv or sys.argv[1:])))
     return 0

@@ -59,7 +59,6 @@ class SparseFFN(nn.Module):
         self._tickets: torch.Tensor | None = None
         self._list_state: torch.Tensor | None = None  # list lengths + finish counter (triton_ffn.list_state)
         self._rows_acc: torch.Tensor | None = None  # the rows kernel's fp32 sum (triton_rows_ffn.py)
-        self._predictor_rows_state: dict = {}  # rank -> the one-launch predictor path's state (triton_predictor_rows.py)
         self._stream_state: tuple | None = None  # entries + counters of the stream path (triton_stream_rows.py)
         self._stream_tuned = -1  # configs.TUNE_GENERATION of this FFN's last stream call (gate launched first if stale)
         # Allocator of the Triton path's float workspaces and output; tests swap in a NaN-filling one.
@@ -169,8 +168,7 @@ class SparseFFN(nn.Module):
                                  rows_acc=self._rows_acc_buffer(x), atomic_down=self.dispatch.down_kernel == "atomic",
                                  gate_tma=self.dispatch.gate_tma, gate_prefetch=self.dispatch.gate_prefetch,
                                  stream=self._stream_args(x, predicted), fp32_out=fp32_out, low_rank=low_rank,
-                                 low_rank_kernel=self.dispatch.low_rank_kernel, gate_first=self.dispatch.gate_first,
-                                 predictor_state=self._predictor_rows_state)
+                                 gate_first=self.dispatch.gate_first)
 
     def _lists_from_logits(self, n_tokens: int) -> bool:
         """Whether a LowRankLogits `active` goes to the kernels as it is (one token on the rows path, the dispatcher

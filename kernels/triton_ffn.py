@@ -31,8 +31,7 @@ def list_state(device) -> torch.Tensor:
 def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, per_token,
                       tickets, alloc=torch.empty, fuse_up=False, state=None, inline_compact=False, pdl=False,
                       index=None, rows=False, rows_acc=None, atomic_down=False, gate_rows=False, gate_tma=False,
-                      gate_prefetch=False, stream=None, fp32_out=False, low_rank=None, low_rank_kernel="three",
-                      gate_first=False, predictor_state=None):
+                      gate_prefetch=False, stream=None, fp32_out=False, low_rank=None, gate_first=False):
     """x [T, d] -> [T, d]. mask: None (dense gate decides), [1, d_ff] or [T, d_ff] bool (predicted set).
     `alloc` makes the float workspaces and the output (tests poison them with NaN). `fuse_up` (no mask, union
     mode): the gate kernel also computes x1, one launch fewer. `state`: a `list_state` buffer (None: a fresh one).
@@ -54,11 +53,8 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
     `low_rank` list): the output is the rows kernel's fp32 sum row itself, set to b_down by the kernel before it, with
     no epilogue; other paths ignore it (the caller casts). `low_rank` (a LowRankLogits; one token, `rows`, no mask /
     index): the predictor's second layer writes the list (triton_predictor_list.py) and the rows kernel reads it: no
-    mask, no compaction; with `fp32_out` the list kernel sets the fp32 output row to b_down. `low_rank_kernel`
-    "fused" / "phases" (DispatchConfig.low_rank_kernel): the predictor, the list and the rows in one launch with grid
-    barriers, or the same code in three launches (triton_predictor_rows.py), where usable (else the three kernels,
-    said once), with `predictor_state` (a dict the caller keeps: rank -> that kernel's state, zero between calls).
-    `gate_first` (predicted sets on the rows path): false positives' up / W_down^T rows are not read."""
+    mask, no compaction; with `fp32_out` the list kernel sets the fp32 output row to b_down. `gate_first` (predicted
+    sets on the rows path): false positives' up / W_down^T rows are not read (triton_rows_ffn.py GATE_FIRST)."""
     if x.device.type != "cuda" and not configs.INTERPRET:
         raise RuntimeError("the Triton backend needs a CUDA tensor (or TRITON_INTERPRET=1 set before importing "
                            "triton); use backend='torch' on CPU")
@@ -78,11 +74,6 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
     if low_rank is not None:
         if not (rows and n_tokens == 1 and mask is None and index is None):
             raise ValueError("low_rank: one token on the rows path, with mask and index None")
-        if low_rank_kernel != "three":
-            out = _predictor_rows(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, low_rank,
-                                  counts, idx, predictor_state, alloc, low_rank_kernel == "fused", gate_first)
-            if out is not None:
-                return out if fp32_out else out.to(x.dtype)
         from .triton_predictor_list import launch_predictor_list
         out, init_out = _fp32_sum_out(x, b_down, alloc, fp32_out)
         launch_predictor_list(x, low_rank, counts, idx, init_out=init_out, pdl=pdl)
@@ -195,29 +186,6 @@ def _prefetch_rows(w_up, w_down_t):
         warn_once("gate kernel: L2 prefetch needs 16-byte aligned up / W_down^T rows; not prefetched")
         return None
     return w_up, w_down_t
-
-
-def _predictor_rows(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, low_rank, counts, idx,
-                    predictor_state, alloc, fused: bool, gate_first: bool):
-    """The fp32 output [1, d_model] of the one-launch predictor path (triton_predictor_rows.py), or None where it
-    cannot run (said once)."""
-    from .dispatch import warn_once
-    from .triton_predictor_rows import launch_predictor_rows, predictor_rows_state, predictor_rows_unusable
-    reason = predictor_rows_unusable(x, low_rank, w_up)
-    if reason is not None:
-        warn_once(f"SparseFFN: low_rank_kernel {'fused' if fused else 'phases'} unavailable ({reason}); the three "
-                  "kernels of the predictor path run")
-        return None
-    rank = low_rank.up.shape[1]
-    state = predictor_state.get(rank) if predictor_state is not None else None
-    if state is None or state.device != x.device:
-        state = predictor_rows_state(rank, x.device)
-        if predictor_state is not None:
-            predictor_state[rank] = state
-    out = alloc(1, x.shape[1], dtype=torch.float32, device=x.device)
-    launch_predictor_rows(x, low_rank, w_gate, b_gate, w_up, b_up, w_down_t, activation, threshold, counts, idx,
-                          state, out[0], b_down, _n_sms(x.device), fused=fused, gate_first=gate_first)
-    return out
 
 
 def _rows_out(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, counts, idx, n_given, tickets,

@@ -3,10 +3,9 @@
 32 layers' FFNs (each its own weights and stand-in predictor, 11% truly active, 15% predicted) called back to back
 inside one CUDA graph, as the 32-layer decode step calls them; the graph replay is timed with CUDA events (median of
 `reps`) and divided by 32. Variants side by side in one run:
-- `path, <variant>`: the whole predictor path (fp32 sum) as VARIANTS dispatch it: the three kernels (GEMV, list
-  kernel, rows kernel) with and without PDL or gate_first, the one-launch kernel (triton_predictor_rows.py) with
-  and without gate_first, and its code as three launches; the eager outputs are compared with the three kernels';
-- `one launch, config i`: the one-launch kernel with its config i forced (PREDICTOR_ROWS_CONFIGS);
+- `path, <variant>`: the whole predictor path (fp32 sum: GEMV, list kernel, rows kernel) as VARIANTS dispatch it,
+  with and without PDL or gate_first; the eager outputs are compared with the default's, and each kernel's device
+  time is taken from a profiled eager run;
 - `gemv`: the predictor's first layer alone; `gemv + list`: with the list kernel (+ a memset of the list length,
   which the rows kernel resets otherwise); `memset`: that memset alone.
 Usage: python3 scripts/device/probe_predictor_path.py [reps]
@@ -19,19 +18,14 @@ import torch
 from actsparse.kernels import DispatchConfig, SparseFFN
 from actsparse.kernels.bench_data import make_inputs, make_weight_sets, neuron_probabilities, set_gate_bias, true_active
 from actsparse.kernels.bench_predictor import GateSVDPredictor
-from actsparse.kernels.configs import PREDICTOR_ROWS_CONFIGS
 from actsparse.kernels.triton_gemv import gemv_kernel
 from actsparse.kernels.triton_predictor_list import (launch_predictor_list, predictor_hidden,
                                                      predictor_list_tma_kernel)
-from actsparse.kernels.triton_predictor_rows import predictor_rows_kernel
 
 LAYERS, D, F, RANK = 32, 4096, 11008, 358
 VARIANTS = {"three kernels": DispatchConfig(), "three kernels, pdl": DispatchConfig(pdl=True),
             "three kernels, gate_first": DispatchConfig(gate_first=True),
-            "one launch": DispatchConfig(low_rank_kernel="fused"),
-            "one launch, gate_first": DispatchConfig(low_rank_kernel="fused", gate_first=True),
-            "one kernel in three launches": DispatchConfig(low_rank_kernel="phases"),
-            "one kernel in three launches, gate_first": DispatchConfig(low_rank_kernel="phases", gate_first=True)}
+            "three kernels, pdl, gate_first": DispatchConfig(pdl=True, gate_first=True)}
 
 
 def layers(dtype):
@@ -106,10 +100,10 @@ def main(reps: int) -> None:
         results[f"path, {name}"] = graph_us(lambda: [f(x, lr, fp32_out=True) for f, (_, lr) in zip(ffns, lays)],
                                             reps)
         print(f"path {name}: list config {getattr(predictor_list_tma_kernel, 'best_config', None)}, "
-              f"gemv config {getattr(gemv_kernel, 'best_config', None)}, one-launch config {getattr(predictor_rows_kernel, 'best_config', None)}",
+              f"gemv config {getattr(gemv_kernel, 'best_config', None)}",
               flush=True)
         kernels = kernel_us(lambda: [f(x, lr, fp32_out=True) for f, (_, lr) in zip(ffns, lays)],
-                            ("gemv_kernel", "predictor_list", "rows_ffn_kernel", "predictor_rows_kernel"))
+                            ("gemv_kernel", "predictor_list", "rows_ffn_kernel"))
         print("  kernels, µs per layer (eager, profiler): " + ", ".join(f"{k} {v:.2f}" for k, v in kernels.items()))
     base = checks["three kernels"].double()
     for name, out in checks.items():   # eager outputs of the 32 layers against the three kernels'
@@ -123,17 +117,6 @@ def main(reps: int) -> None:
             lambda: [(launch_predictor_list(x, lr, c, i, pdl=pdl), c.zero_()) for (_, lr), c, i in
                      zip(lays, counts, idx)], reps)
     results["memset"] = graph_us(lambda: [c.zero_() for c in counts], reps)
-    tuner = predictor_rows_kernel   # the one-launch kernel at each of its configs
-    all_configs = list(tuner.configs)
-    for n, cfg in enumerate(PREDICTOR_ROWS_CONFIGS):
-        tuner.configs = [cfg]
-        tuner.cache.clear()
-        for gate_first in (False, True):
-            dispatch = DispatchConfig(low_rank_kernel="fused", gate_first=gate_first)
-            ffns = [SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, dispatch=dispatch) for ws, _ in lays]
-            results[f"one launch, config {n} {cfg.kwargs} w{cfg.num_warps}, gate_first {gate_first}"] = graph_us(
-                lambda: [f(x, lr, fp32_out=True) for f, (_, lr) in zip(ffns, lays)], reps)
-    tuner.configs = all_configs
     print("| variant | µs per layer |\n|---|---|")
     for name, us in results.items():
         print(f"| {name} | {us:.2f} |")
