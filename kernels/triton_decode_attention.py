@@ -24,6 +24,8 @@ computes the same in torch ops.
 """
 from __future__ import annotations
 
+import inspect
+
 from typing import Optional
 
 import torch
@@ -288,6 +290,11 @@ def _falls_back(reason: str) -> bool:
     return True
 
 
+# The attention forward's cache argument: `cache` in transformers 5.24, `past_key_values` in earlier 5.x (5.17 on
+# the H100 machines), `past_key_value` in 4.x.
+CACHE_KWARGS = ("cache", "past_key_values", "past_key_value")
+
+
 class DecodeAttention(nn.Module):
     """A LLaMA / Mistral / Qwen2 attention module (`attn`, kept whole inside: its projections, config and forward)
     whose one-token decode steps with a filled StaticCache layer run `decode_attention_op` between its projections,
@@ -299,16 +306,20 @@ class DecodeAttention(nn.Module):
         self.attn = attn
         self.layer_idx, self.config, self.head_dim = attn.layer_idx, attn.config, attn.head_dim
         self.is_causal = getattr(attn, "is_causal", True)
+        params = inspect.signature(type(attn).forward).parameters
+        self.cache_kwarg = next((n for n in CACHE_KWARGS if n in params), "past_key_values")
         device = next(attn.parameters()).device
         self.register_buffer("tickets", torch.zeros(1, dtype=torch.int32, device=device), persistent=False)
 
     def forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-                attention_mask: torch.Tensor | None = None, cache=None, **kwargs):
-        cache = kwargs.pop("past_key_values", None) if cache is None else cache
+                attention_mask: torch.Tensor | None = None, **kwargs):
+        cache = None
+        for name in CACHE_KWARGS:   # whichever name this transformers passes the cache under
+            cache = kwargs.pop(name, None) if cache is None else cache
         layer = self._decode_layer(hidden_states, position_embeddings, attention_mask, cache)
         if layer is None:
             return self.attn(hidden_states, position_embeddings=position_embeddings, attention_mask=attention_mask,
-                             cache=cache, **kwargs)
+                             **{self.cache_kwarg: cache}, **kwargs)
         attn = self.attn
         batch, head_dim = hidden_states.shape[0], attn.head_dim
         q = attn.q_proj(hidden_states).reshape(batch, -1, head_dim)

@@ -191,3 +191,29 @@ def test_use_decode_attention_swaps_once_and_needs_attention():
     assert len(wrappers) == 2 and not any(isinstance(m.attn, tda.DecodeAttention) for m in wrappers)
     with pytest.raises(ValueError, match="no attention"):
         tda.use_decode_attention(torch.nn.Sequential(torch.nn.Linear(4, 4)))
+
+
+@pytest.mark.parametrize("name", tda.CACHE_KWARGS)
+def test_the_cache_reaches_the_original_attention_under_its_own_name(name):
+    """transformers 5.24 passes the cache as `cache`, 5.17 (the GPU machines) as `past_key_values`, 4.x as
+    `past_key_value`: a prefill through DecodeAttention hands it to the wrapped forward under the name that forward
+    takes, whichever name the decoder layer used."""
+    received = {}
+    scope = {"received": received}
+    exec(f"def forward(self, hidden_states, position_embeddings=None, attention_mask=None, {name}=None, **kw):\n"
+         f"    received.update(cache={name}, extra=kw)\n"
+         f"    return hidden_states, None", scope)
+
+    class Attention(torch.nn.Module):
+        layer_idx, config, head_dim = 0, None, 4
+        forward = scope["forward"]
+
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(4, 4)
+
+    wrapped, cache = tda.DecodeAttention(Attention()), object()
+    for given in tda.CACHE_KWARGS:
+        received.clear()
+        wrapped(torch.zeros(1, 3, 4), None, None, **{given: cache})
+        assert received == dict(cache=cache, extra={})
