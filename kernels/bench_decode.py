@@ -72,9 +72,10 @@ def parse_args(argv):
                    help="sparse paths with DispatchConfig(pdl=True): each FFN kernel launched while the one before it "
                         "runs (pdl.py; on the predictor path the list kernel loads its weights during the predictor's "
                         "GEMV); on, off (default) or both (on named <path>_pdl)")
-    p.add_argument("--gate-first", choices=["on", "off", "both"], default="off",
-                   help="predictor paths with DispatchConfig(gate_first=True): a listed neuron's up / W_down^T rows "
-                        "read only where act(gate) != 0; on, off (default) or both (on named <path>_gate_first)")
+    p.add_argument("--gate-first", choices=["auto", "on", "off", "both"], default="auto",
+                   help="predictor paths' DispatchConfig.gate_first (a listed neuron's up / W_down^T rows read only "
+                        "where act(gate) != 0): auto (default: on where the kernels build the list), on, off, or both "
+                        "(on named <path>_gate_first, off <path>_no_gate_first)")
     p.add_argument("--compile-backend", default="inductor", help=argparse.SUPPRESS)
     p.add_argument("--predictor-rank", type=int, default=358,
                    help="rank of the stand-in predictor (bench_predictor.py); 358 = 4%% of a 7B FFN's bytes; 0: none")
@@ -196,10 +197,11 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
     paths = [(path + ("_pdl" if pdl and args.pdl == "both" else ""), *rest, dict(pdl=pdl))
              for path, *rest in paths for pdl in settings[args.pdl]]
     # Predictor paths with gate_first or not.
-    paths = [(path + ("_gate_first" if gf and args.gate_first == "both" else ""), kernel, exact_kernel, flag,
-              dict(extra, gate_first=gf))
+    gate_first = dict(settings, auto=(None,))[args.gate_first]
+    paths = [(path + ({True: "_gate_first", False: "_no_gate_first"}[gf] if args.gate_first == "both" else ""),
+              kernel, exact_kernel, flag, dict(extra, gate_first=gf))
              for path, kernel, exact_kernel, flag, extra in paths
-             for gf in (settings[args.gate_first] if kernel is not None else (False,))]
+             for gf in (gate_first if kernel is not None else (None,))]
     cfg = model.config
     records = []
     for path, kernel, exact_kernel, flag, extra in paths:   # flag: fp32_out (exact paths) or fuse_predictor (predicted)

@@ -103,8 +103,11 @@ class DispatchConfig:
     stream_warps: int = 4
     # Predicted sets at one token on the rows path: each listed neuron's gate row is read first and its up and
     # W_down^T rows only where act(gate) != 0 (GATE_FIRST, triton_rows_ffn.py): the predictor's false positives cost
-    # their gate row only. The sum is the same.
-    gate_first: bool = False
+    # their gate row only. The sum is the same. None: on for the list a low-rank predictor's kernels build (it
+    # over-selects), off for a caller's mask or index list. H100, 7B, stand-in predictor (15% listed, half of them
+    # truly active; session 14): 26.4 against 29.2 µs per layer for its three kernels (probe_predictor_path), decode
+    # 1.82x against 1.76x.
+    gate_first: bool | None = None
 
     def __post_init__(self):
         if self.predicted_kernel not in PREDICTED_KERNELS:
@@ -128,6 +131,11 @@ class DispatchConfig:
                              "each must be 1, 2, 4 or 8")
         if not 1 <= self.max_sparse_tokens <= 64:
             raise ValueError(f"DispatchConfig.max_sparse_tokens={self.max_sparse_tokens} must lie in [1, 64]")
+
+    def gate_first_for(self, low_rank: bool) -> bool:
+        """Whether a predicted set on the rows path reads its gate rows first (`low_rank`: the list is built by a
+        low-rank predictor's kernels)."""
+        return low_rank if self.gate_first is None else self.gate_first
 
     def fuse_up(self, n_tokens: int) -> bool:
         """Whether the exact union path runs the gate_up kernels for a batch of `n_tokens`."""

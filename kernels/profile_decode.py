@@ -60,8 +60,9 @@ def parse_args(argv):
                    help="also trace the predictor path (bench_decode's stand-in predictor) with these predicted-set "
                         "kernels (DispatchConfig.predicted_kernel), comma list; empty: not traced")
     p.add_argument("--predictor-rank", type=int, default=358, help="rank of the stand-in predictor (as bench_decode)")
-    p.add_argument("--gate-first", action="store_true",
-                   help="the traced predictor path with DispatchConfig(gate_first=True)")
+    p.add_argument("--gate-first", choices=["auto", "on", "off"], default="auto",
+                   help="DispatchConfig.gate_first of the traced predictor path (auto: on where the kernels build "
+                        "the list)")
     p.add_argument("--predicted-active", type=float, default=0.15,
                    help="fraction of neurons the stand-in predictor selects (as bench_decode)")
     p.add_argument("--out", default="runs/profile-decode/profile_decode.json")
@@ -160,10 +161,11 @@ def main(argv=None) -> int:
         measure(f"sparse exact ({kernel}{', pdl' if pdl else ''})")
     for kernel, pdl in [(k, p) for k in predicted_kernels for p in ((False, True) if args.pdl else (False,))]:
         for m, pred in zip(swapped, predictors):
-            m.ffn.dispatch = DispatchConfig(predicted_kernel=kernel, pdl=pdl, gate_first=args.gate_first)
+            m.ffn.dispatch = DispatchConfig(predicted_kernel=kernel, pdl=pdl,
+                                            gate_first=dict(auto=None, on=True, off=False)[args.gate_first])
             m.predictor = pred
         measure(f"sparse predicted ({kernel}, rank {args.predictor_rank}, {args.predicted_active:g} predicted"
-                f"{', pdl' if pdl else ''}{', gate_first' if args.gate_first else ''})")
+                f"{', pdl' if pdl else ''}, gate_first {args.gate_first})")
     write_json(args.out, dict(device=torch.cuda.get_device_name(), layers=args.layers, batch=args.batch,
                               compiled=args.compile, fused_qkv=args.fuse_qkv, gemv_o=args.gemv_o,
                               decode_attention=args.decode_attention,

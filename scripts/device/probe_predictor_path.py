@@ -23,7 +23,7 @@ from actsparse.kernels.triton_predictor_list import (launch_predictor_list, pred
                                                      predictor_list_tma_kernel)
 
 LAYERS, D, F, RANK = 32, 4096, 11008, 358
-VARIANTS = {"three kernels": DispatchConfig(), "three kernels, pdl": DispatchConfig(pdl=True),
+VARIANTS = {"three kernels": DispatchConfig(gate_first=False), "three kernels, pdl": DispatchConfig(pdl=True, gate_first=False),
             "three kernels, gate_first": DispatchConfig(gate_first=True),
             "three kernels, pdl, gate_first": DispatchConfig(pdl=True, gate_first=True)}
 

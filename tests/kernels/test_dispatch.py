@@ -90,3 +90,12 @@ def test_auto_kernels_run_rows_at_one_token_only():
     assert [n for n in range(1, 65) if fused.gate_rows(n, predicted=False)] == [1]
     assert not fused.gate_rows(1, predicted=True) and not auto.gate_rows(1, predicted=False)
     assert fused.rows(1, predicted=False) and fused.fuse_up(8)   # one token: rows family; 8-16 tokens as "auto"
+
+
+def test_gate_first_is_on_for_predictor_built_lists_unless_set():
+    """None: the rows kernel reads gate rows first for the list a low-rank predictor's kernels build (it over-selects),
+    not for a caller's mask or index list; True / False apply to both."""
+    assert DispatchConfig().gate_first_for(True) and not DispatchConfig().gate_first_for(False)
+    for value in (True, False):
+        assert DispatchConfig(gate_first=value).gate_first_for(True) is value
+        assert DispatchConfig(gate_first=value).gate_first_for(False) is value

@@ -67,12 +67,13 @@ def test_sparse_ffn_given_the_predictor_matches_float64(activation, threshold, t
 def test_fp32_out_the_list_kernel_sets_the_sum_row(biases, cut_kind, monkeypatch):
     """fp32_out at one token: the list kernel sets the fp32 output row to b_down (or 0) and the rows kernel adds into it
     with no epilogue (sum_is_out); against float64 with the output poisoned, three calls on one SparseFFN (list length,
-    ticket left at zero); sums_in_fp32 says so for a LowRankLogits only."""
+    ticket left at zero); sums_in_fp32 says so for a LowRankLogits only; the rows kernel reads gate rows first
+    (DispatchConfig.gate_first None: on for the predictor's own list)."""
     from actsparse.kernels import triton_rows_ffn
     seen = []
     launch = triton_rows_ffn.launch_rows
     monkeypatch.setattr(triton_rows_ffn, "launch_rows",
-                        lambda *a, **k: seen.append(k.get("sum_is_out")) or launch(*a, **k))
+                        lambda *a, **k: seen.append((k.get("sum_is_out"), k.get("gate_first"))) or launch(*a, **k))
     ffn, ref = random_ffn(D, F, "relu", 0.0, UNION, 0.0, seed=15, biases=biases)
     assert ffn.sums_in_fp32(1, True, low_rank=True) and not ffn.sums_in_fp32(1, True)
     assert not ffn.sums_in_fp32(3, True, low_rank=True)
@@ -85,7 +86,7 @@ def test_fp32_out_the_list_kernel_sets_the_sum_row(biases, cut_kind, monkeypatch
         assert y.dtype == torch.float32
         check(y, ref(x, mask))
         assert not ffn._list_state.any() and not ffn._tickets.any()
-    assert seen == [True] * 3
+    assert seen == [(True, True)] * 3   # and the predictor's false positives cost their gate rows only
 
 
 def test_sparse_ffn_takes_the_predictor_source(monkeypatch):
