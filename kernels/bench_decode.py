@@ -198,7 +198,7 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
              for path, *rest in paths for pdl in settings[args.pdl]]
     # Predictor paths with gate_first or not.
     gate_first = dict(settings, auto=(None,))[args.gate_first]
-    paths = [(path + ({True: "_gate_first", False: "_no_gate_first"}[gf] if args.gate_first == "both" else ""),
+    paths = [(path + ({True: "_gate_first", False: "_no_gate_first"}.get(gf, "") if args.gate_first == "both" else ""),
               kernel, exact_kernel, flag, dict(extra, gate_first=gf))
              for path, kernel, exact_kernel, flag, extra in paths
              for gf in (gate_first if kernel is not None else (None,))]
