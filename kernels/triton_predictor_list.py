@@ -22,8 +22,8 @@ from torch.nn import functional as F
 
 from .configs import (PREDICTOR_LIST_CONFIGS, PREDICTOR_LIST_FIXED, PREDICTOR_LIST_TMA_CONFIGS,
                       PREDICTOR_LIST_TMA_FIXED, tuned)
-from .triton_gate import append_union
 from .pdl import launch_options
+from .triton_gate import append_union
 from .triton_gate_tma import init_sum_row
 
 

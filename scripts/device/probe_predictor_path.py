@@ -10,7 +10,6 @@ inside one CUDA graph, as the 32-layer decode step calls them; the graph replay 
   which the rows kernel resets otherwise); `memset`: that memset alone.
 Usage: python3 scripts/device/probe_predictor_path.py [reps]
 """
-import statistics
 import sys
 
 import torch
@@ -18,6 +17,7 @@ import torch
 from actsparse.kernels import DispatchConfig, SparseFFN
 from actsparse.kernels.bench_data import make_inputs, make_weight_sets, neuron_probabilities, set_gate_bias, true_active
 from actsparse.kernels.bench_predictor import GateSVDPredictor
+from actsparse.kernels.bench_timing import time_calls_us
 from actsparse.kernels.triton_gemv import gemv_kernel
 from actsparse.kernels.triton_predictor_list import (launch_predictor_list, predictor_hidden,
                                                      predictor_list_tma_kernel)
@@ -44,25 +44,9 @@ def layers(dtype):
     return [(ws, lr) for ws, lr, _, _ in out], make_inputs(1, D, dtype, "cuda", gen)
 
 
-def graph_us(step, reps):
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / LAYERS)
-    return statistics.median(times)
+def graph_us(calls, reps):
+    """Median µs per layer of the per-layer `calls`, replayed back to back in one CUDA graph (bench_timing.py)."""
+    return time_calls_us(calls, reps)["us"]
 
 
 def kernel_us(step, names) -> dict:
@@ -97,8 +81,8 @@ def main(reps: int) -> None:
     for name, dispatch in VARIANTS.items():
         ffns = [SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, dispatch=dispatch) for ws, _ in lays]
         checks[name] = torch.stack([f(x, lr, fp32_out=True)[0] for f, (_, lr) in zip(ffns, lays)])
-        results[f"path, {name}"] = graph_us(lambda: [f(x, lr, fp32_out=True) for f, (_, lr) in zip(ffns, lays)],
-                                            reps)
+        results[f"path, {name}"] = graph_us([lambda f=f, lr=lr: f(x, lr, fp32_out=True) for f, (_, lr) in
+                                             zip(ffns, lays)], reps)
         print(f"path {name}: list config {getattr(predictor_list_tma_kernel, 'best_config', None)}, "
               f"gemv config {getattr(gemv_kernel, 'best_config', None)}",
               flush=True)
@@ -111,12 +95,12 @@ def main(reps: int) -> None:
               f"{float((out.double() - base).abs().max() / base.abs().max()):.2e}")
     counts = [torch.zeros(2, dtype=torch.int32, device="cuda") for _ in lays]
     idx = [torch.empty(F, dtype=torch.int32, device="cuda") for _ in lays]
-    results["gemv"] = graph_us(lambda: [predictor_hidden(x, lr.down, False) for _, lr in lays], reps)
+    results["gemv"] = graph_us([lambda lr=lr: predictor_hidden(x, lr.down, False) for _, lr in lays], reps)
     for pdl in (False, True):
         results[f"gemv + list (+ memset), pdl {pdl}"] = graph_us(
-            lambda: [(launch_predictor_list(x, lr, c, i, pdl=pdl), c.zero_()) for (_, lr), c, i in
-                     zip(lays, counts, idx)], reps)
-    results["memset"] = graph_us(lambda: [c.zero_() for c in counts], reps)
+            [lambda lr=lr, c=c, i=i, pdl=pdl: (launch_predictor_list(x, lr, c, i, pdl=pdl), c.zero_())
+             for (_, lr), c, i in zip(lays, counts, idx)], reps)
+    results["memset"] = graph_us([lambda c=c: c.zero_() for c in counts], reps)
     print("| variant | µs per layer |\n|---|---|")
     for name, us in results.items():
         print(f"| {name} | {us:.2f} |")
