@@ -172,7 +172,6 @@ PREDICTOR_LIST_TMA_CONFIGS = [
                        (32, 256, 4, 2), (16, 512, 4, 1), (64, 128, 8, 3)]
 ]
 PREDICTOR_LIST_TMA_FIXED = GATE_TMA_FIXED
-PREDICTOR_ROWS_FIXED = dict(BLOCK_J=2, PIPELINE=2)
 
 
 def tuned(configs: list[triton.Config], fixed: dict, key: list[str], reset_to_zero: list[str] | None = None,

@@ -54,7 +54,8 @@ def parse_args(argv):
                    help="each attention's o projection through the Triton GEMV (as bench_decode --gemv-o)")
     p.add_argument("--no-fp32-out", action="store_true",
                    help="the sparse FFN returns the weights' dtype (SparseDecodingMLP.fp32_out off)")
-    p.add_argument("--pdl", action="store_true", help="also trace the sparse paths (exact and predicted) with DispatchConfig(pdl=True)")
+    p.add_argument("--pdl", action="store_true",
+                   help="also trace the sparse paths (exact and predicted) with DispatchConfig(pdl=True)")
     p.add_argument("--exact-kernels", default="auto", help="sparse exact-path kernels to trace, comma list")
     p.add_argument("--predicted-kernels", default="",
                    help="also trace the predictor path (bench_decode's stand-in predictor) with these predicted-set "
@@ -155,11 +156,12 @@ def main(argv=None) -> int:
         m.fp32_out = not args.no_fp32_out
     with eager(model):
         calibrate(model, sample)
-    for kernel, pdl in [(k, p) for k in args.exact_kernels.split(",") for p in ((False, True) if args.pdl else (False,))]:
+    pdl_settings = (False, True) if args.pdl else (False,)
+    for kernel, pdl in [(k, p) for k in args.exact_kernels.split(",") for p in pdl_settings]:
         for m in swapped:
             m.ffn.dispatch = DispatchConfig(exact_kernel=kernel, pdl=pdl)
         measure(f"sparse exact ({kernel}{', pdl' if pdl else ''})")
-    for kernel, pdl in [(k, p) for k in predicted_kernels for p in ((False, True) if args.pdl else (False,))]:
+    for kernel, pdl in [(k, p) for k in predicted_kernels for p in pdl_settings]:
         for m, pred in zip(swapped, predictors):
             m.ffn.dispatch = DispatchConfig(predicted_kernel=kernel, pdl=pdl,
                                             gate_first=dict(auto=None, on=True, off=False)[args.gate_first])

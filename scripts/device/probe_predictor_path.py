@@ -23,7 +23,8 @@ from actsparse.kernels.triton_predictor_list import (launch_predictor_list, pred
                                                      predictor_list_tma_kernel)
 
 LAYERS, D, F, RANK = 32, 4096, 11008, 358
-VARIANTS = {"three kernels": DispatchConfig(gate_first=False), "three kernels, pdl": DispatchConfig(pdl=True, gate_first=False),
+VARIANTS = {"three kernels": DispatchConfig(gate_first=False),
+            "three kernels, pdl": DispatchConfig(pdl=True, gate_first=False),
             "three kernels, gate_first": DispatchConfig(gate_first=True),
             "three kernels, pdl, gate_first": DispatchConfig(pdl=True, gate_first=True)}
 
@@ -44,31 +45,22 @@ def layers(dtype):
     return [(ws, lr) for ws, lr, _, _ in out], make_inputs(1, D, dtype, "cuda", gen)
 
 
-def graph_us(calls, reps):
-    """Median µs per layer of the per-layer `calls`, replayed back to back in one CUDA graph (bench_timing.py)."""
-    return time_calls_us(calls, reps)["us"]
-
-
-def kernel_us(step, names) -> dict:
-    """Mean device time (µs) of each kernel whose name contains one of `names`, by its launch index within a layer
-    (a kernel launched k times per layer is reported as name#0..k-1), over one eager run of `step` (profiler)."""
+def kernel_us(calls, names) -> dict:
+    """Device time (µs per layer) of each kernel whose name contains one of `names`, over one eager run of `calls`
+    (profiler)."""
     from torch.profiler import ProfilerActivity, profile
-    step()
+    for call in calls:
+        call()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        step()
+        for call in calls:
+            call()
         torch.cuda.synchronize()
-    spans = [(e.name, e.device_time) for e in prof.events() if e.device_type.name == "CUDA"
-             and any(n in e.name for n in names)]
-    out: dict = {}
-    per_layer = {n: sum(1 for name, _ in spans if n in name) // LAYERS for n in names}
-    seen: dict = {}
-    for name, us in spans:
-        n = next(k for k in names if k in name)
-        i = seen.get(n, 0)
-        seen[n] = i + 1
-        key = f"{n}#{i % max(1, per_layer[n])}"
-        out[key] = out.get(key, 0.0) + us / LAYERS
+    out = dict.fromkeys(names, 0.0)
+    for e in prof.events():
+        name = next((n for n in names if e.device_type.name == "CUDA" and n in e.name), None)
+        if name is not None:
+            out[name] += e.device_time / LAYERS
     return out
 
 
@@ -80,14 +72,12 @@ def main(reps: int) -> None:
     checks = {}
     for name, dispatch in VARIANTS.items():
         ffns = [SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, dispatch=dispatch) for ws, _ in lays]
-        checks[name] = torch.stack([f(x, lr, fp32_out=True)[0] for f, (_, lr) in zip(ffns, lays)])
-        results[f"path, {name}"] = graph_us([lambda f=f, lr=lr: f(x, lr, fp32_out=True) for f, (_, lr) in
-                                             zip(ffns, lays)], reps)
+        calls = [lambda f=f, lr=lr: f(x, lr, fp32_out=True) for f, (_, lr) in zip(ffns, lays)]
+        checks[name] = torch.stack([call()[0] for call in calls])
+        results[f"path, {name}"] = time_calls_us(calls, reps)["us"]
         print(f"path {name}: list config {getattr(predictor_list_tma_kernel, 'best_config', None)}, "
-              f"gemv config {getattr(gemv_kernel, 'best_config', None)}",
-              flush=True)
-        kernels = kernel_us(lambda: [f(x, lr, fp32_out=True) for f, (_, lr) in zip(ffns, lays)],
-                            ("gemv_kernel", "predictor_list", "rows_ffn_kernel"))
+              f"gemv config {getattr(gemv_kernel, 'best_config', None)}", flush=True)
+        kernels = kernel_us(calls, ("gemv_kernel", "predictor_list", "rows_ffn_kernel"))
         print("  kernels, µs per layer (eager, profiler): " + ", ".join(f"{k} {v:.2f}" for k, v in kernels.items()))
     base = checks["three kernels"].double()
     for name, out in checks.items():   # eager outputs of the 32 layers against the three kernels'
@@ -95,12 +85,12 @@ def main(reps: int) -> None:
               f"{float((out.double() - base).abs().max() / base.abs().max()):.2e}")
     counts = [torch.zeros(2, dtype=torch.int32, device="cuda") for _ in lays]
     idx = [torch.empty(F, dtype=torch.int32, device="cuda") for _ in lays]
-    results["gemv"] = graph_us([lambda lr=lr: predictor_hidden(x, lr.down, False) for _, lr in lays], reps)
+    results["gemv"] = time_calls_us([lambda lr=lr: predictor_hidden(x, lr.down, False) for _, lr in lays], reps)["us"]
     for pdl in (False, True):
-        results[f"gemv + list (+ memset), pdl {pdl}"] = graph_us(
+        results[f"gemv + list (+ memset), pdl {pdl}"] = time_calls_us(
             [lambda lr=lr, c=c, i=i, pdl=pdl: (launch_predictor_list(x, lr, c, i, pdl=pdl), c.zero_())
-             for (_, lr), c, i in zip(lays, counts, idx)], reps)
-    results["memset"] = graph_us([lambda c=c: c.zero_() for c in counts], reps)
+             for (_, lr), c, i in zip(lays, counts, idx)], reps)["us"]
+    results["memset"] = time_calls_us([lambda c=c: c.zero_() for c in counts], reps)["us"]
     print("| variant | µs per layer |\n|---|---|")
     for name, us in results.items():
         print(f"| {name} | {us:.2f} |")
