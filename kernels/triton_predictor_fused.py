@@ -1,0 +1,212 @@
+"""A low-rank predictor's two layers and the neuron list at one token in one launch, a grid barrier between them.
+
+Why (H100, 7B, rank 360, 15% predicted; session 14): the list path of triton_predictor_list.py is two kernels, the TMA
+GEMV h = act(x @ W1^T) (3.3 µs for 2.9 MB) and then the list kernel (6.5 µs for 7.9 MB: 688 programs, one W2 tile
+and one atomic each). The list kernel starts only once the GEMV has finished; with PDL its W2 tiles were loaded during
+the GEMV, which took nothing off the decode step. Session 14's one-launch kernel (GEMV, list and rows kernel behind two
+barriers, at `3276e8d`) lost because its list phase ran in one program per SM (84 neurons each) and its rows phase
+needed registers that the W2 tiles held. Here only the predictor shares a launch, in the list kernel's small programs:
+1. each program issues the loads of its W2 tile [BLOCK_N, whole rank] and biases (weights: nothing to wait for), then
+   computes its rows of h (rows pid, pid + P, ... of W1, whole rows; with P >= rank one row or none), rounded to the
+   weights' dtype as the GEMV rounds them; the first programs set the fp32 output row to b_down (or 0);
+2. grid barrier: every program's h rows are written and visible;
+3. the logits of its tile from h (+ bias), the neurons >= cut appended to the union list with one atomic, as the list
+   kernel does; the last program out resets the barrier's counters for the next call.
+The barrier needs all P programs resident at once. The launch checks that from the compiled kernel (registers, shared
+memory, warps) against the SM's limits and otherwise runs the two-kernel path (said once). It never lets a dependent
+kernel start early (no PDL trigger), so nothing else takes the SMs' slots while programs wait. Under the interpreter
+(programs run one after another: a barrier never opens) the same code runs as two launches (PHASE 1 then 2).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from . import configs
+from .triton_gate import append_union
+from .triton_gate_tma import init_sum_row
+from .triton_up_down import writes_done
+
+MAX_RANK = 512        # a program's W2 tile holds the whole rank
+MAX_D_MODEL = 8192    # whole W1 rows per program
+BLOCK_N = 32          # neurons per program (a W2 tile); 7B: 344 programs, 3 per SM
+NUM_WARPS = 4
+
+
+@triton.jit
+def grid_barrier(sync_ptr, n_programs, FENCE: tl.constexpr):
+    """Every program's writes before it are visible to every program after it: arrive (release) on the counter,
+    poll it with volatile loads (from L2, not read-modify-writes of one address) until all `n_programs` arrived,
+    then a fence in every thread so that its later loads see the others' writes."""
+    writes_done(FENCE)
+    tl.atomic_add(sync_ptr, 1, sem="release")
+    arrived = tl.load(sync_ptr, volatile=True)
+    while arrived < n_programs:
+        arrived = tl.load(sync_ptr, volatile=True)
+    writes_done(FENCE)
+
+
+@triton.jit
+def hidden_rows(src_ptr, w1_ptr, h_ptr, rank, d_model, RELU_H: tl.constexpr, BLOCK_R: tl.constexpr,
+                BLOCK_D: tl.constexpr):
+    """h[r] = act(src . W1[r]) for this program's blocks of BLOCK_R whole rows (blocks pid, pid + P, ...): fp32 sums
+    rounded to the weights' dtype (as triton_gemv.py writes h), stored in fp32."""
+    if tl.program_id(0) * BLOCK_R < rank:
+        offs_d = tl.arange(0, BLOCK_D)
+        d_mask = offs_d < d_model
+        xv = tl.load(src_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)
+        for r0 in range(tl.program_id(0) * BLOCK_R, rank, tl.num_programs(0) * BLOCK_R):
+            rows = r0 + tl.arange(0, BLOCK_R)
+            r_mask = rows < rank
+            w = tl.load(w1_ptr + rows.to(tl.int64)[:, None] * d_model + offs_d[None, :],
+                        mask=r_mask[:, None] & d_mask[None, :], other=0.0)
+            h = tl.sum(w.to(tl.float32) * xv[None, :], 1).to(w1_ptr.dtype.element_ty).to(tl.float32)
+            if RELU_H:
+                h = tl.maximum(h, 0.0)
+            tl.store(h_ptr + rows, h, mask=r_mask)
+
+
+@triton.jit
+def w2_tile(w2_ptr, b2_ptr, n_lo, d_ff, rank, HAS_B2: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_RK: tl.constexpr):
+    """Rows n_lo.. n_lo + BLOCK_N of W2 [d_ff, rank], the whole rank, and their biases in fp32 (zeros without)."""
+    offs_n = n_lo + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_RK)
+    w = tl.load(w2_ptr + offs_n.to(tl.int64)[:, None] * rank + offs_k[None, :],
+                mask=(offs_n < d_ff)[:, None] & (offs_k < rank)[None, :], other=0.0)
+    b = tl.zeros([BLOCK_N], dtype=tl.float32)
+    if HAS_B2:
+        b = tl.load(b2_ptr + offs_n, mask=offs_n < d_ff, other=0.0).to(tl.float32)
+    return w, b
+
+
+@triton.jit
+def append_tile(w, b, h_ptr, counts_ptr, idx_ptr, n_lo, d_ff, rank, cut, BLOCK_N: tl.constexpr,
+                BLOCK_RK: tl.constexpr):
+    """Append the neurons of a `w2_tile` whose logit h . W2[n] + b[n] is >= cut to the union list (one atomic); h is
+    read past L1 (other programs wrote it)."""
+    offs_n = n_lo + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_RK)
+    hv = tl.load(h_ptr + offs_k, mask=offs_k < rank, other=0.0, cache_modifier=".cg")
+    logit = tl.sum(w.to(tl.float32) * hv[None, :], 1) + b
+    append_union(((offs_n < d_ff) & (logit >= cut)).to(tl.int32), offs_n, counts_ptr, idx_ptr)
+
+
+@triton.jit
+def predictor_fused_kernel(src_ptr, w1_ptr, w2_ptr, b2_ptr, h_ptr, sync_ptr, counts_ptr, idx_ptr, out_ptr, bout_ptr,
+                           d_model, d_ff, rank, cut, RELU_H: tl.constexpr, HAS_B2: tl.constexpr,
+                           INIT_OUT: tl.constexpr, HAS_BOUT: tl.constexpr, PHASE: tl.constexpr, FENCE: tl.constexpr,
+                           BLOCK_N: tl.constexpr, BLOCK_RK: tl.constexpr, BLOCK_R: tl.constexpr,
+                           BLOCK_D: tl.constexpr):
+    """PHASE 0: the whole predictor with the barrier; 1: h (and the output row) only; 2: the list only."""
+    n_lo = tl.program_id(0) * BLOCK_N
+    if PHASE != 1:  # this program's W2 rows while h is computed
+        w2, b2 = w2_tile(w2_ptr, b2_ptr, n_lo, d_ff, rank, HAS_B2, BLOCK_N, BLOCK_RK)
+    if PHASE <= 1:
+        if INIT_OUT:
+            init_sum_row(out_ptr, bout_ptr, d_model, HAS_BOUT)
+        hidden_rows(src_ptr, w1_ptr, h_ptr, rank, d_model, RELU_H, BLOCK_R, BLOCK_D)
+    if PHASE == 0:
+        grid_barrier(sync_ptr, tl.num_programs(0), FENCE)
+    if PHASE != 1:
+        append_tile(w2, b2, h_ptr, counts_ptr, idx_ptr, n_lo, d_ff, rank, cut, BLOCK_N, BLOCK_RK)
+    if PHASE == 0:  # the last program out (all have left the barrier) resets its counters
+        if tl.atomic_add(sync_ptr + 1, 1, sem="relaxed") == tl.num_programs(0) - 1:
+            tl.store(sync_ptr, 0)
+            tl.atomic_xchg(sync_ptr + 1, 0)
+
+
+def fused_unusable(x: torch.Tensor, logits) -> str | None:
+    """Why `launch_predictor_fused` cannot take this call before compiling (None: it may; residency is checked at
+    launch)."""
+    src = x if logits.source is None else logits.source
+    if x.shape[0] != 1 or src.numel() != logits.down.shape[1]:
+        return f"{x.shape[0]} tokens (one token only)"
+    if logits.up.shape[1] > MAX_RANK:
+        return f"rank {logits.up.shape[1]} > {MAX_RANK} (a program's W2 tile holds the whole rank)"
+    if logits.down.shape[1] > MAX_D_MODEL:
+        return f"d_model {logits.down.shape[1]} > {MAX_D_MODEL} (whole W1 rows per program)"
+    if x.device.type != "cuda" and not configs.INTERPRET:
+        return f"on {x.device.type}"
+    return None
+
+
+def resident_programs(compiled, device: torch.device) -> int:
+    """How many programs of `compiled` (a Triton CompiledKernel) the GPU holds at once: SMs x the blocks per SM that
+    its warps, registers (allocated per warp in units of 256) and shared memory (+1 KB reserved per block) allow."""
+    props = torch.cuda.get_device_properties(device)
+    warps = compiled.metadata.num_warps
+    regs_per_warp = math.ceil(max(compiled.n_regs, 1) * 32 / 256) * 256
+    shared = compiled.metadata.shared
+    per_sm = min(32, getattr(props, "max_threads_per_multi_processor", 2048) // (32 * warps),
+                 getattr(props, "regs_per_multiprocessor", 65536) // (regs_per_warp * warps),
+                 getattr(props, "shared_memory_per_multiprocessor", 233472) // (shared + 1024))
+    return per_sm * props.multi_processor_count
+
+
+_STATES: dict = {}
+_CHECKED: dict = {}
+
+
+def fused_state(rank: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h fp32 [rank], the barrier's two int32 counters, zero between calls), one per (device, rank): the kernels
+    of a decode step run one after another on one stream, and every call leaves the counters at zero."""
+    key = (str(device), rank)
+    if key not in _STATES:
+        buf = torch.zeros(rank + 2, dtype=torch.float32, device=device)
+        _STATES[key] = (buf[:rank], buf[rank:].view(torch.int32))
+    return _STATES[key]
+
+
+def launch_predictor_fused(x: torch.Tensor, logits, counts: torch.Tensor, idx: torch.Tensor,
+                           init_out: tuple | None = None, block_n: int | None = None,
+                           num_warps: int | None = None) -> bool:
+    """`launch_predictor_list`'s work (the neurons `logits`, a LowRankLogits, predicts active for the one token x
+    appended to the union list counts[0] / idx, which must be empty; `init_out` = (fp32 row, b_down or None) set for
+    the rows kernel) in one launch. Returns False, having launched nothing, where it cannot run (said once with the
+    reason): the caller then runs the two-kernel path. `block_n` / `num_warps`: None takes BLOCK_N / NUM_WARPS."""
+    from .dispatch import warn_once
+    block_n, num_warps = block_n or BLOCK_N, num_warps or NUM_WARPS
+    reason = fused_unusable(x, logits)
+    down, up = logits.down.contiguous(), logits.up.contiguous()
+    d_ff, rank = up.shape
+    d_model = down.shape[1]
+    n_programs = triton.cdiv(d_ff, block_n)
+    src = (x if logits.source is None else logits.source).reshape(-1).to(down.dtype)
+    h, sync = fused_state(rank, x.device) if reason is None else (None, None)
+    out, b_out = init_out if init_out is not None else (counts, None)   # not written without INIT_OUT
+    args = (src, down, up, logits.bias if logits.bias is not None else up, h, sync, counts, idx, out,
+            b_out if b_out is not None else out, d_model, d_ff, rank, float(logits.cut))
+    flags = dict(RELU_H=bool(logits.relu_hidden), HAS_B2=logits.bias is not None, INIT_OUT=init_out is not None,
+                 HAS_BOUT=b_out is not None, FENCE=not configs.INTERPRET, BLOCK_N=block_n,
+                 BLOCK_RK=triton.next_power_of_2(rank), BLOCK_R=1, BLOCK_D=triton.next_power_of_2(d_model),
+                 num_warps=num_warps)
+    if reason is None and configs.INTERPRET:   # programs one after another: two launches of the same code
+        for phase in (1, 2):
+            predictor_fused_kernel[(n_programs,)](*args, PHASE=phase, **flags)
+        return True
+    if reason is None:
+        reason = _residency_reason(args, flags, n_programs, x.device)
+    if reason is not None:
+        warn_once(f"predictor list: the one-launch predictor kernel is unavailable ({reason}); GEMV + list kernel")
+        return False
+    predictor_fused_kernel[(n_programs,)](*args, PHASE=0, **flags)
+    return True
+
+
+def _residency_reason(args, flags, n_programs: int, device: torch.device) -> str | None:
+    """None where all `n_programs` programs of this compile fit on the GPU at once (checked once per compile), else
+    why not. Compiles without launching (`warmup`) and asks for the largest shared-memory carveout first."""
+    from .triton_stream_rows import prefer_shared_memory
+    compiled = predictor_fused_kernel.warmup(*args, PHASE=0, grid=(n_programs,), **flags)
+    compiled._init_handles()   # loads the binary: n_regs and the function handle (Triton sets them there)
+    key = (getattr(compiled, "hash", id(compiled)), n_programs, str(device))
+    if key not in _CHECKED:
+        prefer_shared_memory(compiled)
+        fits = resident_programs(compiled, device)
+        _CHECKED[key] = None if n_programs <= fits else (
+            f"{n_programs} programs, {fits} resident at once ({compiled.n_regs} registers, "
+            f"{compiled.metadata.shared} B shared, {compiled.metadata.num_warps} warps)")
+    return _CHECKED[key]
