@@ -6,12 +6,14 @@ and one atomic each). The list kernel starts only once the GEMV has finished; wi
 the GEMV, which took nothing off the decode step. Session 14's one-launch kernel (GEMV, list and rows kernel behind two
 barriers, at `3276e8d`) lost because its list phase ran in one program per SM (84 neurons each) and its rows phase
 needed registers that the W2 tiles held. Here only the predictor shares a launch, in the list kernel's small programs:
-1. each program issues the loads of its W2 tile [BLOCK_N, whole rank] and biases (weights: nothing to wait for), then
-   computes its rows of h (rows pid, pid + P, ... of W1, whole rows; with P >= rank one row or none), rounded to the
-   weights' dtype as the GEMV rounds them; the first programs set the fp32 output row to b_down (or 0);
+1. each program sends its W2 rows [BLOCK_N, rank] towards L2 (bulk prefetches, Hopper; weights: nothing to wait for),
+   then computes its rows of h (rows pid, pid + P, ... of W1; with P >= rank one row or none), rounded to the weights'
+   dtype as the GEMV rounds them; the first programs set the fp32 output row to b_down (or 0);
 2. grid barrier: every program's h rows are written and visible;
-3. the logits of its tile from h (+ bias), the neurons >= cut appended to the union list with one atomic, as the list
-   kernel does; the last program out resets the barrier's counters for the next call.
+3. the logits of its neurons from h and its W2 rows (now in L2) + bias, those >= cut appended to the union list with
+   one atomic, as the list kernel does; the last program out resets the barrier's counters for the next call.
+A first version held each program's whole W2 tile in registers across the barrier (128-219 registers: 688 or 344
+programs did not fit at once; 172 did, and took 22.5 µs): the prefetch keeps the registers low.
 The barrier needs all P programs resident at once. The launch checks that from the compiled kernel (registers, shared
 memory, warps) against the SM's limits and otherwise runs the two-kernel path (said once). It never lets a dependent
 kernel start early (no PDL trigger), so nothing else takes the SMs' slots while programs wait. Under the interpreter
@@ -27,13 +29,13 @@ import triton.language as tl
 
 from . import configs
 from .triton_gate import append_union
-from .triton_gate_tma import init_sum_row
+from .triton_gate_tma import init_sum_row, prefetch_rows_to_l2
 from .triton_up_down import writes_done
 
-MAX_RANK = 512        # a program's W2 tile holds the whole rank
-MAX_D_MODEL = 8192    # whole W1 rows per program
-BLOCK_N = 32          # neurons per program (a W2 tile); 7B: 344 programs, 3 per SM
+BLOCK_N = 16          # neurons per program; 7B: 688 programs, 6 per SM
 NUM_WARPS = 4
+BLOCK_K = 128         # of the rank per step of the logits
+BLOCK_D = 1024        # of d_model per step of h
 
 
 @triton.jit
@@ -52,70 +54,77 @@ def grid_barrier(sync_ptr, n_programs, FENCE: tl.constexpr):
 @triton.jit
 def hidden_rows(src_ptr, w1_ptr, h_ptr, rank, d_model, RELU_H: tl.constexpr, BLOCK_R: tl.constexpr,
                 BLOCK_D: tl.constexpr):
-    """h[r] = act(src . W1[r]) for this program's blocks of BLOCK_R whole rows (blocks pid, pid + P, ...): fp32 sums
-    rounded to the weights' dtype (as triton_gemv.py writes h), stored in fp32."""
-    if tl.program_id(0) * BLOCK_R < rank:
-        offs_d = tl.arange(0, BLOCK_D)
-        d_mask = offs_d < d_model
-        xv = tl.load(src_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)
-        for r0 in range(tl.program_id(0) * BLOCK_R, rank, tl.num_programs(0) * BLOCK_R):
-            rows = r0 + tl.arange(0, BLOCK_R)
-            r_mask = rows < rank
+    """h[r] = act(src . W1[r]) for this program's blocks of BLOCK_R rows (blocks pid, pid + P, ...), BLOCK_D columns
+    per step: fp32 sums rounded to the weights' dtype (as triton_gemv.py writes h), stored in fp32."""
+    for r0 in range(tl.program_id(0) * BLOCK_R, rank, tl.num_programs(0) * BLOCK_R):
+        rows = r0 + tl.arange(0, BLOCK_R)
+        r_mask = rows < rank
+        acc = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
+        for d0 in range(0, d_model, BLOCK_D):
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            d_mask = offs_d < d_model
+            xv = tl.load(src_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)
             w = tl.load(w1_ptr + rows.to(tl.int64)[:, None] * d_model + offs_d[None, :],
                         mask=r_mask[:, None] & d_mask[None, :], other=0.0)
-            h = tl.sum(w.to(tl.float32) * xv[None, :], 1).to(w1_ptr.dtype.element_ty).to(tl.float32)
-            if RELU_H:
-                h = tl.maximum(h, 0.0)
-            tl.store(h_ptr + rows, h, mask=r_mask)
+            acc += w.to(tl.float32) * xv[None, :]
+        h = tl.sum(acc, 1).to(w1_ptr.dtype.element_ty).to(tl.float32)
+        if RELU_H:
+            h = tl.maximum(h, 0.0)
+        tl.store(h_ptr + rows, h, mask=r_mask)
 
 
 @triton.jit
-def w2_tile(w2_ptr, b2_ptr, n_lo, d_ff, rank, HAS_B2: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_RK: tl.constexpr):
-    """Rows n_lo.. n_lo + BLOCK_N of W2 [d_ff, rank], the whole rank, and their biases in fp32 (zeros without)."""
+def append_logits(h_ptr, w2_ptr, b2_ptr, counts_ptr, idx_ptr, n_lo, d_ff, rank, cut, HAS_B2: tl.constexpr,
+                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Append the neurons n_lo.. n_lo + BLOCK_N whose logit h . W2[n] + b[n] is >= cut to the union list (one atomic),
+    BLOCK_K of the rank per step; h is read past L1 (other programs wrote it)."""
     offs_n = n_lo + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_RK)
-    w = tl.load(w2_ptr + offs_n.to(tl.int64)[:, None] * rank + offs_k[None, :],
-                mask=(offs_n < d_ff)[:, None] & (offs_k < rank)[None, :], other=0.0)
-    b = tl.zeros([BLOCK_N], dtype=tl.float32)
+    n_mask = offs_n < d_ff
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for k0 in range(0, rank, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_mask = offs_k < rank
+        w = tl.load(w2_ptr + offs_n.to(tl.int64)[:, None] * rank + offs_k[None, :],
+                    mask=n_mask[:, None] & k_mask[None, :], other=0.0)
+        hv = tl.load(h_ptr + offs_k, mask=k_mask, other=0.0, cache_modifier=".cg")
+        acc += w.to(tl.float32) * hv[None, :]
+    logit = tl.sum(acc, 1)
     if HAS_B2:
-        b = tl.load(b2_ptr + offs_n, mask=offs_n < d_ff, other=0.0).to(tl.float32)
-    return w, b
-
-
-@triton.jit
-def append_tile(w, b, h_ptr, counts_ptr, idx_ptr, n_lo, d_ff, rank, cut, BLOCK_N: tl.constexpr,
-                BLOCK_RK: tl.constexpr):
-    """Append the neurons of a `w2_tile` whose logit h . W2[n] + b[n] is >= cut to the union list (one atomic); h is
-    read past L1 (other programs wrote it)."""
-    offs_n = n_lo + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_RK)
-    hv = tl.load(h_ptr + offs_k, mask=offs_k < rank, other=0.0, cache_modifier=".cg")
-    logit = tl.sum(w.to(tl.float32) * hv[None, :], 1) + b
-    append_union(((offs_n < d_ff) & (logit >= cut)).to(tl.int32), offs_n, counts_ptr, idx_ptr)
+        logit += tl.load(b2_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+    append_union((n_mask & (logit >= cut)).to(tl.int32), offs_n, counts_ptr, idx_ptr)
 
 
 @triton.jit
 def predictor_fused_kernel(src_ptr, w1_ptr, w2_ptr, b2_ptr, h_ptr, sync_ptr, counts_ptr, idx_ptr, out_ptr, bout_ptr,
                            d_model, d_ff, rank, cut, RELU_H: tl.constexpr, HAS_B2: tl.constexpr,
                            INIT_OUT: tl.constexpr, HAS_BOUT: tl.constexpr, PHASE: tl.constexpr, FENCE: tl.constexpr,
-                           BLOCK_N: tl.constexpr, BLOCK_RK: tl.constexpr, BLOCK_R: tl.constexpr,
-                           BLOCK_D: tl.constexpr):
-    """PHASE 0: the whole predictor with the barrier; 1: h (and the output row) only; 2: the list only."""
+                           PREFETCH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                           BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """PHASE 0: the whole predictor with the barrier; 1: h (and the output row) only; 2: the list only. PREFETCH:
+    this program's W2 rows are sent towards L2 first (bulk prefetches, nothing waits for them), so that after the
+    barrier they come from L2."""
     n_lo = tl.program_id(0) * BLOCK_N
-    if PHASE != 1:  # this program's W2 rows while h is computed
-        w2, b2 = w2_tile(w2_ptr, b2_ptr, n_lo, d_ff, rank, HAS_B2, BLOCK_N, BLOCK_RK)
     if PHASE <= 1:
+        if PREFETCH:
+            rows = n_lo + tl.arange(0, BLOCK_N)
+            prefetch_rows_to_l2(w2_ptr, rows, (rows < d_ff).to(tl.int32), rank)
         if INIT_OUT:
             init_sum_row(out_ptr, bout_ptr, d_model, HAS_BOUT)
         hidden_rows(src_ptr, w1_ptr, h_ptr, rank, d_model, RELU_H, BLOCK_R, BLOCK_D)
     if PHASE == 0:
         grid_barrier(sync_ptr, tl.num_programs(0), FENCE)
     if PHASE != 1:
-        append_tile(w2, b2, h_ptr, counts_ptr, idx_ptr, n_lo, d_ff, rank, cut, BLOCK_N, BLOCK_RK)
+        append_logits(h_ptr, w2_ptr, b2_ptr, counts_ptr, idx_ptr, n_lo, d_ff, rank, cut, HAS_B2, BLOCK_N, BLOCK_K)
     if PHASE == 0:  # the last program out (all have left the barrier) resets its counters
         if tl.atomic_add(sync_ptr + 1, 1, sem="relaxed") == tl.num_programs(0) - 1:
             tl.store(sync_ptr, 0)
             tl.atomic_xchg(sync_ptr + 1, 0)
+
+
+def _prefetch(up: torch.Tensor) -> bool:
+    """Whether W2's rows can be bulk-prefetched to L2: Hopper or later, rows of a multiple of 16 bytes."""
+    return (not configs.INTERPRET and up.is_cuda and torch.cuda.get_device_capability(up.device)[0] >= 9
+            and up.shape[1] * up.element_size() % 16 == 0)
 
 
 def fused_unusable(x: torch.Tensor, logits) -> str | None:
@@ -124,10 +133,6 @@ def fused_unusable(x: torch.Tensor, logits) -> str | None:
     src = x if logits.source is None else logits.source
     if x.shape[0] != 1 or src.numel() != logits.down.shape[1]:
         return f"{x.shape[0]} tokens (one token only)"
-    if logits.up.shape[1] > MAX_RANK:
-        return f"rank {logits.up.shape[1]} > {MAX_RANK} (a program's W2 tile holds the whole rank)"
-    if logits.down.shape[1] > MAX_D_MODEL:
-        return f"d_model {logits.down.shape[1]} > {MAX_D_MODEL} (whole W1 rows per program)"
     if x.device.type != "cuda" and not configs.INTERPRET:
         return f"on {x.device.type}"
     return None
@@ -180,9 +185,9 @@ def launch_predictor_fused(x: torch.Tensor, logits, counts: torch.Tensor, idx: t
     args = (src, down, up, logits.bias if logits.bias is not None else up, h, sync, counts, idx, out,
             b_out if b_out is not None else out, d_model, d_ff, rank, float(logits.cut))
     flags = dict(RELU_H=bool(logits.relu_hidden), HAS_B2=logits.bias is not None, INIT_OUT=init_out is not None,
-                 HAS_BOUT=b_out is not None, FENCE=not configs.INTERPRET, BLOCK_N=block_n,
-                 BLOCK_RK=triton.next_power_of_2(rank), BLOCK_R=1, BLOCK_D=triton.next_power_of_2(d_model),
-                 num_warps=num_warps)
+                 HAS_BOUT=b_out is not None, FENCE=not configs.INTERPRET, PREFETCH=_prefetch(up), BLOCK_N=block_n,
+                 BLOCK_K=BLOCK_K if not configs.INTERPRET else 16, BLOCK_R=1,
+                 BLOCK_D=min(BLOCK_D, triton.next_power_of_2(d_model)), num_warps=num_warps)
     if reason is None and configs.INTERPRET:   # programs one after another: two launches of the same code
         for phase in (1, 2):
             predictor_fused_kernel[(n_programs,)](*args, PHASE=phase, **flags)

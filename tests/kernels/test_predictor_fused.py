@@ -25,10 +25,12 @@ D, F, RANK = 40, 100, 21
 
 @pytest.mark.parametrize("cut_kind", list(CUTS))
 @pytest.mark.parametrize("bias,relu_hidden", [(True, True), (False, False)])
-@pytest.mark.parametrize("d,f,rank,block_n", [(D, F, RANK, 16), (24, 301, 130, 32), (40, 100, 5, 16)])
+@pytest.mark.parametrize("d,f,rank,block_n", [(D, F, RANK, 16), (24, 301, 130, 32), (40, 100, 5, 16),
+                                              (1100, 50, 9, 16)])
 def test_fused_launch_writes_the_float64_set(d, f, rank, block_n, relu_hidden, bias, cut_kind):
-    """Fewer programs than rows of W1 (each loops over several), more (some compute none), several W2 tiles; the
-    output row set to b_down; the list equals the float64 set, each neuron once."""
+    """Fewer programs than rows of W1 (each loops over several), more (some compute none); ranks and d_model over
+    several steps (the interpreter's BLOCK_K 16 / BLOCK_D 1024 when d > 1024); the output row set to b_down; the list
+    equals the float64 set, each neuron once."""
     pred = make_predictor(d, f, rank, relu_hidden, bias, seed=f + rank)
     x = torch.randn(1, d, generator=torch.Generator().manual_seed(5))
     low_rank, expected = predictor_with_cut(pred, x, cut_kind)
@@ -66,24 +68,21 @@ def test_sparse_ffn_with_the_fused_predictor_matches_float64(cut_kind, fp32_out,
     assert launched == [1, 1, 1]
 
 
-def test_rank_above_the_tile_falls_back_said_once(caplog):
-    """A rank above MAX_RANK: nothing launched, False, the reason logged once; SparseFFN then runs the two kernels."""
+def test_unusable_call_falls_back_said_once(caplog):
+    """Two tokens: nothing launched, False, the reason logged once over two calls."""
     from actsparse.kernels import dispatch
     dispatch._warned.clear()
-    rank = fused.MAX_RANK + 8
-    pred = make_predictor(D, F, rank, True, True, seed=41)
-    x = torch.randn(1, D, generator=torch.Generator().manual_seed(42))
-    low_rank, mask = predictor_with_cut(pred, x, "some")
+    pred = make_predictor(D, F, RANK, True, True, seed=41)
+    x = torch.randn(2, D, generator=torch.Generator().manual_seed(42))
+    low_rank, _ = predictor_with_cut(pred, x[:1], "some")
     counts = torch.zeros(2, dtype=torch.int32)
     with caplog.at_level(logging.WARNING):
-        assert not fused.launch_predictor_fused(x, low_rank, counts, torch.empty(F, dtype=torch.int32))
-        assert int(counts[0]) == 0
-        ffn, ref = random_ffn(D, F, "relu", 0.0, DispatchConfig(batch_mode="union", predictor_fused=True), 0.0,
-                              seed=43, biases=False)
-        check(ffn(x, low_rank), ref(x, mask))
+        for _ in range(2):
+            assert not fused.launch_predictor_fused(x, low_rank, counts, torch.empty(F, dtype=torch.int32))
+    assert int(counts[0]) == 0
     said = [r.message for r in caplog.records if "one-launch predictor" in r.message]
-    assert said == [f"predictor list: the one-launch predictor kernel is unavailable (rank {rank} > "
-                    f"{fused.MAX_RANK} (a program's W2 tile holds the whole rank)); GEMV + list kernel"]
+    assert said == ["predictor list: the one-launch predictor kernel is unavailable (2 tokens (one token only)); "
+                    "GEMV + list kernel"]
 
 
 def _props(**kw):
