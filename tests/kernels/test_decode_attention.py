@@ -1,7 +1,9 @@
 """The one-token decode attention (triton_decode_attention.py) under TRITON_INTERPRET=1: the op against float64 (RoPE,
-cache write, softmax over 0..pos, GQA, bool / additive masks) with the output and the cache beyond pos poisoned;
-tiny LLaMA / Qwen2 models greedy-decoded with and without use_decode_attention (and fuse_qkv before or after): same
-tokens, close logits and caches, the prefill on the original path; what falls back, said once."""
+cache write, softmax over 0..pos, GQA, bool / additive masks) with the output and the cache beyond pos poisoned, the
+positions whole or split (triton_decode_attention_split.py: uneven and empty splits, the state left reset between
+calls, the host rule); tiny LLaMA / Qwen2 models greedy-decoded with and without use_decode_attention (and fuse_qkv
+before or after, and split): same tokens, close logits and caches, the prefill on the original path; what falls back,
+said once."""
 import copy
 import logging
 
@@ -16,6 +18,7 @@ require_triton_interpreter()
 
 from actsparse.kernels import dispatch  # noqa: E402
 from actsparse.kernels import triton_decode_attention as tda  # noqa: E402
+from actsparse.kernels import triton_decode_attention_split as tdas  # noqa: E402
 from actsparse.kernels.fused_qkv import fuse_qkv  # noqa: E402
 from actsparse.kernels.sparse_decoding import greedy_decode  # noqa: E402
 
@@ -32,35 +35,126 @@ def _masks(batch, max_len, kind):
     return keep if kind == "bool" else torch.zeros(keep.shape).masked_fill(~keep, torch.finfo(torch.float32).min)
 
 
-@pytest.mark.parametrize("mask_kind", [None, "bool", "additive"])
-@pytest.mark.parametrize("pos", [0, 6, 10])
-def test_op_matches_float64(pos, mask_kind):
-    q, k, v, cos, sin, k_cache, v_cache, p = case(pos=pos, per_batch_rope=pos != 6)   # cos [1, D] at pos 6
+def _poisoned_state(groups: int, head_dim: int, programs: int = tdas.SPLIT_PROGRAMS) -> torch.Tensor:
+    """A split_state whose partials hold NaN: the kernel must write every one it reads."""
+    state = tdas.split_state(groups, head_dim, "cpu", programs)
+    tdas.state_views(state)[1].fill_(float("nan"))
+    return state
+
+
+def _tickets_zero(state: torch.Tensor) -> bool:
+    return not tdas.state_views(state)[0].any()
+
+
+def _split_case(pos, splits, mask_kind, **shape):
+    """One call at `pos`, the positions cut in `splits` ranges (a state of just that size), against float64."""
+    q, k, v, cos, sin, k_cache, v_cache, p = case(pos=pos, per_batch_rope=pos != 6, **shape)  # cos [1, D] at pos 6
     mask = _masks(q.shape[0], k_cache.shape[2], mask_kind)
     ref, k_ref, v_ref = reference(q, k, v, cos, sin, k_cache, v_cache, pos, mask, scaling=0.3)
-    tickets = torch.zeros(1, dtype=torch.int32)
-    out = torch.full((2, 6 * 16), float("nan"))
+    batch, n_kv, _, head_dim = k_cache.shape
+    state = _poisoned_state(q.shape[1] // n_kv, head_dim, batch * n_kv * splits)
+    out = torch.full((batch, q.shape[1] * head_dim), float("nan"))
     assert tda.decode_attention_unusable(q, k, v, cos, k_cache, v_cache, mask) is None
-    assert tda.decode_attention(q, k, v, cos, sin, k_cache, v_cache, p, mask, 0.3, tickets, out) is out
+    assert tda.decode_attention(q, k, v, cos, sin, k_cache, v_cache, p, mask, 0.3, state, out, splits) is out
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
     # The write at pos (k rotated), nothing else changed, nothing beyond pos touched; pos advanced, tickets zeroed.
     torch.testing.assert_close(k_cache[:, :, :pos + 1].double(), k_ref[:, :, :pos + 1], rtol=1e-6, atol=1e-6)
     assert torch.equal(v_cache[:, :, :pos + 1].double(), v_ref[:, :, :pos + 1])
     assert torch.isnan(k_cache[:, :, pos + 1:]).all() and torch.isnan(v_cache[:, :, pos + 1:]).all()
-    assert int(p) == pos + 1 and int(tickets) == 0
+    assert int(p) == pos + 1 and _tickets_zero(state)
 
 
+# Splits of the n = pos + 1 positions (max_len 11; the last split ends with pos, the new token): pos 0, every split
+# but the last empty; pos 1 at 3 splits, [- | 0 | pos]: the last split has no cached position; pos 6 at 5, uneven
+# [0 | 1 | 2 3 | 4 | 5 pos] (the bool / additive masks hide 1 and 3: one split wholly masked); pos 10, the cache's end.
+@pytest.mark.parametrize("splits", [1, 2, 3, 5])
+@pytest.mark.parametrize("mask_kind", [None, "bool", "additive"])
+@pytest.mark.parametrize("pos", [0, 1, 6, 10])
+def test_op_matches_float64(pos, mask_kind, splits):
+    _split_case(pos, splits, mask_kind)
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+def test_split_gqa_groups_up_to_the_block(splits):
+    """4 q heads per kv head (BLOCK_G 4, no padded rows), 3 kv heads, batch 1, head_dim 32."""
+    _split_case(7, splits, "bool", batch=1, n_kv=3, groups=4, head_dim=32, max_len=13)
+
+
+@pytest.mark.parametrize("splits", [1, 3])
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 1e-2)])
-def test_mha_batch_one_half_precision(dtype, tol):
-    """One q head per kv head (MHA, as LLaMA-2-7B), batch 1, fp16 / bf16, through the op."""
+def test_mha_batch_one_half_precision(dtype, tol, splits):
+    """One q head per kv head (MHA, as LLaMA-2-7B), batch 1, fp16 / bf16, whole or split in 3."""
     q, k, v, cos, sin, k_cache, v_cache, p = case(batch=1, n_kv=3, groups=1, head_dim=32, max_len=9, pos=7, dtype=dtype)
     ref, _, _ = reference(q, k, v, cos, sin, k_cache, v_cache, 7)
-    out = tda.decode_attention_op(q, k, v, cos, sin, k_cache, v_cache, p, None, 32 ** -0.5,
-                                  torch.zeros(1, dtype=torch.int32))
+    state = _poisoned_state(1, 32)
+    out = tda.decode_attention(q, k, v, cos, sin, k_cache, v_cache, p, None, 32 ** -0.5, state, splits=splits)
     assert out.shape == (1, 3 * 32) and out.dtype == dtype and torch.isfinite(out).all()
     assert float((out.double() - ref).norm() / ref.norm()) < tol
-    assert int(p) == 8
+    assert int(p) == 8 and _tickets_zero(state)
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+def test_past_the_end_writes_nothing_and_gives_nan(splits):
+    """pos == max_len (HF: a device assert): no write, a NaN output, pos still advanced (as the whole kernel)."""
+    q, k, v, cos, sin, k_cache, v_cache, p = case(pos=11, max_len=11)
+    before = k_cache.clone()
+    out = tda.decode_attention(q, k, v, cos, sin, k_cache, v_cache, p, None, 0.3, splits=splits)
+    assert torch.isnan(out).all() and torch.equal(k_cache, before) and int(p) == 12
+
+
+def _rule_splits_on_cpu(monkeypatch, n_sms: int) -> list:
+    """Make the host rule split the tests' small caches (SMs as given, 2 positions a split); returns the list of
+    the splits the calls took."""
+    monkeypatch.setattr(tdas, "sm_count", lambda device: n_sms)
+    monkeypatch.setattr(tdas, "MIN_SPLIT_POSITIONS", 2)
+    taken, real = [], tda.pick_splits
+
+    def pick_splits(*args):
+        picked = real(*args)
+        taken.append(picked[0])
+        return picked
+    monkeypatch.setattr(tda, "pick_splits", pick_splits)
+    return taken
+
+
+def test_split_state_is_left_reset_for_the_next_call(monkeypatch):
+    """A module's state (split_state, partials poisoned) serves consecutive op calls, the write position advanced by
+    the kernel in between: each right, tickets back at 0. The rule picks 3 splits (12 SMs, 2 x 2 heads)."""
+    taken = _rule_splits_on_cpu(monkeypatch, n_sms=12)
+    state = _poisoned_state(3, 16)
+    q, k, v, cos, sin, k_cache, v_cache, p = case(pos=4)
+    g = torch.Generator().manual_seed(1)
+    for pos in (4, 5, 6):
+        for t in (q, k, v):
+            t.copy_(torch.randn(t.shape, generator=g))
+        ref, k_ref, _ = reference(q, k, v, cos, sin, k_cache, v_cache, pos)
+        out = tda.decode_attention_op(q, k, v, cos, sin, k_cache, v_cache, p, None, 16 ** -0.5, state)
+        torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(k_cache[:, :, pos].double(), k_ref[:, :, pos], rtol=1e-6, atol=1e-6)
+        assert int(p) == pos + 1 and _tickets_zero(state) and torch.isnan(k_cache[:, :, pos + 1:]).all()
+    assert taken == [3, 3, 3]
+
+
+def test_split_rule_and_state_sizes(monkeypatch):
+    """The host rule at the GPU shapes (132 SMs, max_len 168): 7B 4 splits, 8 kv heads 5; none where the heads fill
+    the SMs or the cache is short. A module's state holds the rule's pick; a smaller one bounds it; a too small one
+    for given splits: an error. The state is int32 (a module's .half() leaves it alone)."""
+    assert tdas.split_count(1, 32, 168, 132) == 4 and tdas.split_count(1, 8, 168, 132) == 5
+    assert tdas.split_count(8, 32, 168, 132) == 1 and tdas.split_count(1, 32, 40, 132) == 1
+    assert tdas.split_count(1, 8, 4096, 132) == tdas.MAX_SPLITS
+    monkeypatch.setattr(tdas, "sm_count", lambda device: 132)
+    cpu = torch.device("cpu")
+    for groups, n_kv, splits in ((1, 32, 4), (4, 8, 5)):
+        state = tdas.split_state(groups, 128, cpu)
+        assert tdas.pick_splits(state, 1, n_kv, groups, 128, 168, cpu, None)[0] == splits
+        small = state[:tdas.STATE_TICKETS + 3 * tdas.partial_floats(n_kv, groups, 128)]
+        assert tdas.pick_splits(small, 1, n_kv, groups, 128, 168, cpu, None)[0] == 3
+        assert tdas.pick_splits(state[:1], 1, n_kv, groups, 128, 168, cpu, None)[0] == 1
+        with pytest.raises(ValueError, match="3 splits"):
+            tdas.pick_splits(state[:1], 1, n_kv, groups, 128, 168, cpu, 3)
+    module = tda.DecodeAttention(tiny_llama(**GQA).model.layers[0].self_attn).half()
+    assert module.state.dtype == torch.int32 and tdas.splits_fitting(module.state, 2, 3, 16) >= tdas.MAX_SPLITS
 
 
 def test_unusable_shapes_take_torch_ops_said_once(caplog):
@@ -71,7 +165,7 @@ def test_unusable_shapes_take_torch_ops_said_once(caplog):
             q, k, v, cos, sin, k_cache, v_cache, p = case(head_dim=12, pos=4)
             ref, k_ref, _ = reference(q, k, v, cos, sin, k_cache, v_cache, 4)
             out = tda.decode_attention_op(q, k, v, cos, sin, k_cache, v_cache, p, None, 12 ** -0.5,
-                                          torch.zeros(1, dtype=torch.int32))
+                                          tdas.split_state(3, 12, "cpu"))
             torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(k_cache[:, :, 4].double(), k_ref[:, :, 4], rtol=1e-6, atol=1e-6)
             assert int(p) == 5 and torch.isnan(k_cache[:, :, 5:]).all()
@@ -81,7 +175,7 @@ def test_unusable_shapes_take_torch_ops_said_once(caplog):
 def _kernel_calls(monkeypatch) -> list:
     calls = []
     real = tda.decode_attention
-    monkeypatch.setattr(tda, "decode_attention", lambda *a: calls.append(a[0].shape) or real(*a))
+    monkeypatch.setattr(tda, "decode_attention", lambda *a, **kw: calls.append(a[0].shape) or real(*a, **kw))
     return calls
 
 
@@ -123,6 +217,24 @@ def test_model_decodes_like_the_original(build, fuse, monkeypatch):
         assert int(layer.cumulative_length) == int(ref_layer.cumulative_length) == 5 + 2
         torch.testing.assert_close(layer.keys, ref_layer.keys, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(layer.values, ref_layer.values, rtol=1e-5, atol=1e-5)
+
+
+def test_model_decodes_split_like_the_original(monkeypatch):
+    """The rule splitting each layer's positions (16 SMs, 2 positions a split): the module's own state, the kernel's
+    write positions and the original model's tokens, logits and caches."""
+    taken = _rule_splits_on_cpu(monkeypatch, n_sms=16)
+    ref = tiny_llama(**GQA)
+    model = copy.deepcopy(ref)
+    tda.use_decode_attention(model)
+    ids = random_ids(batch=2, seq=5)
+    logits, cache = _decode(model, ids, 3)
+    ref_logits, ref_cache = _decode(ref, ids, 3)
+    assert taken and set(taken) == {4}       # min(MAX_SPLITS 8, max_len 10 // 2, 16 SMs // 4 heads)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)
+    for layer, ref_layer in zip(cache.layers, ref_cache.layers):
+        assert int(layer.cumulative_length) == int(ref_layer.cumulative_length) == 5 + 2
+        torch.testing.assert_close(layer.keys, ref_layer.keys, rtol=1e-5, atol=1e-5)
+    assert all(_tickets_zero(m.state) for m in model.modules() if isinstance(m, tda.DecodeAttention))
 
 
 def test_padding_mask_and_eager_masks_are_applied(monkeypatch):

@@ -1,7 +1,8 @@
 """GPU-only checks of the one-token decode attention (triton_decode_attention.py; skipped on CPU): fp16 / bf16 at the
-LLaMA-2-7B shape (32 heads of 128, cache of 168) and a GQA one against float64, eager and replayed in a CUDA graph
-with the write position advanced by the kernel between replays; a tiny model decoded through graphs, eager and
-compiled, gives the original model's tokens."""
+LLaMA-2-7B shape (32 heads of 128, cache of 168) and a GQA one against float64, the positions whole or split
+(triton_decode_attention_split.py: the host rule's pick with a module's state, and given split counts), eager and
+replayed in a CUDA graph with the write position advanced by the kernel between replays (the split state left reset
+for each replay); a tiny model decoded through graphs, eager and compiled, gives the original model's tokens."""
 import copy
 
 import pytest
@@ -14,6 +15,7 @@ if not torch.cuda.is_available():
 from decode_attention_reference import case, reference  # noqa: E402
 
 from actsparse.kernels import triton_decode_attention as tda  # noqa: E402
+from actsparse.kernels import triton_decode_attention_split as tdas  # noqa: E402
 
 TOL = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
 SHAPES = {"7b": dict(n_kv=32, groups=1, head_dim=128, max_len=168), "gqa": dict(n_kv=8, groups=4, head_dim=128,
@@ -29,35 +31,91 @@ def _sdpa_mask(max_len):
     return torch.ones(1, 1, 1, max_len, dtype=torch.bool, device="cuda")
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("pos", [40, 167])
-@pytest.mark.parametrize("shape", list(SHAPES))
-@pytest.mark.parametrize("masked", [False, True])
-def test_matches_float64(dtype, pos, shape, masked):
-    q, k, v, cos, sin, k_cache, v_cache, p = case(batch=1, pos=pos, dtype=dtype, device="cuda", **SHAPES[shape])
-    mask = _sdpa_mask(k_cache.shape[2]) if masked else None
-    ref, k_ref, v_ref = reference(q, k, v, cos, sin, k_cache, v_cache, pos, mask)
-    tickets = torch.zeros(1, dtype=torch.int32, device="cuda")
-    out = tda.decode_attention_op(q, k, v, cos, sin, k_cache, v_cache, p, mask, q.shape[-1] ** -0.5, tickets)
-    assert out.dtype == dtype and torch.isfinite(out).all()
-    assert _rel_err(out, ref) < TOL[dtype]
+def _state(kind: str, groups: int, head_dim: int) -> torch.Tensor:
+    """The op's state: "whole", one ticket (SPLITS 1); "split", a module's (the host rule), its partials NaN."""
+    if kind == "whole":
+        return torch.zeros(1, dtype=torch.int32, device="cuda")
+    state = tdas.split_state(groups, head_dim, "cuda")
+    tdas.state_views(state)[1].fill_(float("nan"))
+    return state
+
+
+def _tickets_zero(state: torch.Tensor) -> bool:
+    return not tdas.state_views(state)[0].any()
+
+
+def _check_write(k_cache, v_cache, k_ref, v_ref, pos, dtype):
     eps = torch.finfo(dtype).eps        # the rotated k: one rounding to the cache's dtype off the float64 one
     torch.testing.assert_close(k_cache[:, :, pos].double(), k_ref[:, :, pos], rtol=eps, atol=eps)
     assert torch.equal(v_cache[:, :, pos].double(), v_ref[:, :, pos])
     assert torch.isnan(k_cache[:, :, pos + 1:]).all() and torch.isnan(v_cache[:, :, pos + 1:]).all()
-    assert int(p) == pos + 1 and int(tickets) == 0
 
 
+@pytest.mark.parametrize("kind", ["whole", "split"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_cuda_graph_replays_advance_the_position(dtype):
+@pytest.mark.parametrize("pos", [40, 167])
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("masked", [False, True])
+def test_matches_float64(dtype, pos, shape, masked, kind):
+    q, k, v, cos, sin, k_cache, v_cache, p = case(batch=1, pos=pos, dtype=dtype, device="cuda", **SHAPES[shape])
+    mask = _sdpa_mask(k_cache.shape[2]) if masked else None
+    ref, k_ref, v_ref = reference(q, k, v, cos, sin, k_cache, v_cache, pos, mask)
+    state = _state(kind, SHAPES[shape]["groups"], q.shape[-1])
+    if kind == "split":     # the rule splits both shapes on a GPU of >= 64 SMs (132 on an H100: 4 and 5 splits)
+        assert tdas.pick_splits(state, 1, k_cache.shape[1], SHAPES[shape]["groups"], q.shape[-1], k_cache.shape[2],
+                                q.device, None)[0] > 1
+    out = tda.decode_attention_op(q, k, v, cos, sin, k_cache, v_cache, p, mask, q.shape[-1] ** -0.5, state)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    assert _rel_err(out, ref) < TOL[dtype]
+    _check_write(k_cache, v_cache, k_ref, v_ref, pos, dtype)
+    assert int(p) == pos + 1 and _tickets_zero(state)
+
+
+@pytest.mark.parametrize("splits", [2, 3, 8])
+@pytest.mark.parametrize("pos", [0, 5, 40, 167])
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_given_splits_match_float64(splits, pos, shape):
+    """fp16, the positions split as given: empty splits (pos 0, 5 at 8 splits), uneven ones (168 / 3 + 1)."""
+    q, k, v, cos, sin, k_cache, v_cache, p = case(batch=1, pos=pos, dtype=torch.float16, device="cuda",
+                                                  **SHAPES[shape])
+    mask = _sdpa_mask(k_cache.shape[2])
+    ref, k_ref, v_ref = reference(q, k, v, cos, sin, k_cache, v_cache, pos, mask)
+    state = _state("split", SHAPES[shape]["groups"], q.shape[-1])
+    out = tda.decode_attention(q, k, v, cos, sin, k_cache, v_cache, p, mask, q.shape[-1] ** -0.5, state,
+                               splits=splits)
+    assert torch.isfinite(out).all() and _rel_err(out, ref) < TOL[torch.float16]
+    _check_write(k_cache, v_cache, k_ref, v_ref, pos, torch.float16)
+    assert int(p) == pos + 1 and _tickets_zero(state)
+
+
+@pytest.mark.parametrize("splits", [None, 8])
+def test_split_calls_back_to_back_stay_exact(splits):
+    """64 calls in a row on one state (the rule's split, or 8), new q / k / v each, checked after each: a partial
+    read before its writer's fence (an old call's value at the same address) or a ticket left off 0 would show."""
+    q, k, v, cos, sin, k_cache, v_cache, p = case(batch=1, pos=64, dtype=torch.float16, device="cuda", **SHAPES["7b"])
+    state = _state("split", 1, 128)
+    g = torch.Generator(device="cuda").manual_seed(2)
+    for pos in range(64, 128):
+        for t in (q, k, v):
+            t.copy_(torch.randn(t.shape, device="cuda", generator=g))
+        ref, _, _ = reference(q, k, v, cos, sin, k_cache, v_cache, pos)
+        out = tda.decode_attention(q, k, v, cos, sin, k_cache, v_cache, p, None, 128 ** -0.5, state, splits=splits)
+        assert _rel_err(out, ref) < TOL[torch.float16], pos
+        assert int(p) == pos + 1 and _tickets_zero(state)
+
+
+@pytest.mark.parametrize("kind", ["whole", "split"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_graph_replays_advance_the_position(dtype, kind):
     """Captured once at pos 40; each replay takes new q / k / v, writes at the position the last replay left and
-    attends over it (the cache beyond it poisoned again before each replay)."""
+    attends over it (the cache beyond it poisoned again before each replay); split: the tickets the last replay left
+    at 0 serve the next."""
     start = 40
     q, k, v, cos, sin, k_cache, v_cache, p = case(batch=1, pos=start, dtype=dtype, device="cuda", **SHAPES["7b"])
-    tickets = torch.zeros(1, dtype=torch.int32, device="cuda")
+    state = _state(kind, 1, 128)
 
     def call():
-        return tda.decode_attention_op(q, k, v, cos, sin, k_cache, v_cache, p, None, 128 ** -0.5, tickets)
+        return tda.decode_attention_op(q, k, v, cos, sin, k_cache, v_cache, p, None, 128 ** -0.5, state)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -76,7 +134,7 @@ def test_cuda_graph_replays_advance_the_position(dtype):
         ref, _, _ = reference(q, k, v, cos, sin, k_cache, v_cache, pos)
         graph.replay()
         torch.cuda.synchronize()
-        assert int(p) == pos + 1 and int(tickets) == 0
+        assert int(p) == pos + 1 and _tickets_zero(state)
         assert _rel_err(out, ref) < TOL[dtype]
         assert torch.isnan(k_cache[:, :, pos + 1:]).all()
 
