@@ -184,11 +184,12 @@ def fused_state(rank: int, device: torch.device) -> tuple[torch.Tensor, torch.Te
 
 def launch_predictor_fused(x: torch.Tensor, logits, counts: torch.Tensor, idx: torch.Tensor,
                            init_out: tuple | None = None, block_n: int | None = None,
-                           num_warps: int | None = None) -> bool:
+                           num_warps: int | None = None, barrier: bool = True) -> bool:
     """`launch_predictor_list`'s work (the neurons `logits`, a LowRankLogits, predicts active for the one token x
     appended to the union list counts[0] / idx, which must be empty; `init_out` = (fp32 row, b_down or None) set for
     the rows kernel) in one launch. Returns False, having launched nothing, where it cannot run (said once with the
-    reason): the caller then runs the two-kernel path. `block_n` / `num_warps`: None takes BLOCK_N / NUM_WARPS."""
+    reason): the caller then runs the two-kernel path. `block_n` / `num_warps`: None takes BLOCK_N / NUM_WARPS.
+    `barrier` False: the two phases as two launches (as under the interpreter; the probe times the barrier so)."""
     from .dispatch import warn_once
     block_n, num_warps = block_n or BLOCK_N, num_warps or NUM_WARPS
     reason = fused_unusable(x, logits)
@@ -205,7 +206,7 @@ def launch_predictor_fused(x: torch.Tensor, logits, counts: torch.Tensor, idx: t
                  HAS_BOUT=b_out is not None, FENCE=not configs.INTERPRET, PREFETCH=_prefetch(up), BLOCK_N=block_n,
                  BLOCK_K=BLOCK_K if not configs.INTERPRET else 16, BLOCK_R=1,
                  BLOCK_D=min(BLOCK_D, triton.next_power_of_2(d_model)), num_warps=num_warps)
-    if reason is None and configs.INTERPRET:   # programs one after another: two launches of the same code
+    if reason is None and (configs.INTERPRET or not barrier):   # two launches of the same code
         for phase in (1, 2):
             predictor_fused_kernel[(n_programs,)](*args, PHASE=phase, **flags)
         return True

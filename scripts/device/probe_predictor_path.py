@@ -9,8 +9,8 @@ inside one CUDA graph, as the 32-layer decode step calls them; the graph replay 
 - `path, fused predictor <BLOCK_N>`: the same with the predictor's two layers and the list in one launch
   (triton_predictor_fused.py, BLOCK_N neurons per program);
 - `gemv`: the predictor's first layer alone; `gemv + list`: with the list kernel (+ a memset of the list length,
-  which the rows kernel resets otherwise); `fused list <BLOCK_N>`: the one-launch kernel (+ the memset); `memset`:
-  that memset alone.
+  which the rows kernel resets otherwise); `fused list <BLOCK_N>`: the one-launch kernel (+ the memset), also as two
+  launches without the barrier; `memset`: that memset alone.
 Usage: python3 scripts/device/probe_predictor_path.py [reps]
 """
 import sys
@@ -99,9 +99,10 @@ def main(reps: int) -> None:
              for (_, lr), c, i in zip(lays, counts, idx)], reps)["us"]
     for n in (16, 32, 64):
         fused.BLOCK_N = n
-        results[f"fused list {n} (+ memset)"] = time_calls_us(
-            [lambda lr=lr, c=c, i=i: (fused.launch_predictor_fused(x, lr, c, i), c.zero_())
-             for (_, lr), c, i in zip(lays, counts, idx)], reps)["us"]
+        for barrier in (True, False):
+            results[f"fused list {n}{'' if barrier else ', two launches'} (+ memset)"] = time_calls_us(
+                [lambda lr=lr, c=c, i=i, b=barrier: (fused.launch_predictor_fused(x, lr, c, i, barrier=b), c.zero_())
+                 for (_, lr), c, i in zip(lays, counts, idx)], reps)["us"]
     results["memset"] = time_calls_us([lambda c=c: c.zero_() for c in counts], reps)["us"]
     print(f"one-launch residency checks (None: fits): {fused._CHECKED}")
     print("| variant | µs per layer |\n|---|---|")
