@@ -76,10 +76,6 @@ def parse_args(argv):
                    help="predictor paths' DispatchConfig.gate_first (a listed neuron's up / W_down^T rows read only "
                         "where act(gate) != 0): auto (default: on where the kernels build the list), on, off, or both "
                         "(on named <path>_gate_first, off <path>_no_gate_first)")
-    p.add_argument("--predictor-one-launch", choices=["on", "off", "both"], default="off",
-                   help="predictor paths' DispatchConfig.predictor_fused (the predictor's two layers and the list in "
-                        "one launch with a grid barrier, triton_predictor_fused.py): on, off (default), or both (on "
-                        "named <path>_one_launch)")
     p.add_argument("--compile-backend", default="inductor", help=argparse.SUPPRESS)
     p.add_argument("--predictor-rank", type=int, default=358,
                    help="rank of the stand-in predictor (bench_predictor.py); 358 = 4%% of a 7B FFN's bytes; 0: none")
@@ -206,11 +202,6 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
               kernel, exact_kernel, flag, dict(extra, gate_first=gf))
              for path, kernel, exact_kernel, flag, extra in paths
              for gf in (gate_first if kernel is not None else (None,))]
-    # Predictor paths with the predictor in one launch or not.
-    paths = [(path + ("_one_launch" if one and args.predictor_one_launch == "both" else ""), kernel, exact_kernel, flag,
-              dict(extra, predictor_fused=one))
-             for path, kernel, exact_kernel, flag, extra in paths
-             for one in (settings[args.predictor_one_launch] if kernel is not None else (False,))]
     cfg = model.config
     records = []
     for path, kernel, exact_kernel, flag, extra in paths:   # flag: fp32_out (exact paths) or fuse_predictor (predicted)

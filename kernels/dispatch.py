@@ -108,10 +108,6 @@ class DispatchConfig:
     # truly active; session 14): 26.4 against 29.2 µs per layer for its three kernels (probe_predictor_path), decode
     # 1.82x against 1.76x.
     gate_first: bool | None = None
-    # A low-rank predictor's list at one token (triton_predictor_fused.py): its two layers and the list in one launch,
-    # a grid barrier between them (every program resident at once: checked at launch, else the GEMV and list kernels,
-    # said once), instead of the TMA GEMV and then the list kernel.
-    predictor_fused: bool = False
 
     def __post_init__(self):
         if self.predicted_kernel not in PREDICTED_KERNELS:

@@ -168,8 +168,7 @@ class SparseFFN(nn.Module):
                                  rows_acc=self._rows_acc_buffer(x), atomic_down=self.dispatch.down_kernel == "atomic",
                                  gate_tma=self.dispatch.gate_tma, gate_prefetch=self.dispatch.gate_prefetch,
                                  stream=self._stream_args(x, predicted), fp32_out=fp32_out, low_rank=low_rank,
-                                 gate_first=self.dispatch.gate_first_for(low_rank is not None),
-                                 predictor_fused=self.dispatch.predictor_fused)
+                                 gate_first=self.dispatch.gate_first_for(low_rank is not None))
 
     def _lists_from_logits(self, n_tokens: int) -> bool:
         """Whether a LowRankLogits `active` goes to the kernels as it is (one token on the rows path, the dispatcher

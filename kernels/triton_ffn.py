@@ -31,8 +31,7 @@ def list_state(device) -> torch.Tensor:
 def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, per_token,
                       tickets, alloc=torch.empty, fuse_up=False, state=None, inline_compact=False, pdl=False,
                       index=None, rows=False, rows_acc=None, atomic_down=False, gate_rows=False, gate_tma=False,
-                      gate_prefetch=False, stream=None, fp32_out=False, low_rank=None, gate_first=False,
-                      predictor_fused=False):
+                      gate_prefetch=False, stream=None, fp32_out=False, low_rank=None, gate_first=False):
     """x [T, d] -> [T, d]. mask: None (dense gate decides), [1, d_ff] or [T, d_ff] bool (predicted set).
     `alloc` makes the float workspaces and the output (tests poison them with NaN). `fuse_up` (no mask, union
     mode): the gate kernel also computes x1, one launch fewer. `state`: a `list_state` buffer (None: a fresh one).
@@ -55,9 +54,7 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
     no epilogue; other paths ignore it (the caller casts). `low_rank` (a LowRankLogits; one token, `rows`, no mask /
     index): the predictor's second layer writes the list (triton_predictor_list.py) and the rows kernel reads it: no
     mask, no compaction; with `fp32_out` the list kernel sets the fp32 output row to b_down. `gate_first` (predicted
-    sets on the rows path): false positives' up / W_down^T rows are not read (triton_rows_ffn.py GATE_FIRST).
-    `predictor_fused` (with `low_rank`): the predictor's two layers and the list in one launch with a grid barrier
-    (triton_predictor_fused.py) where it can run, else the GEMV and list kernels (said once)."""
+    sets on the rows path): false positives' up / W_down^T rows are not read (triton_rows_ffn.py GATE_FIRST)."""
     if x.device.type != "cuda" and not configs.INTERPRET:
         raise RuntimeError("the Triton backend needs a CUDA tensor (or TRITON_INTERPRET=1 set before importing "
                            "triton); use backend='torch' on CPU")
@@ -77,11 +74,9 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
     if low_rank is not None:
         if not (rows and n_tokens == 1 and mask is None and index is None):
             raise ValueError("low_rank: one token on the rows path, with mask and index None")
-        from .triton_predictor_fused import launch_predictor_fused
         from .triton_predictor_list import launch_predictor_list
         out, init_out = _fp32_sum_out(x, b_down, alloc, fp32_out)
-        if not (predictor_fused and launch_predictor_fused(x, low_rank, counts, idx, init_out=init_out)):
-            launch_predictor_list(x, low_rank, counts, idx, init_out=init_out, pdl=pdl)
+        launch_predictor_list(x, low_rank, counts, idx, init_out=init_out, pdl=pdl)
         return _rows_out(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, counts, idx, None,
                          tickets, alloc, rows_acc, pdl, sum_out=out, gate_first=gate_first)
     if rows and n_tokens == 1 and not per_token:

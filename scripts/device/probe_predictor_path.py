@@ -6,11 +6,8 @@ inside one CUDA graph, as the 32-layer decode step calls them; the graph replay 
 - `path, <variant>`: the whole predictor path (fp32 sum: GEMV, list kernel, rows kernel) as VARIANTS dispatch it,
   with and without PDL or gate_first; the eager outputs are compared with the default's, and each kernel's device
   time is taken from a profiled eager run;
-- `path, fused predictor <BLOCK_N>`: the same with the predictor's two layers and the list in one launch
-  (triton_predictor_fused.py, BLOCK_N neurons per program);
 - `gemv`: the predictor's first layer alone; `gemv + list`: with the list kernel (+ a memset of the list length,
-  which the rows kernel resets otherwise); `fused list <BLOCK_N>`: the one-launch kernel (+ the memset), also as two
-  launches without the barrier; `memset`: that memset alone.
+  which the rows kernel resets otherwise); `memset`: that memset alone.
 Usage: python3 scripts/device/probe_predictor_path.py [reps]
 """
 import sys
@@ -21,7 +18,6 @@ from actsparse.kernels import DispatchConfig, SparseFFN
 from actsparse.kernels.bench_data import make_inputs, make_weight_sets, neuron_probabilities, set_gate_bias, true_active
 from actsparse.kernels.bench_predictor import GateSVDPredictor
 from actsparse.kernels.bench_timing import time_calls_us
-from actsparse.kernels import triton_predictor_fused as fused
 from actsparse.kernels.triton_gemv import gemv_kernel
 from actsparse.kernels.triton_predictor_list import (launch_predictor_list, predictor_hidden,
                                                      predictor_list_tma_kernel)
@@ -30,9 +26,7 @@ LAYERS, D, F, RANK = 32, 4096, 11008, 358
 VARIANTS = {"three kernels": DispatchConfig(gate_first=False),
             "three kernels, pdl": DispatchConfig(pdl=True, gate_first=False),
             "three kernels, gate_first": DispatchConfig(gate_first=True),
-            "three kernels, pdl, gate_first": DispatchConfig(pdl=True, gate_first=True),
-            **{f"fused predictor {n}, gate_first": (DispatchConfig(gate_first=True, predictor_fused=True), n)
-               for n in (16, 32, 64)}}
+            "three kernels, pdl, gate_first": DispatchConfig(pdl=True, gate_first=True)}
 
 
 def layers(dtype):
@@ -77,14 +71,13 @@ def main(reps: int) -> None:
     results = {}
     checks = {}
     for name, dispatch in VARIANTS.items():
-        dispatch, fused.BLOCK_N = dispatch if isinstance(dispatch, tuple) else (dispatch, fused.BLOCK_N)
         ffns = [SparseFFN(ws.w_gate, ws.w_up, ws.w_down_t, dispatch=dispatch) for ws, _ in lays]
         calls = [lambda f=f, lr=lr: f(x, lr, fp32_out=True) for f, (_, lr) in zip(ffns, lays)]
         checks[name] = torch.stack([call()[0] for call in calls])
         results[f"path, {name}"] = time_calls_us(calls, reps)["us"]
         print(f"path {name}: list config {getattr(predictor_list_tma_kernel, 'best_config', None)}, "
               f"gemv config {getattr(gemv_kernel, 'best_config', None)}", flush=True)
-        kernels = kernel_us(calls, ("gemv_kernel", "predictor_list", "predictor_fused", "rows_ffn_kernel"))
+        kernels = kernel_us(calls, ("gemv_kernel", "predictor_list", "rows_ffn_kernel"))
         print("  kernels, µs per layer (eager, profiler): " + ", ".join(f"{k} {v:.2f}" for k, v in kernels.items()))
     base = checks["three kernels"].double()
     for name, out in checks.items():   # eager outputs of the 32 layers against the three kernels'
@@ -97,14 +90,7 @@ def main(reps: int) -> None:
         results[f"gemv + list (+ memset), pdl {pdl}"] = time_calls_us(
             [lambda lr=lr, c=c, i=i, pdl=pdl: (launch_predictor_list(x, lr, c, i, pdl=pdl), c.zero_())
              for (_, lr), c, i in zip(lays, counts, idx)], reps)["us"]
-    for n in (16, 32, 64):
-        fused.BLOCK_N = n
-        for barrier in (True, False):
-            results[f"fused list {n}{'' if barrier else ', two launches'} (+ memset)"] = time_calls_us(
-                [lambda lr=lr, c=c, i=i, b=barrier: (fused.launch_predictor_fused(x, lr, c, i, barrier=b), c.zero_())
-                 for (_, lr), c, i in zip(lays, counts, idx)], reps)["us"]
     results["memset"] = time_calls_us([lambda c=c: c.zero_() for c in counts], reps)["us"]
-    print(f"one-launch residency checks (None: fits): {fused._CHECKED}")
     print("| variant | µs per layer |\n|---|---|")
     for name, us in results.items():
         print(f"| {name} | {us:.2f} |")

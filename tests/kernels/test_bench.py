@@ -235,32 +235,3 @@ def test_bench_decode_fused_predictor_both_settings(monkeypatch):
     assert fused_calls == {"launch_predictor_list"} and mask_calls == {"compact_mask"}
     assert torch.equal(fused, masked) and torch.equal(exact, dense)
     torch._dynamo.reset()
-
-
-@pytest.mark.skipif(not configs.INTERPRET, reason="needs TRITON_INTERPRET=1 (set by conftest.py)")
-def test_bench_decode_predictor_one_launch_both_settings(monkeypatch):
-    """--predictor-one-launch both, compiled: the `_one_launch` path builds the list with the one-launch predictor
-    kernel (DispatchConfig.predictor_fused), the other with the GEMV + list kernels; the same greedy tokens."""
-    torch._dynamo.reset()
-    from actsparse.kernels import bench_decode, triton_predictor_fused
-    launched = []
-    real = triton_predictor_fused.launch_predictor_fused
-    monkeypatch.setattr(triton_predictor_fused, "launch_predictor_fused",
-                        lambda *a, **k: launched.append(1) or real(*a, **k))
-    args = _compiled_tiny_decode_args(bench_decode, "--predictor-rank", "8", "--exact-kernels", "auto",
-                                      "--predicted-kernels", "auto", "--predictor-one-launch", "both")
-    outs = []
-    run_path = bench_decode.tokens_per_s
-
-    def tokens_per_s(model, ids, new_tokens, graph):
-        launched.clear()
-        tps, out = run_path(model, ids, new_tokens, graph)
-        outs.append((bool(launched), out))
-        return tps, out
-    monkeypatch.setattr(bench_decode, "tokens_per_s", tokens_per_s)
-    records = bench_decode.run(2, [1], args, device="cpu", shape=TINY_DECODE_SHAPE)
-    assert [(r["path"], r["predictor_fused"]) for r in records] == [
-        ("exact", False), ("predicted_auto_one_launch", True), ("predicted_auto", False)]
-    assert [one for one, _ in outs] == [False, False, True, False]   # dense, exact, one launch, two kernels
-    assert torch.equal(outs[2][1], outs[3][1])
-    torch._dynamo.reset()
