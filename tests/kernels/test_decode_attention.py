@@ -220,8 +220,8 @@ def test_model_decodes_like_the_original(build, fuse, monkeypatch):
 
 
 def test_model_decodes_split_like_the_original(monkeypatch):
-    """The rule splitting each layer's positions (16 SMs, 2 positions a split): the module's own state, the kernel's
-    write positions and the original model's tokens, logits and caches."""
+    """The rule splitting each layer's positions in 4 (16 SMs, 2 positions a split), on each module's own state: the
+    original model's logits, write positions and caches, the tickets back at 0."""
     taken = _rule_splits_on_cpu(monkeypatch, n_sms=16)
     ref = tiny_llama(**GQA)
     model = copy.deepcopy(ref)
