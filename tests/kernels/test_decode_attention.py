@@ -9,7 +9,7 @@ import logging
 
 import pytest
 import torch
-from decode_attention_reference import case, reference
+from decode_attention_reference import case, poisoned_split_state, reference, tickets_zero
 from tiny_models import TINY, random_ids, tiny_llama, tiny_mistral, tiny_qwen2
 from transformers import MistralConfig, MistralForCausalLM, StaticCache
 from triton_interpreter import require_triton_interpreter
@@ -35,24 +35,13 @@ def _masks(batch, max_len, kind):
     return keep if kind == "bool" else torch.zeros(keep.shape).masked_fill(~keep, torch.finfo(torch.float32).min)
 
 
-def _poisoned_state(groups: int, head_dim: int, programs: int = tdas.SPLIT_PROGRAMS) -> torch.Tensor:
-    """A split_state whose partials hold NaN: the kernel must write every one it reads."""
-    state = tdas.split_state(groups, head_dim, "cpu", programs)
-    tdas.state_views(state)[1].fill_(float("nan"))
-    return state
-
-
-def _tickets_zero(state: torch.Tensor) -> bool:
-    return not tdas.state_views(state)[0].any()
-
-
 def _split_case(pos, splits, mask_kind, **shape):
     """One call at `pos`, the positions cut in `splits` ranges (a state of just that size), against float64."""
     q, k, v, cos, sin, k_cache, v_cache, p = case(pos=pos, per_batch_rope=pos != 6, **shape)  # cos [1, D] at pos 6
     mask = _masks(q.shape[0], k_cache.shape[2], mask_kind)
     ref, k_ref, v_ref = reference(q, k, v, cos, sin, k_cache, v_cache, pos, mask, scaling=0.3)
     batch, n_kv, _, head_dim = k_cache.shape
-    state = _poisoned_state(q.shape[1] // n_kv, head_dim, batch * n_kv * splits)
+    state = poisoned_split_state(q.shape[1] // n_kv, head_dim, "cpu", batch * n_kv * splits)
     out = torch.full((batch, q.shape[1] * head_dim), float("nan"))
     assert tda.decode_attention_unusable(q, k, v, cos, k_cache, v_cache, mask) is None
     assert tda.decode_attention(q, k, v, cos, sin, k_cache, v_cache, p, mask, 0.3, state, out, splits) is out
@@ -62,7 +51,7 @@ def _split_case(pos, splits, mask_kind, **shape):
     torch.testing.assert_close(k_cache[:, :, :pos + 1].double(), k_ref[:, :, :pos + 1], rtol=1e-6, atol=1e-6)
     assert torch.equal(v_cache[:, :, :pos + 1].double(), v_ref[:, :, :pos + 1])
     assert torch.isnan(k_cache[:, :, pos + 1:]).all() and torch.isnan(v_cache[:, :, pos + 1:]).all()
-    assert int(p) == pos + 1 and _tickets_zero(state)
+    assert int(p) == pos + 1 and tickets_zero(state)
 
 
 # Splits of the n = pos + 1 positions (max_len 11; the last split ends with pos, the new token): pos 0, every split
@@ -87,11 +76,11 @@ def test_mha_batch_one_half_precision(dtype, tol, splits):
     """One q head per kv head (MHA, as LLaMA-2-7B), batch 1, fp16 / bf16, whole or split in 3."""
     q, k, v, cos, sin, k_cache, v_cache, p = case(batch=1, n_kv=3, groups=1, head_dim=32, max_len=9, pos=7, dtype=dtype)
     ref, _, _ = reference(q, k, v, cos, sin, k_cache, v_cache, 7)
-    state = _poisoned_state(1, 32)
+    state = poisoned_split_state(1, 32, "cpu")
     out = tda.decode_attention(q, k, v, cos, sin, k_cache, v_cache, p, None, 32 ** -0.5, state, splits=splits)
     assert out.shape == (1, 3 * 32) and out.dtype == dtype and torch.isfinite(out).all()
     assert float((out.double() - ref).norm() / ref.norm()) < tol
-    assert int(p) == 8 and _tickets_zero(state)
+    assert int(p) == 8 and tickets_zero(state)
 
 
 @pytest.mark.parametrize("splits", [1, 3])
@@ -122,7 +111,7 @@ def test_split_state_is_left_reset_for_the_next_call(monkeypatch):
     """A module's state (split_state, partials poisoned) serves consecutive op calls, the write position advanced by
     the kernel in between: each right, tickets back at 0. The rule picks 3 splits (12 SMs, 2 x 2 heads)."""
     taken = _rule_splits_on_cpu(monkeypatch, n_sms=12)
-    state = _poisoned_state(3, 16)
+    state = poisoned_split_state(3, 16, "cpu")
     q, k, v, cos, sin, k_cache, v_cache, p = case(pos=4)
     g = torch.Generator().manual_seed(1)
     for pos in (4, 5, 6):
@@ -132,7 +121,7 @@ def test_split_state_is_left_reset_for_the_next_call(monkeypatch):
         out = tda.decode_attention_op(q, k, v, cos, sin, k_cache, v_cache, p, None, 16 ** -0.5, state)
         torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(k_cache[:, :, pos].double(), k_ref[:, :, pos], rtol=1e-6, atol=1e-6)
-        assert int(p) == pos + 1 and _tickets_zero(state) and torch.isnan(k_cache[:, :, pos + 1:]).all()
+        assert int(p) == pos + 1 and tickets_zero(state) and torch.isnan(k_cache[:, :, pos + 1:]).all()
     assert taken == [3, 3, 3]
 
 
@@ -234,7 +223,7 @@ def test_model_decodes_split_like_the_original(monkeypatch):
     for layer, ref_layer in zip(cache.layers, ref_cache.layers):
         assert int(layer.cumulative_length) == int(ref_layer.cumulative_length) == 5 + 2
         torch.testing.assert_close(layer.keys, ref_layer.keys, rtol=1e-5, atol=1e-5)
-    assert all(_tickets_zero(m.state) for m in model.modules() if isinstance(m, tda.DecodeAttention))
+    assert all(tickets_zero(m.state) for m in model.modules() if isinstance(m, tda.DecodeAttention))
 
 
 def test_padding_mask_and_eager_masks_are_applied(monkeypatch):

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 
-from decode_attention_reference import case, reference  # noqa: E402
+from decode_attention_reference import case, poisoned_split_state, reference, tickets_zero  # noqa: E402
 
 from actsparse.kernels import triton_decode_attention as tda  # noqa: E402
 from actsparse.kernels import triton_decode_attention_split as tdas  # noqa: E402
@@ -35,13 +35,7 @@ def _state(kind: str, groups: int, head_dim: int) -> torch.Tensor:
     """The op's state: "whole", one ticket (SPLITS 1); "split", a module's (the host rule), its partials NaN."""
     if kind == "whole":
         return torch.zeros(1, dtype=torch.int32, device="cuda")
-    state = tdas.split_state(groups, head_dim, "cuda")
-    tdas.state_views(state)[1].fill_(float("nan"))
-    return state
-
-
-def _tickets_zero(state: torch.Tensor) -> bool:
-    return not tdas.state_views(state)[0].any()
+    return poisoned_split_state(groups, head_dim, "cuda")
 
 
 def _check_write(k_cache, v_cache, k_ref, v_ref, pos, dtype):
@@ -68,7 +62,7 @@ def test_matches_float64(dtype, pos, shape, masked, kind):
     assert out.dtype == dtype and torch.isfinite(out).all()
     assert _rel_err(out, ref) < TOL[dtype]
     _check_write(k_cache, v_cache, k_ref, v_ref, pos, dtype)
-    assert int(p) == pos + 1 and _tickets_zero(state)
+    assert int(p) == pos + 1 and tickets_zero(state)
 
 
 @pytest.mark.parametrize("splits", [2, 3, 8])
@@ -85,7 +79,7 @@ def test_given_splits_match_float64(splits, pos, shape):
                                splits=splits)
     assert torch.isfinite(out).all() and _rel_err(out, ref) < TOL[torch.float16]
     _check_write(k_cache, v_cache, k_ref, v_ref, pos, torch.float16)
-    assert int(p) == pos + 1 and _tickets_zero(state)
+    assert int(p) == pos + 1 and tickets_zero(state)
 
 
 @pytest.mark.parametrize("splits", [None, 8])
@@ -101,7 +95,7 @@ def test_split_calls_back_to_back_stay_exact(splits):
         ref, _, _ = reference(q, k, v, cos, sin, k_cache, v_cache, pos)
         out = tda.decode_attention(q, k, v, cos, sin, k_cache, v_cache, p, None, 128 ** -0.5, state, splits=splits)
         assert _rel_err(out, ref) < TOL[torch.float16], pos
-        assert int(p) == pos + 1 and _tickets_zero(state)
+        assert int(p) == pos + 1 and tickets_zero(state)
 
 
 @pytest.mark.parametrize("kind", ["whole", "split"])
@@ -134,7 +128,7 @@ def test_cuda_graph_replays_advance_the_position(dtype, kind):
         ref, _, _ = reference(q, k, v, cos, sin, k_cache, v_cache, pos)
         graph.replay()
         torch.cuda.synchronize()
-        assert int(p) == pos + 1 and _tickets_zero(state)
+        assert int(p) == pos + 1 and tickets_zero(state)
         assert _rel_err(out, ref) < TOL[dtype]
         assert torch.isnan(k_cache[:, :, pos + 1:]).all()
 

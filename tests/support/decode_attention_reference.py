@@ -1,6 +1,7 @@
 """The float64 reference of one decode token's attention (kernels/triton_decode_attention.py), written out: RoPE in
 the rotate_half convention, the cache write at `pos`, softmax attention over positions 0..pos (GQA), and the inputs
-with the cache's unused positions poisoned (NaN), for the CPU and GPU tests alike."""
+with the cache's unused positions poisoned (NaN), for the CPU and GPU tests alike; the split kernel's state with its
+partials poisoned, and whether its tickets are back at 0."""
 from __future__ import annotations
 
 import torch
@@ -44,3 +45,18 @@ def case(batch=2, n_kv=2, groups=3, head_dim=16, max_len=11, pos=5, dtype=torch.
     k_cache, v_cache = rnd(batch, n_kv, max_len, head_dim), rnd(batch, n_kv, max_len, head_dim)
     k_cache[:, :, pos:], v_cache[:, :, pos:] = float("nan"), float("nan")
     return q, k_new, v_new, cos, sin, k_cache, v_cache, torch.tensor(pos, device=device)
+
+
+def poisoned_split_state(groups: int, head_dim: int, device, programs: int | None = None) -> torch.Tensor:
+    """A split_state (triton_decode_attention_split.py) whose partials hold NaN: the kernel must write every one it
+    reads. `programs` None: as many as a DecodeAttention's state holds."""
+    from actsparse.kernels import triton_decode_attention_split as tdas
+    state = tdas.split_state(groups, head_dim, device, tdas.SPLIT_PROGRAMS if programs is None else programs)
+    tdas.state_views(state)[1].fill_(float("nan"))
+    return state
+
+
+def tickets_zero(state: torch.Tensor) -> bool:
+    """Whether every ticket of the decode attention's state is back at 0 (ready for the next call)."""
+    from actsparse.kernels import triton_decode_attention_split as tdas
+    return not tdas.state_views(state)[0].any()
