@@ -1,4 +1,4 @@
-"""Low-rank predictors for the kernel tests (test_predictor_list.py, test_predictor_rows.py): random weights, a cut
+"""Low-rank predictors for the kernel tests (test_predictor_list.py): random weights, a cut
 with no float64 logit near it, and the float64 predicted set."""
 import torch
 
