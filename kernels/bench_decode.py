@@ -59,6 +59,9 @@ def parse_args(argv):
     p.add_argument("--decode-attention", action="store_true",
                    help="each attention at one token as one Triton kernel (RoPE, cache write, attention: "
                         "triton_decode_attention.py), dense and sparse alike")
+    p.add_argument("--no-attention-split", action="store_true",
+                   help="with --decode-attention: each kv head in one program (no split over positions), for timing "
+                        "the split against the whole kernel")
     p.add_argument("--gemv-o", action="store_true",
                    help="each attention's o projection through the Triton GEMV (triton_gemv.py), dense and sparse alike")
     p.add_argument("--fused-predictor", choices=["on", "off", "both"], default="on",
@@ -179,7 +182,7 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
         use_gemv(model, ("o_proj",))
     if args.decode_attention:
         from actsparse.kernels.triton_decode_attention import use_decode_attention
-        use_decode_attention(model)
+        use_decode_attention(model, split=not args.no_attention_split)
     if args.compile:
         compile_model(model, backend=args.compile_backend)
     dense = {b: tokens_per_s(model, prompts[b], args.new_tokens, not args.no_cuda_graph) for b in batches}
@@ -224,7 +227,9 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
                        per_layer_active=per_layer_active, greedy_sequences_identical=same,
                        teacher_forced=tf,
                        cuda_graph=not args.no_cuda_graph, compiled=args.compile, fused_qkv=args.fuse_qkv,
-                       decode_attention=args.decode_attention, gemv_o=args.gemv_o, fp32_out=fp32_out, **extra,
+                       decode_attention=args.decode_attention,
+                       attention_split=args.decode_attention and not args.no_attention_split,
+                       gemv_o=args.gemv_o, fp32_out=fp32_out, **extra,
                        dtype=args.dtype)
             if kernel is not None:
                 rec.update(predictor_rank=args.predictor_rank, predicted_active=args.predicted_active,

@@ -45,7 +45,7 @@ from torch import nn
 
 from . import configs
 from .configs import tuned
-from .triton_decode_attention_split import combine_splits, pick_splits, split_state
+from .triton_decode_attention_split import SPLIT_PROGRAMS, combine_splits, pick_splits, split_state
 
 try:
     from transformers.cache_utils import StaticLayer
@@ -345,9 +345,10 @@ class DecodeAttention(nn.Module):
     """A LLaMA / Mistral / Qwen2 attention module (`attn`, kept whole inside: its projections, config and forward)
     whose one-token decode steps with a filled StaticCache layer run `decode_attention_op` between its projections,
     looked up at call time (fuse_qkv / use_gemv applied before or after swap them there). Everything else calls `attn`.
-    State dict keys gain `.attn`: swap after loading weights."""
+    State dict keys gain `.attn`: swap after loading weights. `split`: False keeps every head in one program (a state
+    without partials: the host rule then picks 1 split), for timing the split against the whole kernel."""
 
-    def __init__(self, attn: nn.Module):
+    def __init__(self, attn: nn.Module, split: bool = True):
         super().__init__()
         self.attn = attn
         self.layer_idx, self.config, self.head_dim = attn.layer_idx, attn.config, attn.head_dim
@@ -355,7 +356,8 @@ class DecodeAttention(nn.Module):
         params = inspect.signature(type(attn).forward).parameters
         self.cache_kwarg = next((n for n in CACHE_KWARGS if n in params), "past_key_values")
         # The kernel's tickets and split partials, allocated once (CUDA-graph safe), left reusable by every call.
-        state = split_state(getattr(attn, "num_key_value_groups", 1), attn.head_dim, next(attn.parameters()).device)
+        state = split_state(getattr(attn, "num_key_value_groups", 1), attn.head_dim, next(attn.parameters()).device,
+                            SPLIT_PROGRAMS if split else 0)
         self.register_buffer("state", state, persistent=False)
 
     def forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -415,10 +417,10 @@ def _is_attention(module: nn.Module) -> bool:
         and isinstance(getattr(module, "layer_idx", None), int)
 
 
-def use_decode_attention(model: nn.Module) -> int:
+def use_decode_attention(model: nn.Module, split: bool = True) -> int:
     """Wrap every attention module of `model` (q_proj / k_proj / v_proj / o_proj and a layer_idx: LLaMA, Mistral,
-    Qwen2) in a DecodeAttention, in place. Returns how many the model now has (already wrapped ones included);
-    raises ValueError if none."""
+    Qwen2) in a DecodeAttention (`split`: see DecodeAttention), in place. Returns how many the model now has (already
+    wrapped ones included); raises ValueError if none."""
     wrapped = 0
     for name, module in list(model.named_modules()):
         parent_name, _, child = name.rpartition(".")
@@ -426,7 +428,7 @@ def use_decode_attention(model: nn.Module) -> int:
         if isinstance(module, DecodeAttention):
             wrapped += 1
         elif _is_attention(module) and name and not isinstance(parent, DecodeAttention):
-            setattr(parent, child, DecodeAttention(module))
+            setattr(parent, child, DecodeAttention(module, split))
             wrapped += 1
     if not wrapped:
         raise ValueError(f"{type(model).__name__} has no attention with q_proj / k_proj / v_proj / o_proj and a "

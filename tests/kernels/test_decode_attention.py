@@ -128,7 +128,7 @@ def test_split_state_is_left_reset_for_the_next_call(monkeypatch):
 def test_split_rule_and_state_sizes(monkeypatch):
     """The host rule at the GPU shapes (132 SMs, max_len 168): 7B 4 splits, 8 kv heads 5; none where the heads fill
     the SMs or the cache is short. A module's state holds the rule's pick; a smaller one bounds it; a too small one
-    for given splits: an error. The state is int32 (a module's .half() leaves it alone)."""
+    for given splits: an error. The state is int32 (a module's .half() leaves it alone). split=False: 1 split."""
     assert tdas.split_count(1, 32, 168, 132) == 4 and tdas.split_count(1, 8, 168, 132) == 5
     assert tdas.split_count(8, 32, 168, 132) == 1 and tdas.split_count(1, 32, 40, 132) == 1
     assert tdas.split_count(1, 8, 4096, 132) == tdas.MAX_SPLITS
@@ -144,6 +144,8 @@ def test_split_rule_and_state_sizes(monkeypatch):
             tdas.pick_splits(state[:1], 1, n_kv, groups, 128, 168, cpu, 3)
     module = tda.DecodeAttention(tiny_llama(**GQA).model.layers[0].self_attn).half()
     assert module.state.dtype == torch.int32 and tdas.splits_fitting(module.state, 2, 3, 16) >= tdas.MAX_SPLITS
+    whole = tda.DecodeAttention(tiny_llama(**GQA).model.layers[0].self_attn, split=False)
+    assert tdas.pick_splits(whole.state, 1, 32, 1, 128, 168, cpu, None)[0] == 1
 
 
 def test_unusable_shapes_take_torch_ops_said_once(caplog):
