@@ -254,19 +254,3 @@ def _dot_smem_bytes(config: triton.Config, block_t: int) -> int:
     rows = config.kwargs.get("BLOCK_N", config.kwargs.get("BLOCK_J", 0))
     return (block_t + rows) * config.kwargs.get("BLOCK_K", 0) * 2 * config.num_stages
 
-
-# A low-rank predictor's logits and the predicted rows in one launch, one token (triton_logits_rows.py): chunks of
-# CHUNK neurons (their rows of the predictor's up, then BLOCK_J predicted neurons per pipeline step, whole rows),
-# GRID_PER_SM persistent programs per SM; the claiming mode (static / dynamic) is the launcher's switch, not tuned.
-# Registers (compiled for sm_90 on CPU, triton 3.9, fp16, d_model 4096, rank 360 -> BLOCK_R 512, no spills; dynamic /
-# static claiming): 8 warps: CHUNK 32 x BLOCK_J 2 243 / 234, 32 x 1 191 / 184, 16 x 2 171 / 168, 16 x 1 141 / 138,
-# 8 x 2 162 / 168, 8 x 1 124 / 125 (the only one with two programs per SM); 16 warps (128 at most): 97-128 for CHUNK
-# 16-32 x BLOCK_J 1-4; CHUNK 64 spills at 16 warps and takes 255 at 8; an unaligned rank (RANK_ALIGN 1, 2-byte loads
-# of up) spills 56 bytes at CHUNK 32 x 16 warps. Every config below runs its grid in one wave (a program of a second
-# wave would start late, and the strided mode would give it whole chunks): tests/kernels/test_logits_rows_compile.py.
-LOGITS_ROWS_CONFIGS = [
-    _cfg(w, 1, CHUNK=c, BLOCK_J=j, GRID_PER_SM=g)
-    for c, j, w, g in [(32, 2, 16, 1), (32, 2, 8, 1), (16, 1, 16, 1), (32, 1, 8, 1), (16, 2, 8, 1), (16, 2, 16, 1),
-                       (32, 1, 16, 1), (16, 1, 8, 1), (8, 1, 8, 2), (16, 4, 16, 1), (8, 2, 8, 1)]
-]
-LOGITS_ROWS_FIXED = dict(CHUNK=8, BLOCK_J=2, GRID_PER_SM=3)  # interpreter: 3 programs, several chunks and steps each

@@ -7,12 +7,7 @@ inside one CUDA graph, as the 32-layer decode step calls them; the graph replay 
   with and without PDL or gate_first; the eager outputs are compared with the default's, and each kernel's device
   time is taken from a profiled eager run;
 - `gemv`: the predictor's first layer alone; `gemv + list`: with the list kernel (+ a memset of the list length,
-  which the rows kernel resets otherwise); `memset`: that memset alone;
-- `gemv + logits_rows, <claim>`: a fill of the fp32 output row (b_down is None here: zeros; the GEMV's epilogue may
-  do that later), the predictor's GEMV (predictor_hidden), then logits_rows_kernel (triton_logits_rows.py: the list
-  and rows kernels' work in one launch, chunks claimed from a counter or strided); outputs compared with the three
-  kernels' (max abs difference), kernel device times as above; `..., pdl`: the same config launched with PDL behind
-  the GEMV (its first tile and claim before the GEMV finishes).
+  which the rows kernel resets otherwise); `memset`: that memset alone.
 Usage: python3 scripts/device/probe_predictor_path.py [reps]
 """
 import sys
@@ -23,9 +18,7 @@ from actsparse.kernels import DispatchConfig, SparseFFN
 from actsparse.kernels.bench_data import make_inputs, make_weight_sets, neuron_probabilities, set_gate_bias, true_active
 from actsparse.kernels.bench_predictor import GateSVDPredictor
 from actsparse.kernels.bench_timing import time_calls_us
-from actsparse.kernels.pdl import pdl_usable
 from actsparse.kernels.triton_gemv import gemv_kernel
-from actsparse.kernels.triton_logits_rows import launch_logits_rows, logits_rows_kernel, logits_rows_state
 from actsparse.kernels.triton_predictor_list import (launch_predictor_list, predictor_hidden,
                                                      predictor_list_tma_kernel)
 
@@ -71,16 +64,6 @@ def kernel_us(calls, names) -> dict:
     return out
 
 
-def logits_rows_calls(lays, x, dynamic: bool, **kw) -> list:
-    """One call per layer: fill the layer's fp32 output row, the predictor's GEMV, logits_rows_kernel
-    (launch_logits_rows; its own output row and claim state per layer)."""
-    outs = [torch.empty(1, D, dtype=torch.float32, device="cuda") for _ in lays]
-    states = [logits_rows_state("cuda") for _ in lays]
-    return [lambda ws=ws, lr=lr, o=o, s=s: launch_logits_rows(x, lr, ws.w_gate, None, ws.w_up, None, ws.w_down_t,
-                                                              None, "relu", 0.0, o, s, dynamic=dynamic, **kw)
-            for (ws, lr), o, s in zip(lays, outs, states)]
-
-
 def main(reps: int) -> None:
     torch.manual_seed(0)
     dtype = torch.float16
@@ -96,22 +79,6 @@ def main(reps: int) -> None:
               f"gemv config {getattr(gemv_kernel, 'best_config', None)}", flush=True)
         kernels = kernel_us(calls, ("gemv_kernel", "predictor_list", "rows_ffn_kernel"))
         print("  kernels, µs per layer (eager, profiler): " + ", ".join(f"{k} {v:.2f}" for k, v in kernels.items()))
-    for claim in ("dynamic", "static"):
-        name = f"gemv + logits_rows, {claim}"
-        calls = logits_rows_calls(lays, x, claim == "dynamic")
-        checks[name] = torch.stack([call()[0] for call in calls])
-        results[name] = time_calls_us(calls, reps)["us"]
-        best = getattr(logits_rows_kernel, "best_config", None)
-        print(f"{name}: config {best}", flush=True)
-        kernels = kernel_us(calls, ("gemv_kernel", "logits_rows_kernel", "FillFunctor", "Memset"))
-        print("  kernels, µs per layer (eager, profiler): " + ", ".join(f"{k} {v:.2f}" for k, v in kernels.items()))
-        for other in ("three kernels", "three kernels, gate_first"):
-            print(f"  max |out - {other}'| {float((checks[name].double() - checks[other].double()).abs().max()):.3e}"
-                  f" (max |{other}'| {float(checks[other].abs().max()):.3e})")
-        if pdl_usable(x.device):   # the same config, the kernel launched during the GEMV (its first tile loaded)
-            calls = logits_rows_calls(lays, x, claim == "dynamic", pdl=True, config=best)
-            checks[f"{name}, pdl"] = torch.stack([call()[0] for call in calls])
-            results[f"{name}, pdl"] = time_calls_us(calls, reps)["us"]
     base = checks["three kernels"].double()
     for name, out in checks.items():   # eager outputs of the 32 layers against the three kernels'
         print(f"{name}: max |out - three kernels'| / max |three kernels'| "
