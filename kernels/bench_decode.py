@@ -9,8 +9,10 @@ per-layer cost (slope of ms/step vs layers) can be extrapolated when fewer layer
 `--compile` compiles the model for dense and sparse alike (compiled_decoding.py), which fuses the attention
 block's small kernels; the CUDA graph then replays fewer, larger kernels. `--fuse-qkv` computes each attention's
 q/k/v projections in one GEMV (fused_qkv.py), dense and sparse alike; `--gemv-o` each o projection through the Triton
-GEMV (triton_gemv.py) instead of cuBLAS's split-K, dense and sparse alike. `--fp32-out both` times each exact path
-with the sparse FFN's fp32 sum taken as it is (SparseDecodingMLP.fp32_out, the default) and, as
+GEMV (triton_gemv.py) instead of cuBLAS's split-K, dense and sparse alike; `--fuse-ffn-norm` computes each layer's
+post-attention add + RMSNorm in the sparse FFN's first kernel (fused_ffn_norm.py), sparse models only (the dense
+model keeps HF's layer; records say `fuse_ffn_norm`, `dense_fuse_ffn_norm` False). `--fp32-out both` times each
+exact path with the sparse FFN's fp32 sum taken as it is (SparseDecodingMLP.fp32_out, the default) and, as
 `<path>_no_fp32_out`, with the rows kernel's own epilogue writing the weights' dtype.
 `--model FOLDER` runs the same comparison on a trained ReLU / FATReLU checkpoint instead (e.g. an exported
 arm of issue 7): its own layers and sparsity, random prompt tokens; there the greedy sequences of dense and
@@ -35,6 +37,7 @@ from actsparse.kernels.bench_report import write_json
 from actsparse.kernels.compiled_decoding import compile_model, eager
 from actsparse.kernels.configs import autotuned_configs
 from actsparse.kernels.dispatch import DispatchConfig
+from actsparse.kernels.fused_ffn_norm import fuse_ffn_norms
 from actsparse.kernels.fused_qkv import fuse_qkv
 from actsparse.kernels.triton_gemv import use_gemv
 from actsparse.kernels.sparse_decoding import (calibrate, greedy_decode, logit_agreement, swap_in_sparse_ffns,
@@ -64,6 +67,9 @@ def parse_args(argv):
                         "the split against the whole kernel")
     p.add_argument("--gemv-o", action="store_true",
                    help="each attention's o projection through the Triton GEMV (triton_gemv.py), dense and sparse alike")
+    p.add_argument("--fuse-ffn-norm", action="store_true",
+                   help="sparse models only (the dense model keeps HF's layer): each layer's post-attention residual "
+                        "add and RMSNorm computed in the sparse FFN's first kernel at one token (fused_ffn_norm.py)")
     p.add_argument("--fused-predictor", choices=["on", "off", "both"], default="on",
                    help="predictor paths with SparseDecodingMLP.fuse_predictor on (default: at one token the kernels "
                         "build the neuron list from the predictor's logits), off (its bool mask, compacted), or both "
@@ -188,6 +194,8 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
     dense = {b: tokens_per_s(model, prompts[b], args.new_tokens, not args.no_cuda_graph) for b in batches}
     dense_tf = {b: teacher_forced_logits(model, dense[b][1], args.prompt_len) for b in batches}
     swapped = swap_in_sparse_ffns(model, backend="triton")
+    if args.fuse_ffn_norm:   # after the dense runs: the dense model keeps HF's add + RMSNorm kernel
+        fuse_ffn_norms(model)
     with eager(model):  # calibration reads counts back to the host: not inside a compiled graph
         per_layer_active = calibrate(model, sample)
     kernels = tuple(args.predicted_kernels.split(",")) if predictors else ()
@@ -229,7 +237,8 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
                        cuda_graph=not args.no_cuda_graph, compiled=args.compile, fused_qkv=args.fuse_qkv,
                        decode_attention=args.decode_attention,
                        attention_split=args.decode_attention and not args.no_attention_split,
-                       gemv_o=args.gemv_o, fp32_out=fp32_out, **extra,
+                       gemv_o=args.gemv_o, fuse_ffn_norm=args.fuse_ffn_norm, dense_fuse_ffn_norm=False,
+                       fp32_out=fp32_out, **extra,
                        dtype=args.dtype)
             if kernel is not None:
                 rec.update(predictor_rank=args.predictor_rank, predicted_active=args.predicted_active,
@@ -240,7 +249,9 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
                            predictor_recall=sum(recalls) / len(recalls))
             records.append(rec)
             extra = "" if kernel is None else f", predictor recall {rec['predictor_recall']:.3f}"
-            print(f"layers {n_layers} batch {b} {path}: dense {dense_tps:.1f} tok/s, sparse {sparse_tps:.1f} tok/s, "
+            fused_norm = " (sparse: add + norm in the FFN)" if args.fuse_ffn_norm else ""
+            print(f"layers {n_layers} batch {b} {path}{fused_norm}: dense {dense_tps:.1f} tok/s, "
+                  f"sparse {sparse_tps:.1f} tok/s, "
                   f"{sparse_tps / dense_tps:.2f}x, active {rec['mean_active']:.3f}, "
                   f"identical greedy sequences {same:.2f}, teacher-forced argmax agreement "
                   f"{tf['argmax_agreement']:.4f} (max logit diff {tf['max_abs_diff']:.2e}, "

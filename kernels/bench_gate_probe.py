@@ -33,8 +33,9 @@ def tma_gemv(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, cfg: triton.Conf
     d_ff, d_model = w.shape
     n, k = cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"]
     desc = TensorDescriptor.from_tensor(w, [n, k])
-    gemv_kernel.fn[(triton.cdiv(d_ff, n),)](x, desc, w, y, d_ff, d_model, HAS_BIAS=False, RELU=False, BLOCK_N=n,
-                                            BLOCK_K=k, STAGES=cfg.num_stages, num_warps=cfg.num_warps, num_stages=1)
+    gemv_kernel.fn[(triton.cdiv(d_ff, n),)](x, desc, w, y, d_ff, d_model, x, x, x, x, 0.0, HAS_BIAS=False, RELU=False,
+                                            NORM=False, NORM_BLOCK=1, USE_GDC=False, BLOCK_N=n, BLOCK_K=k,
+                                            STAGES=cfg.num_stages, num_warps=cfg.num_warps, num_stages=1)
     return y
 
 

@@ -13,7 +13,7 @@ import contextlib
 import itertools
 import logging
 import weakref
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -52,6 +52,25 @@ def sparse_ffn_op(x: torch.Tensor, key: int, active: Optional[torch.Tensor], fp3
 @sparse_ffn_op.register_fake
 def _sparse_ffn_fake(x, key, active, fp32_out, low_rank, low_rank_relu, low_rank_cut):
     return x.new_empty(x.shape, dtype=torch.float32 if fp32_out else _FFNS[key].w_gate.dtype)
+
+
+@torch.library.custom_op("actsparse::sparse_ffn_add_norm", mutates_args=())
+def sparse_ffn_add_norm_op(residual: torch.Tensor, attn_out: torch.Tensor, norm_weight: torch.Tensor, eps: float,
+                           key: int, active: Optional[torch.Tensor], fp32_out: bool,
+                           low_rank: List[Optional[torch.Tensor]], low_rank_relu: bool,
+                           low_rank_cut: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """SparseFFN.forward_add_norm of the registered FFN as one opaque op: (h = residual + attn_out, FFN(RMSNorm(h)))
+    ([tokens, d_model] each; the FFN's output as `sparse_ffn_op` returns it); the other arguments as there."""
+    if low_rank:
+        active = LowRankLogits(low_rank[0], low_rank[1], low_rank[2], low_rank_relu, low_rank_cut, low_rank[3])
+    return _FFNS[key].forward_add_norm(residual, attn_out, norm_weight, eps, active, fp32_out)
+
+
+@sparse_ffn_add_norm_op.register_fake
+def _sparse_ffn_add_norm_fake(residual, attn_out, norm_weight, eps, key, active, fp32_out, low_rank, low_rank_relu,
+                              low_rank_cut):
+    return residual.new_empty(residual.shape), _sparse_ffn_fake(residual, key, active, fp32_out, low_rank,
+                                                                 low_rank_relu, low_rank_cut)
 
 
 def sparse_ffn_op_args(active) -> tuple:

@@ -52,6 +52,9 @@ def parse_args(argv):
                         "triton_decode_attention.py), dense and sparse alike")
     p.add_argument("--gemv-o", action="store_true",
                    help="each attention's o projection through the Triton GEMV (as bench_decode --gemv-o)")
+    p.add_argument("--fuse-ffn-norm", action="store_true",
+                   help="sparse paths only: each layer's post-attention add + RMSNorm in the sparse FFN's first kernel "
+                        "(as bench_decode --fuse-ffn-norm)")
     p.add_argument("--no-fp32-out", action="store_true",
                    help="the sparse FFN returns the weights' dtype (SparseDecodingMLP.fp32_out off)")
     p.add_argument("--pdl", action="store_true",
@@ -143,6 +146,8 @@ def main(argv=None) -> int:
     results, rows = {}, []
 
     def measure(label):
+        if args.fuse_ffn_norm and label != "dense":
+            label += " [add + RMSNorm in the FFN's first kernel]"
         tok_s, _ = tokens_per_s(model, prompt, args.steps + 8, True)
         graph_ms = args.batch * 1e3 / tok_s
         results[label] = graph_ms
@@ -154,6 +159,9 @@ def main(argv=None) -> int:
     swapped = swap_in_sparse_ffns(model, backend="triton")
     for m in swapped:
         m.fp32_out = not args.no_fp32_out
+    if args.fuse_ffn_norm:
+        from actsparse.kernels.fused_ffn_norm import fuse_ffn_norms
+        fuse_ffn_norms(model)
     with eager(model):
         calibrate(model, sample)
     pdl_settings = (False, True) if args.pdl else (False,)
@@ -170,7 +178,7 @@ def main(argv=None) -> int:
                 f"{', pdl' if pdl else ''}, gate_first {args.gate_first})")
     write_json(args.out, dict(device=torch.cuda.get_device_name(), layers=args.layers, batch=args.batch,
                               compiled=args.compile, fused_qkv=args.fuse_qkv, gemv_o=args.gemv_o,
-                              decode_attention=args.decode_attention,
+                              decode_attention=args.decode_attention, sparse_fuse_ffn_norm=args.fuse_ffn_norm,
                               fp32_out=not args.no_fp32_out, graph_ms_per_step=results, rows=rows,
                               command="python -m actsparse.kernels.profile_decode " + " ".join(argv or sys.argv[1:])))
     return 0

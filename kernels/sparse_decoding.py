@@ -2,8 +2,9 @@
 
 `swap_in_sparse_ffns(model)` replaces every `SparseGatedMLP` (relu / fatrelu / drelu / relu2) by a
 `SparseDecodingMLP` running the same FFN through `SparseFFN`; `model.generate` then works unchanged
-(KV cache, batch 1 or several sequences). Without a predictor the computation is exact (up to the
-summation order), so greedy outputs match the dense model's.
+(KV cache, batch 1 or several sequences). `fuse_ffn_norms(model)` (fused_ffn_norm.py) then moves each layer's
+post-attention residual add and RMSNorm into its FFN's first kernel at one token. Without a predictor the
+computation is exact (up to the summation order), so greedy outputs match the dense model's.
 `greedy_decode` is a plain static-KV-cache greedy loop with an optional CUDA graph for the decode step,
 so that dense and sparse models can be timed in the same loop with launch overhead removed alike.
 """
@@ -15,10 +16,14 @@ from torch import nn
 from actsparse.modeling import SparseGatedMLP
 from actsparse.modeling.predictors.low_rank_logits import LowRankLogits
 
-from .compiled_decoding import register_ffn, registered_ffn, sparse_ffn_op
+from .compiled_decoding import register_ffn, registered_ffn, sparse_ffn_add_norm_op, sparse_ffn_op
 from .compiled_decoding import sparse_ffn_op_args as _op_args
 from .dispatch import DispatchConfig
+from .fused_ffn_norm import fuse_ffn_norms
 from .sparse_ffn import SPARSE_ACTIVATIONS, SparseFFN
+
+__all__ = ["SparseDecodingMLP", "swap_in_sparse_ffns", "fuse_ffn_norms", "calibrate", "decode_step", "greedy_decode",
+           "teacher_forced_logits", "logit_agreement"]
 
 
 class SparseDecodingMLP(nn.Module):
@@ -57,6 +62,34 @@ class SparseDecodingMLP(nn.Module):
         else:
             out = self.ffn(x, active, fp32_out)
         return out.reshape(hidden.shape).to(hidden.dtype)
+
+    def forward_add_norm(self, residual: torch.Tensor, attn_out: torch.Tensor, norm: nn.Module):
+        """(h, self(norm(h))) for h = residual + attn_out (batch, seq, d_model): a decoder layer's post-attention
+        residual add, RMSNorm (`norm`: weight and variance_epsilon, LlamaRMSNorm's formula) and this FFN. At one token,
+        with no predictor or one handed over as a LowRankLogits, through SparseFFN.forward_add_norm (one opaque op under
+        torch.compile), whose first kernel computes h and x; else as written (fused_ffn_norm.py)."""
+        if self.calibrating or residual.shape[:-1].numel() != 1 or not self._add_norm_in_op():
+            h = residual + attn_out
+            return h, self(norm(h))
+        d_model = residual.shape[-1]
+        r, a = residual.reshape(1, d_model), attn_out.reshape(1, d_model)
+        active = None if self.predictor is None else self.predictor.low_rank_logits()
+        fp32_out = self.fp32_out and _sums_in_fp32(self.ffn_key, 1, active is not None, active is not None)
+        if torch.compiler.is_compiling():   # one opaque op, as in forward
+            given, low_rank, relu, cut = _op_args(active)
+            h, out = sparse_ffn_add_norm_op(r, a, norm.weight, float(norm.variance_epsilon), self.ffn_key, given,
+                                            fp32_out, low_rank, relu, cut)
+        else:
+            h, out = self.ffn.forward_add_norm(r, a, norm.weight, norm.variance_epsilon, active, fp32_out)
+        return h.reshape(residual.shape), out.reshape(residual.shape).to(residual.dtype)
+
+    def _add_norm_in_op(self) -> bool:
+        """Whether a one-token forward_add_norm goes to the FFN's op (no predictor, or one the kernels take as a
+        LowRankLogits) rather than computing x here for the predictor's own call."""
+        if self.predictor is None:
+            return True
+        return (self.fuse_predictor and getattr(self.predictor, "low_rank_logits", None) is not None
+                and _takes_low_rank(self.ffn_key, self.ffn.dispatch.predicted_kernel))
 
     def _active(self, x: torch.Tensor):
         """None (exact path), the predictor as a LowRankLogits (one token, `fuse_predictor`, a predictor that can

@@ -13,6 +13,8 @@ down rows of neurons outside the set are all skipped; x1 is act(gate) * up insid
 `active` may also be the predictor itself as a `LowRankLogits` (modeling/predictors/low_rank_logits.py): at one
 token on the rows path its second layer builds the neuron list in a kernel (triton_predictor_list.py); elsewhere
 its mask is computed in PyTorch and taken as above.
+`forward_add_norm(residual, attn_out, norm_weight, eps)`: the decoder layer's residual add and RMSNorm before the FFN
+computed in the FFN's first kernel at one token (fused_ffn_norm.py).
 """
 from __future__ import annotations
 
@@ -32,6 +34,12 @@ BACKENDS = ("triton", "torch")
 
 def _bias(linear: nn.Module) -> torch.Tensor | None:
     return getattr(linear, "bias", None)
+
+
+def llama_rms_norm(h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' LlamaRMSNorm (also Mistral's, Qwen2's) of h, op for op."""
+    variance = h.float().pow(2).mean(-1, keepdim=True)
+    return weight * (h.float() * torch.rsqrt(variance + eps)).to(h.dtype)
 
 
 class SparseFFN(nn.Module):
@@ -117,6 +125,55 @@ class SparseFFN(nn.Module):
         out = self._forward(x, active, fp32_out)
         return out.float() if fp32_out and out.dtype != torch.float32 else out
 
+    @torch.no_grad()
+    def forward_add_norm(self, residual: torch.Tensor, attn_out: torch.Tensor, norm_weight: torch.Tensor, eps: float,
+                         active=None, fp32_out: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h, FFN(x)) for h = residual + attn_out ([tokens, d_model]) and x = LlamaRMSNorm(h) with `norm_weight` and
+        `eps`: a decoder layer's post-attention add and norm, then this FFN as `forward(x, active, fp32_out)` returns
+        it. At one token on the rows path, after the TMA gate kernel (no predictor) or a LowRankLogits `active` (its
+        GEMV), that first kernel computes h and x itself (triton_gate_tma.py NORM) and writes both: no add + norm
+        kernel before the FFN. Elsewhere (`add_norm_unusable`, said once) torch's add and norm, then `forward`."""
+        reason = self.add_norm_unusable(residual, attn_out, norm_weight, active)
+        if reason is not None:
+            warn_once(f"SparseFFN: the add + RMSNorm before the FFN runs in torch, not in its first kernel ({reason})")
+            h = residual + attn_out
+            return h, self.forward(llama_rms_norm(h, norm_weight, eps), active, fp32_out)
+        x, h = (self.workspace_alloc(*residual.shape, dtype=residual.dtype, device=residual.device) for _ in "xh")
+        low_rank = active if isinstance(active, LowRankLogits) else None
+        norm = (residual.contiguous(), attn_out.contiguous(), norm_weight.contiguous(), float(eps), h)
+        out = self._triton_ffn(x, None, None, False, low_rank is not None, fp32_out, low_rank=low_rank, norm=norm)
+        return h, out.float() if fp32_out and out.dtype != torch.float32 else out
+
+    def add_norm_unusable(self, residual: torch.Tensor, attn_out: torch.Tensor, norm_weight: torch.Tensor,
+                          active=None) -> str | None:
+        """Why `forward_add_norm` cannot compute the add and norm in the FFN's first kernel (None: it can)."""
+        if self.backend != "triton":
+            return "the torch backend"
+        d_model = self.w_gate.shape[1]
+        if residual.dim() != 2 or residual.shape[0] != 1:
+            return "more than one token"
+        if attn_out.shape != residual.shape or residual.shape[1] != d_model or norm_weight.shape != (d_model,):
+            return "residual / attn_out not [1, d_model] or a norm weight not [d_model]"
+        if {residual.dtype, attn_out.dtype, norm_weight.dtype} != {self.w_gate.dtype}:
+            return "residual, attention output and norm weight not all in the FFN's dtype"
+        if isinstance(active, LowRankLogits):
+            if active.source is not None:
+                return "a predictor with its own input (`source`): its GEMV does not read x"
+            if not self._lists_from_logits(1):
+                return "a predictor taken as its mask (not the rows path, or the dispatcher's dense plan)"
+            from .triton_gemv import gemv_unusable
+            return gemv_unusable(residual, active.down)
+        if active is not None:
+            return "a predicted mask or index list (its first kernel does not read x)"
+        d = self.dispatch
+        if not d.rows(1, False, self.activation) or d.exact_kernel in ("gate_rows", "stream") or not d.gate_tma:
+            return (f"exact_kernel={d.exact_kernel!r}, gate_tma={d.gate_tma}, {self.activation} (the TMA gate kernel "
+                    "then the rows kernel take it)")
+        if self._plan(1, False).path == "dense":
+            return "the dispatcher's dense plan"
+        from .triton_gate_tma import tma_unusable
+        return tma_unusable(residual, self.w_gate)
+
     def sums_in_fp32(self, n_tokens: int, predicted: bool, low_rank: bool = False) -> bool:
         """Whether a call of `n_tokens` with `fp32_out` takes the rows kernel after the gate kernel (no predictor, not
         gate_rows / stream) or after a low-rank predictor's list kernel (`low_rank`: `active` is a LowRankLogits), whose
@@ -153,7 +210,7 @@ class SparseFFN(nn.Module):
         return self._triton_ffn(x, mask, idx, plan.per_token, active is not None, fp32_out)
 
     def _triton_ffn(self, x, mask, idx, per_token: bool, predicted: bool, fp32_out: bool = False,
-                    low_rank: LowRankLogits | None = None) -> torch.Tensor:
+                    low_rank: LowRankLogits | None = None, norm: tuple | None = None) -> torch.Tensor:
         from .triton_ffn import list_state, triton_sparse_ffn  # triton is needed only for this backend
         if self._list_state is None or self._list_state.device != x.device:
             self._list_state = list_state(x.device)
@@ -168,7 +225,7 @@ class SparseFFN(nn.Module):
                                  rows_acc=self._rows_acc_buffer(x), atomic_down=self.dispatch.down_kernel == "atomic",
                                  gate_tma=self.dispatch.gate_tma, gate_prefetch=self.dispatch.gate_prefetch,
                                  stream=self._stream_args(x, predicted), fp32_out=fp32_out, low_rank=low_rank,
-                                 gate_first=self.dispatch.gate_first_for(low_rank is not None))
+                                 gate_first=self.dispatch.gate_first_for(low_rank is not None), norm=norm)
 
     def _lists_from_logits(self, n_tokens: int) -> bool:
         """Whether a LowRankLogits `active` goes to the kernels as it is (one token on the rows path, the dispatcher

@@ -31,7 +31,7 @@ def list_state(device) -> torch.Tensor:
 def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, per_token,
                       tickets, alloc=torch.empty, fuse_up=False, state=None, inline_compact=False, pdl=False,
                       index=None, rows=False, rows_acc=None, atomic_down=False, gate_rows=False, gate_tma=False,
-                      gate_prefetch=False, stream=None, fp32_out=False, low_rank=None, gate_first=False):
+                      gate_prefetch=False, stream=None, fp32_out=False, low_rank=None, gate_first=False, norm=None):
     """x [T, d] -> [T, d]. mask: None (dense gate decides), [1, d_ff] or [T, d_ff] bool (predicted set).
     `alloc` makes the float workspaces and the output (tests poison them with NaN). `fuse_up` (no mask, union
     mode): the gate kernel also computes x1, one launch fewer. `state`: a `list_state` buffer (None: a fresh one).
@@ -54,7 +54,11 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
     no epilogue; other paths ignore it (the caller casts). `low_rank` (a LowRankLogits; one token, `rows`, no mask /
     index): the predictor's second layer writes the list (triton_predictor_list.py) and the rows kernel reads it: no
     mask, no compaction; with `fp32_out` the list kernel sets the fp32 output row to b_down. `gate_first` (predicted
-    sets on the rows path): false positives' up / W_down^T rows are not read (triton_rows_ffn.py GATE_FIRST)."""
+    sets on the rows path): false positives' up / W_down^T rows are not read (triton_rows_ffn.py GATE_FIRST).
+    `norm` = (residual, attn_out, norm weight, eps, h_out) (one token on the rows path, the TMA gate kernel after no
+    predictor or a `low_rank` list without `source`; fused_ffn_norm.py): x [1, d_model] is not read but written by
+    the first kernel (the TMA gate kernel or the predictor's GEMV), which computes it as the decoder layer's
+    post-attention RMSNorm of h = residual + attn_out and writes h to h_out (triton_gate_tma.norm_args)."""
     if x.device.type != "cuda" and not configs.INTERPRET:
         raise RuntimeError("the Triton backend needs a CUDA tensor (or TRITON_INTERPRET=1 set before importing "
                            "triton); use backend='torch' on CPU")
@@ -71,18 +75,21 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
     if index is not None and (mask is not None or per_token or index.dtype != torch.int32 or index.dim() != 1):
         raise ValueError("index: a 1-D int32 tensor of neuron ids, with mask None and per_token False")
     idx = index if index is not None else torch.empty(n_lists, d_ff, dtype=torch.int32, device=dev)
+    if norm is not None and not (rows and n_tokens == 1 and not per_token and mask is None and index is None
+                                 and (low_rank is not None or (gate_tma and not gate_rows and stream is None))):
+        raise ValueError("norm: one token on the rows path, after the TMA gate kernel or a low_rank list")
     if low_rank is not None:
         if not (rows and n_tokens == 1 and mask is None and index is None):
             raise ValueError("low_rank: one token on the rows path, with mask and index None")
         from .triton_predictor_list import launch_predictor_list
         out, init_out = _fp32_sum_out(x, b_down, alloc, fp32_out)
-        launch_predictor_list(x, low_rank, counts, idx, init_out=init_out, pdl=pdl)
+        launch_predictor_list(x, low_rank, counts, idx, init_out=init_out, pdl=pdl, norm=norm)
         return _rows_out(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, counts, idx, None,
                          tickets, alloc, rows_acc, pdl, sum_out=out, gate_first=gate_first)
     if rows and n_tokens == 1 and not per_token:
         return _rows_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, counts, idx,
                          n_given, tickets, alloc, rows_acc, pdl, gate_rows, gate_tma, gate_prefetch, stream, fp32_out,
-                         gate_first)
+                         gate_first, norm)
     x1c = alloc(n_tokens, d_ff, dtype=torch.float32, device=dev)
     if index is not None:
         if n_given > 0:  # (a grid of 0 programs is not launched)
@@ -116,12 +123,13 @@ def triton_sparse_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activatio
 
 def _rows_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, mask, counts, idx, n_given,
               tickets, alloc, rows_acc, pdl, gate_rows=False, gate_tma=False, gate_prefetch=False, stream=None,
-              fp32_out=False, gate_first=False):
+              fp32_out=False, gate_first=False, norm=None):
     """One token through the rows kernel: gate kernel (no predictor) or compaction (mask) first, then rows_ffn; or,
     with `gate_rows` and no predicted set, the one-kernel exact path (triton_gate_rows.py); or, with `stream`, the
     gate and rows kernels concurrently (triton_stream_rows.py). `fp32_out` on the gate-then-rows path: the rows
     kernel sums into the fp32 output, which the gate kernel set to b_down (no epilogue). `gate_first` (a predicted
-    set): its false positives' up / W_down^T rows are not read."""
+    set): its false positives' up / W_down^T rows are not read. `norm`: the TMA gate kernel computes x
+    (triton_sparse_ffn)."""
     from .triton_rows_ffn import MAX_ONE_STEP_D
     dev = x.device
     gate_act = None
@@ -144,7 +152,7 @@ def _rows_ffn(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, thres
         gate_act = alloc(1, w_gate.shape[0], dtype=torch.float32, device=dev)
         out, init_out = _fp32_sum_out(x, b_down, alloc, fp32_out)
         launch_gate(x, w_gate, b_gate, activation, threshold, False, gate_act, counts, idx, pdl=pdl, tma=gate_tma,
-                    prefetch=_prefetch_rows(w_up, w_down_t) if gate_prefetch else None, init_out=init_out)
+                    prefetch=_prefetch_rows(w_up, w_down_t) if gate_prefetch else None, init_out=init_out, norm=norm)
         return _rows_out(x, w_gate, w_up, w_down_t, b_gate, b_up, b_down, activation, threshold, counts, idx, n_given,
                          tickets, alloc, rows_acc, pdl, gate_act=gate_act, sum_out=out)
     if n_given is None:

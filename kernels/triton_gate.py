@@ -238,7 +238,7 @@ def token_block(n_tokens: int) -> int:
 def launch_gate(x: torch.Tensor, w_gate: torch.Tensor, b_gate: torch.Tensor | None, act: str, threshold: float,
                 per_token: bool, gate_act_out: torch.Tensor | None, counts: torch.Tensor, idx: torch.Tensor,
                 up: tuple | None = None, pdl: bool = False, config=None, tma: bool = False,
-                prefetch: tuple | None = None, init_out: tuple | None = None) -> None:
+                prefetch: tuple | None = None, init_out: tuple | None = None, norm: tuple | None = None) -> None:
     """gate_act_out[t, j] = act(x[t] . w_gate[j] + b[j]); active neurons appended to (counts, idx).
     `up` = (w_up, b_up, x1c): union mode only; x1c[t, i] = act * up of the i-th listed neuron, no gate_act_out.
     `pdl`: launched with programmatic dependent launch (pdl.py; the caller checked `pdl_usable`).
@@ -246,7 +246,9 @@ def launch_gate(x: torch.Tensor, w_gate: torch.Tensor, b_gate: torch.Tensor | No
     `tma` (one token, no fused up): the gate rows through TMA (triton_gate_tma.py) where usable, else said once;
     `prefetch` = (w_up, w_down_t): that kernel also sends its active neurons' rows towards L2 (a GPU only).
     `init_out` = (out, b_down or None), one token: the fp32 row `out` [d_model] is set to b_down (or 0) for the rows
-    kernel that sums into it: by the TMA kernel itself, else by one more launch here (said once)."""
+    kernel that sums into it: by the TMA kernel itself, else by one more launch here (said once).
+    `norm` (the TMA kernel only, which the caller checked is usable): x is computed from the decoder layer's residual
+    and attention output (launch_gate_tma)."""
     from .dispatch import warn_once
     n_tokens, d_model = x.shape
     d_ff = w_gate.shape[0]
@@ -255,8 +257,10 @@ def launch_gate(x: torch.Tensor, w_gate: torch.Tensor, b_gate: torch.Tensor | No
         reason = tma_unusable(x, w_gate)
         if reason is None:
             return launch_gate_tma(x, w_gate, b_gate, act, threshold, gate_act_out, counts, idx, pdl=pdl,
-                                   prefetch=prefetch, init_out=init_out)
+                                   prefetch=prefetch, init_out=init_out, norm=norm)
         warn_once(f"gate kernel: TMA loads unavailable for {reason}; plain loads")
+    if norm is not None:
+        raise ValueError("launch_gate: norm needs the TMA gate kernel (one token, tma=True, TMA usable)")
     if init_out is not None:
         warn_once("gate kernel: only the TMA gate kernel sets the rows kernel's fp32 output row; one more launch does")
         out, b_out = init_out

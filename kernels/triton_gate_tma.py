@@ -9,6 +9,11 @@ in 32.2-32.4 µs where the gate kernel took ~33.5 µs and cuBLAS 35.1 µs.
 TMA needs compute capability 9.0+, a Triton with `triton.tools.tensor_descriptor`, and rows whose byte stride and
 start are multiples of 16 (d_model a multiple of 8 in fp16 / bf16); `tma_unusable` says why not, and the caller runs
 the plain kernel then (said once in the log). Under the interpreter the descriptor is emulated, so CPU tests run it.
+
+NORM (this kernel and the GEMV, triton_gemv.py): x is not read but computed, the decoder layer's residual add and
+RMSNorm before the FFN fused in (fused_ffn_norm.py): every program computes h = residual + attn_out and its rstd over
+all of d_model, and takes x = weight * (h * rstd) chunk by chunk as LlamaRMSNorm rounds it; program 0 also writes h
+and x (x_ptr), which the kernels after it and the layer's last residual add read.
 """
 from __future__ import annotations
 
@@ -68,16 +73,108 @@ def tma_row_dots(x_ptr, w_desc, n0, d_in, BLOCK_N: tl.constexpr, BLOCK_K: tl.con
 
 
 @triton.jit
-def tma_row_dots_bias(x_ptr, w_desc, b_ptr, n0, n_rows, d_in, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr,
-                      BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
-    """(y, rows, row mask) for rows n0 + i, i < BLOCK_N, of w [n_rows, d_in]: y = x . w[row] (+ b[row]) in fp32, as
-    `tma_row_dots` reads them. The one-token TMA kernels (gate, GEMV, predictor list) each start with this."""
-    y = tma_row_dots(x_ptr, w_desc, n0, d_in, BLOCK_N, BLOCK_K, STAGES)
+def row_bias(y, b_ptr, n0, n_rows, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(y + b[rows] where HAS_BIAS, rows n0 + i for i < BLOCK_N, rows < n_rows)."""
     rows = n0 + tl.arange(0, BLOCK_N)
     r_mask = rows < n_rows
     if HAS_BIAS:
         y += tl.load(b_ptr + rows, mask=r_mask, other=0.0).to(tl.float32)
     return y, rows, r_mask
+
+
+@triton.jit
+def tma_row_dots_bias(x_ptr, w_desc, b_ptr, n0, n_rows, d_in, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+    """(y, rows, row mask) for rows n0 + i, i < BLOCK_N, of w [n_rows, d_in]: y = x . w[row] (+ b[row]) in fp32, as
+    `tma_row_dots` reads them. The one-token TMA kernels (gate, GEMV, predictor list) each start with this."""
+    return row_bias(tma_row_dots(x_ptr, w_desc, n0, d_in, BLOCK_N, BLOCK_K, STAGES), b_ptr, n0, n_rows, HAS_BIAS,
+                    BLOCK_N)
+
+
+@triton.jit
+def residual_sum(res_ptr, attn_ptr, offs, mask):
+    """h = residual + attn_out at `offs` in their dtype: the sum in fp32, rounded once (as torch adds fp16 / bf16)."""
+    r = tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    a = tl.load(attn_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    return (r + a).to(res_ptr.dtype.element_ty)
+
+
+@triton.jit
+def rms_rstd(res_ptr, attn_ptr, d_model, eps, BLOCK: tl.constexpr):
+    """rsqrt(mean(h^2) + eps) in fp32 over all of d_model, BLOCK columns per step (NORM_BLOCK, `norm_args`: a whole
+    row up to 8192, so that the reduction waits for one round of loads, not one per step), for h = `residual_sum`."""
+    squares = tl.zeros([BLOCK], dtype=tl.float32)
+    for k0 in range(0, d_model, BLOCK):
+        offs = k0 + tl.arange(0, BLOCK)
+        h = residual_sum(res_ptr, attn_ptr, offs, offs < d_model).to(tl.float32)
+        squares += h * h
+    return tl.math.rsqrt(tl.sum(squares, 0) / d_model + eps)
+
+
+@triton.jit
+def normed_chunk(res_ptr, attn_ptr, nw_ptr, rstd, k0, d_model, x_ptr, h_ptr, BLOCK: tl.constexpr):
+    """x at columns k0 + i, i < BLOCK, as fp32 (0 past d_model): weight * (h * rstd) with LlamaRMSNorm's roundings
+    (h * rstd in fp32 rounded to the input dtype, then the product with the weight rounded again). Program 0 stores
+    h and x there."""
+    offs = k0 + tl.arange(0, BLOCK)
+    mask = offs < d_model
+    h = residual_sum(res_ptr, attn_ptr, offs, mask)
+    weight = tl.load(nw_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    x = (weight * (h.to(tl.float32) * rstd).to(h.dtype).to(tl.float32)).to(h.dtype)
+    written = offs < d_model * (tl.program_id(0) == 0).to(tl.int32)   # program 0's columns: all; others' none
+    tl.store(h_ptr + offs, h, mask=written)
+    tl.store(x_ptr + offs, x, mask=written)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def tma_row_dots_norm(res_ptr, attn_ptr, nw_ptr, h_ptr, eps, x_ptr, w_desc, n0, d_in, BLOCK_N: tl.constexpr,
+                      BLOCK_K: tl.constexpr, STAGES: tl.constexpr, NORM_BLOCK: tl.constexpr):
+    """`tma_row_dots` of x = RMSNorm(residual + attn_out) (NORM; `normed_chunk`): the first tile's TMA copy is issued
+    before the norm's reduction over d_in, the rest pipelined after it. (Triton waits for that copy right after
+    issuing it (sm_90 PTX, triton 3.9), so a program's own reduction does not hide it; the copy is in flight while the
+    other programs reduce.) Given the same x, the same sums in the same order as `tma_row_dots` (its first step adds
+    to zero)."""
+    w = w_desc.load([n0, 0])
+    rstd = rms_rstd(res_ptr, attn_ptr, d_in, eps, NORM_BLOCK)
+    acc = w.to(tl.float32) * normed_chunk(res_ptr, attn_ptr, nw_ptr, rstd, 0, d_in, x_ptr, h_ptr, BLOCK_K)[None, :]
+    for k0 in tl.range(BLOCK_K, d_in, BLOCK_K, num_stages=STAGES):
+        w = w_desc.load([n0, k0])
+        acc += w.to(tl.float32) * normed_chunk(res_ptr, attn_ptr, nw_ptr, rstd, k0, d_in, x_ptr, h_ptr,
+                                               BLOCK_K)[None, :]
+    return tl.sum(acc, 1)
+
+
+@triton.jit
+def tma_row_dots_x(x_ptr, res_ptr, attn_ptr, nw_ptr, h_ptr, eps, w_desc, b_ptr, n0, n_rows, d_in,
+                   HAS_BIAS: tl.constexpr, NORM: tl.constexpr, NORM_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+    """`tma_row_dots_bias` with x read (NORM off) or computed by the fused add + RMSNorm (NORM: `tma_row_dots_norm`)."""
+    if NORM:
+        y = tma_row_dots_norm(res_ptr, attn_ptr, nw_ptr, h_ptr, eps, x_ptr, w_desc, n0, d_in, BLOCK_N, BLOCK_K, STAGES,
+                              NORM_BLOCK)
+    else:
+        y = tma_row_dots(x_ptr, w_desc, n0, d_in, BLOCK_N, BLOCK_K, STAGES)
+    return row_bias(y, b_ptr, n0, n_rows, HAS_BIAS, BLOCK_N)
+
+
+MAX_NORM_BLOCK = 8192   # the norm's reduction reads up to this many columns of residual and attn_out per step
+
+
+def norm_args(x: torch.Tensor, norm: tuple | None) -> tuple[tuple, dict]:
+    """((res, attn, norm weight, h, eps) kernel arguments, dict(NORM, NORM_BLOCK)) for `norm` = (residual, attn_out,
+    norm weight, eps, h_out): residual / attn_out / h_out [1, d_model] and the weight [d_model], contiguous, in x's
+    dtype; x [1, d_model] is then where program 0 writes the normed x. None: NORM off, x stands in for the pointers
+    not read."""
+    if norm is None:
+        return (x, x, x, x, 0.0), dict(NORM=False, NORM_BLOCK=1)
+    residual, attn_out, weight, eps, h_out = norm
+    for t in (residual, attn_out, weight, h_out):
+        if t.dtype != x.dtype or t.numel() != x.numel() or not t.is_contiguous():
+            raise ValueError(f"norm: residual, attn_out, weight and h_out contiguous with {x.numel()} elements in "
+                             f"{x.dtype}; got {tuple(t.shape)} {t.dtype}")
+    return (residual, attn_out, weight, h_out, float(eps)), dict(
+        NORM=True, NORM_BLOCK=min(triton.next_power_of_2(x.numel()), MAX_NORM_BLOCK))
 
 
 @triton.jit
@@ -94,19 +191,21 @@ def init_sum_row(out_ptr, b_ptr, d_model, HAS_B: tl.constexpr):
             tl.store(out_ptr + cols, tl.zeros([512], dtype=tl.float32), mask=c_mask)
 
 
-@tuned(GATE_TMA_CONFIGS, GATE_TMA_FIXED, key=["d_model", "d_ff", "PREFETCH", "STREAM", "INIT_OUT"],
+@tuned(GATE_TMA_CONFIGS, GATE_TMA_FIXED, key=["d_model", "d_ff", "PREFETCH", "STREAM", "INIT_OUT", "NORM"],
        reset_to_zero=["counts_ptr", "done_ptr"], restore_value=["entries_ptr"])
 @triton.jit
 def gate_tma_kernel(x_ptr, wg_desc, bg_ptr, gact_ptr, counts_ptr, idx_ptr, wu_ptr, wdt_ptr, entries_ptr, done_ptr,
-                    out_ptr, bout_ptr, d_model, d_ff, threshold, ACT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                    USE_GDC: tl.constexpr, PREFETCH: tl.constexpr, STREAM: tl.constexpr, INIT_OUT: tl.constexpr,
-                    HAS_BOUT: tl.constexpr, FENCE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    out_ptr, bout_ptr, res_ptr, attn_ptr, nw_ptr, h_ptr, eps, d_model, d_ff, threshold,
+                    ACT: tl.constexpr, HAS_BIAS: tl.constexpr, USE_GDC: tl.constexpr, PREFETCH: tl.constexpr,
+                    STREAM: tl.constexpr, INIT_OUT: tl.constexpr, HAS_BOUT: tl.constexpr, NORM: tl.constexpr,
+                    NORM_BLOCK: tl.constexpr, FENCE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                     STAGES: tl.constexpr):
     gdc_start(USE_GDC)
     if INIT_OUT:  # the fp32 output row the rows kernel sums into: b_down, or 0
         init_sum_row(out_ptr, bout_ptr, d_model, HAS_BOUT)
     n0 = tl.program_id(0) * BLOCK_N
-    g, offs_n, n_mask = tma_row_dots_bias(x_ptr, wg_desc, bg_ptr, n0, d_ff, d_model, HAS_BIAS, BLOCK_N, BLOCK_K, STAGES)
+    g, offs_n, n_mask = tma_row_dots_x(x_ptr, res_ptr, attn_ptr, nw_ptr, h_ptr, eps, wg_desc, bg_ptr, n0, d_ff,
+                                       d_model, HAS_BIAS, NORM, NORM_BLOCK, BLOCK_N, BLOCK_K, STAGES)
     a = gate_act(g, threshold, ACT)
     live = (n_mask & (a != 0.0)).to(tl.int32)
     if STREAM:  # no act(gate) buffer, no id list: packed entries for the concurrent consumer
@@ -145,7 +244,8 @@ def tma_unusable(x: torch.Tensor, w_gate: torch.Tensor) -> str | None:
 
 def launch_gate_tma(x: torch.Tensor, w_gate: torch.Tensor, b_gate: torch.Tensor | None, act: str, threshold: float,
                     gate_act_out: torch.Tensor | None, counts: torch.Tensor, idx: torch.Tensor | None, pdl: bool = False,
-                    prefetch: tuple | None = None, stream: tuple | None = None, init_out: tuple | None = None):
+                    prefetch: tuple | None = None, stream: tuple | None = None, init_out: tuple | None = None,
+                    norm: tuple | None = None):
     """As launch_gate at one token (list 0 in `counts` / `idx`); the caller checked `tma_unusable`.
     `prefetch` = (w_up, w_down_t), fp16 / bf16 [d_ff, d_model] on a GPU: each program sends its active neurons' rows
     of both towards L2 (bulk prefetches, nothing waits on them) for the rows kernel that follows.
@@ -154,6 +254,8 @@ def launch_gate_tma(x: torch.Tensor, w_gate: torch.Tensor, b_gate: torch.Tensor 
     and each program adds the neurons it covered to `done` (int32 [1]); `gate_act_out` and `idx` are not written.
     `init_out` = (out, b_down or None): the kernel also sets the fp32 row `out` [d_model] to b_down (or 0), for a rows
     kernel that adds its sums into it (launch_rows with sum_is_out).
+    `norm` = (residual, attn_out, norm weight, eps, h_out): NORM (`norm_args`): x is the decoder layer's
+    post-attention RMSNorm of h = residual + attn_out, computed here; program 0 writes h to h_out and x to `x`.
     Returns the launched CompiledKernel."""
     from triton.tools.tensor_descriptor import TensorDescriptor
     d_ff, d_model = w_gate.shape
@@ -163,10 +265,11 @@ def launch_gate_tma(x: torch.Tensor, w_gate: torch.Tensor, b_gate: torch.Tensor 
     w_up, w_down_t = prefetch if prefetch is not None else (w_gate, w_gate)
     entries, done = stream if stream is not None else (x, counts[:1])  # not read or written without STREAM
     out, b_out = init_out if init_out is not None else (counts, None)
+    norm_ptrs, norm_flags = norm_args(x, norm)
     return gate_tma_kernel[grid](x, desc, b_gate if b_gate is not None else w_gate,
                                  gate_act_out if gate_act_out is not None else counts, counts,
                                  idx if idx is not None else counts, w_up, w_down_t, entries, done, out,
-                                 b_out if b_out is not None else out, d_model, d_ff, float(threshold),
+                                 b_out if b_out is not None else out, *norm_ptrs, d_model, d_ff, float(threshold),
                                  ACT=ACT_CODES[act], HAS_BIAS=b_gate is not None, PREFETCH=prefetch is not None,
                                  STREAM=stream is not None, INIT_OUT=init_out is not None, HAS_BOUT=b_out is not None,
-                                 FENCE=not configs.INTERPRET, **launch_options(pdl))
+                                 FENCE=not configs.INTERPRET, **norm_flags, **launch_options(pdl))

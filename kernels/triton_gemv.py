@@ -9,6 +9,8 @@ activation) reads an 11008x4096 matrix at ~2.8 TB/s. Program p computes BLOCK_N 
 `GemvLinear` replaces an nn.Linear: one token on a GPU with TMA (compute capability 9.0+, 16-byte aligned rows)
 through this kernel, anything else (prefill, CPU without the interpreter, other devices) through F.linear, said once.
 Inside torch.compile it is one opaque custom op (`actsparse::gemv`), like the sparse FFN.
+With `norm` (the predictor's first layer after fused_ffn_norm.py), x is computed in the kernel from the decoder
+layer's residual and attention output (NORM: triton_gate_tma.py).
 """
 from __future__ import annotations
 
@@ -23,16 +25,18 @@ from torch.nn import functional as F
 from . import configs
 from .configs import GEMV_CONFIGS, GEMV_FIXED, tuned
 from .pdl import gdc_start, launch_options
-from .triton_gate_tma import tma_row_dots_bias
+from .triton_gate_tma import norm_args, tma_row_dots_x
 
 
-@tuned(GEMV_CONFIGS, GEMV_FIXED, key=["n_out", "d_in", "HAS_BIAS", "RELU"])
+@tuned(GEMV_CONFIGS, GEMV_FIXED, key=["n_out", "d_in", "HAS_BIAS", "RELU", "NORM"])
 @triton.jit
-def gemv_kernel(x_ptr, w_desc, b_ptr, out_ptr, n_out, d_in, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
+def gemv_kernel(x_ptr, w_desc, b_ptr, out_ptr, n_out, d_in, res_ptr, attn_ptr, nw_ptr, h_ptr, eps,
+                HAS_BIAS: tl.constexpr, RELU: tl.constexpr, NORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
                 USE_GDC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
     gdc_start(USE_GDC)  # with PDL the kernel after it (the predictor's list kernel) starts loading its weights now
-    y, offs_n, n_mask = tma_row_dots_bias(x_ptr, w_desc, b_ptr, tl.program_id(0) * BLOCK_N, n_out, d_in, HAS_BIAS,
-                                          BLOCK_N, BLOCK_K, STAGES)
+    y, offs_n, n_mask = tma_row_dots_x(x_ptr, res_ptr, attn_ptr, nw_ptr, h_ptr, eps, w_desc, b_ptr,
+                                       tl.program_id(0) * BLOCK_N, n_out, d_in, HAS_BIAS, NORM, NORM_BLOCK, BLOCK_N,
+                                       BLOCK_K, STAGES)
     if RELU:
         y = tl.maximum(y, 0.0)
     tl.store(out_ptr + offs_n, y, mask=n_mask)
@@ -51,17 +55,22 @@ def gemv_unusable(x: torch.Tensor, weight: torch.Tensor) -> str | None:
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, relu: bool = False,
-         pdl: bool = False) -> torch.Tensor:
+         pdl: bool = False, norm: tuple | None = None) -> torch.Tensor:
     """x [..., d_in] holding one token, weight [n_out, d_in] -> [..., n_out] in x's dtype, through relu with `relu`
     (the caller checked `gemv_unusable`). `pdl`: launched with programmatic dependent launch, letting the next
-    kernel's programs start at once (pdl.py; the caller checked `pdl_usable`)."""
+    kernel's programs start at once (pdl.py; the caller checked `pdl_usable`). `norm` = (residual, attn_out, norm
+    weight, eps, h_out): x (contiguous) is not read but written, the RMSNorm of h = residual + attn_out computed in
+    the kernel, and h goes to h_out (triton_gate_tma.norm_args)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
     n_out, d_in = weight.shape
     out = torch.empty(*x.shape[:-1], n_out, dtype=x.dtype, device=x.device)
     desc = TensorDescriptor.from_tensor(weight, [GEMV_FIXED["BLOCK_N"], GEMV_FIXED["BLOCK_K"]])  # configs' hook sets it
     grid = lambda meta: (triton.cdiv(n_out, meta["BLOCK_N"]),)  # noqa: E731
-    gemv_kernel[grid](x.contiguous(), desc, bias if bias is not None else weight, out, n_out, d_in,
-                      HAS_BIAS=bias is not None, RELU=relu, **launch_options(pdl))
+    if norm is not None and not x.is_contiguous():
+        raise ValueError("gemv with norm writes x: x must be contiguous")
+    norm_ptrs, norm_flags = norm_args(x, norm)
+    gemv_kernel[grid](x.contiguous(), desc, bias if bias is not None else weight, out, n_out, d_in, *norm_ptrs,
+                      HAS_BIAS=bias is not None, RELU=relu, **norm_flags, **launch_options(pdl))
     return out
 
 

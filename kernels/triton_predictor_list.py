@@ -112,36 +112,43 @@ def predictor_list_tma_kernel(h_ptr, w_desc, b_ptr, counts_ptr, idx_ptr, out_ptr
                      HAS_BIAS, INIT_OUT, HAS_BOUT)
 
 
-def predictor_hidden(x: torch.Tensor, down: torch.Tensor, relu: bool, pdl: bool = False) -> torch.Tensor:
+def predictor_hidden(x: torch.Tensor, down: torch.Tensor, relu: bool, pdl: bool = False,
+                     norm: tuple | None = None) -> torch.Tensor:
     """act(x @ down^T) for one token [1, d_model] -> [1, rank] in down's dtype: the TMA GEMV where usable (with
     `pdl`, launched so that the list kernel's programs start during it), else F.linear (said once with the
-    reason)."""
+    reason). `norm` (triton_gemv.gemv; the caller checked `gemv_unusable`): the GEMV computes x and writes it."""
     from .dispatch import warn_once
     from .triton_gemv import gemv, gemv_unusable
-    x = x.reshape(1, -1).to(down.dtype)
+    x = x.reshape(1, -1) if norm is not None else x.reshape(1, -1).to(down.dtype)
     reason = gemv_unusable(x, down)
+    if norm is not None and reason is not None:
+        raise ValueError(f"predictor_hidden: norm needs the TMA GEMV, unavailable for {reason}")
     if reason is None:
-        return gemv(x, down, relu=relu, pdl=pdl)
+        return gemv(x, down, relu=relu, pdl=pdl, norm=norm)
     warn_once(f"predictor list: the Triton GEMV is unavailable for the predictor's first layer ({reason}); F.linear")
     h = F.linear(x, down)
     return torch.relu(h) if relu else h
 
 
 def launch_predictor_list(x: torch.Tensor, logits, counts: torch.Tensor, idx: torch.Tensor,
-                          init_out: tuple | None = None, pdl: bool = False) -> None:
+                          init_out: tuple | None = None, pdl: bool = False, norm: tuple | None = None) -> None:
     """Append the neurons `logits` (a LowRankLogits) predicts active for the one token x [1, d_model] (or its
     `source`) to the union list (counts[0], idx), which must be empty; the list's order is arbitrary.
     `init_out` = (out, b_down or None): the list kernel also sets the fp32 row `out` [d_model] to b_down (or 0), for a
     rows kernel that adds its sums into it (launch_rows with sum_is_out), as the gate kernel does on the exact path.
     `pdl` (the caller checked `pdl_usable`): the GEMV lets the list kernel start at once; the list kernel's programs
     load their first tile of `up` while the GEMV runs and wait for it only to read h (`behind_gemv`), and let the
-    kernel after them (the rows kernel, launched with PDL too) start at once."""
+    kernel after them (the rows kernel, launched with PDL too) start at once.
+    `norm` (no `source`): the GEMV computes x from the decoder layer's residual and attention output and writes it to
+    x [1, d_model] (triton_gemv.gemv), for the rows kernel after it."""
     from .triton_gate_tma import tma_unusable
     down, up = logits.down, logits.up
     if up.stride(1) != 1 or up.stride(0) != up.shape[1]:
         up = up.contiguous()
     d_ff, rank = up.shape
-    h = predictor_hidden(x if logits.source is None else logits.source, down, bool(logits.relu_hidden), pdl)
+    if norm is not None and logits.source is not None:
+        raise ValueError("launch_predictor_list: norm with a predictor `source` (its GEMV would not read x)")
+    h = predictor_hidden(x if logits.source is None else logits.source, down, bool(logits.relu_hidden), pdl, norm)
     bias = logits.bias if logits.bias is not None else up
     grid = lambda meta: (triton.cdiv(d_ff, meta["BLOCK_N"]),)  # noqa: E731
     out, b_out = init_out if init_out is not None else (counts, None)   # not written without INIT_OUT
