@@ -44,9 +44,7 @@ def sparse_ffn_op(x: torch.Tensor, key: int, active: Optional[torch.Tensor], fp3
     """The registered SparseFFN on x ([tokens, d_model]); a new tensor of x's shape and the FFN's dtype (float32 with
     `fp32_out`: SparseFFN.forward). `low_rank` = [down, up, bias, source] (empty: none) with `low_rank_relu` and
     `low_rank_cut`: the predictor as a LowRankLogits, in place of `active`."""
-    if low_rank:
-        active = LowRankLogits(low_rank[0], low_rank[1], low_rank[2], low_rank_relu, low_rank_cut, low_rank[3])
-    return _FFNS[key](x, active, fp32_out)
+    return _FFNS[key](x, _active_of(active, low_rank, low_rank_relu, low_rank_cut), fp32_out)
 
 
 @sparse_ffn_op.register_fake
@@ -61,9 +59,8 @@ def sparse_ffn_add_norm_op(residual: torch.Tensor, attn_out: torch.Tensor, norm_
                            low_rank_cut: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """SparseFFN.forward_add_norm of the registered FFN as one opaque op: (h = residual + attn_out, FFN(RMSNorm(h)))
     ([tokens, d_model] each; the FFN's output as `sparse_ffn_op` returns it); the other arguments as there."""
-    if low_rank:
-        active = LowRankLogits(low_rank[0], low_rank[1], low_rank[2], low_rank_relu, low_rank_cut, low_rank[3])
-    return _FFNS[key].forward_add_norm(residual, attn_out, norm_weight, eps, active, fp32_out)
+    return _FFNS[key].forward_add_norm(residual, attn_out, norm_weight, eps,
+                                       _active_of(active, low_rank, low_rank_relu, low_rank_cut), fp32_out)
 
 
 @sparse_ffn_add_norm_op.register_fake
@@ -71,6 +68,14 @@ def _sparse_ffn_add_norm_fake(residual, attn_out, norm_weight, eps, key, active,
                               low_rank_cut):
     return residual.new_empty(residual.shape), _sparse_ffn_fake(residual, key, active, fp32_out, low_rank,
                                                                  low_rank_relu, low_rank_cut)
+
+
+def _active_of(active, low_rank, low_rank_relu, low_rank_cut):
+    """The `active` the ops' arguments stand for (`sparse_ffn_op_args` inverted): the LowRankLogits that `low_rank`
+    describes, else `active`."""
+    if low_rank:
+        return LowRankLogits(low_rank[0], low_rank[1], low_rank[2], low_rank_relu, low_rank_cut, low_rank[3])
+    return active
 
 
 def sparse_ffn_op_args(active) -> tuple:

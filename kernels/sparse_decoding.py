@@ -54,8 +54,7 @@ class SparseDecodingMLP(nn.Module):
         if self.calibrating:
             self.ffn.calibrate(x)
         active = self._active(x)
-        fp32_out = self.fp32_out and _sums_in_fp32(self.ffn_key, x.shape[0], active is not None,
-                                                   isinstance(active, LowRankLogits))
+        fp32_out = self._fp32_out(x.shape[0], active)
         if torch.compiler.is_compiling():  # one opaque op: the kernels and the dispatch run as in eager mode
             given, low_rank, relu, cut = _op_args(active)
             out = sparse_ffn_op(x, self.ffn_key, given, fp32_out, low_rank, relu, cut)
@@ -74,7 +73,7 @@ class SparseDecodingMLP(nn.Module):
         d_model = residual.shape[-1]
         r, a = residual.reshape(1, d_model), attn_out.reshape(1, d_model)
         active = None if self.predictor is None else self.predictor.low_rank_logits()
-        fp32_out = self.fp32_out and _sums_in_fp32(self.ffn_key, 1, active is not None, active is not None)
+        fp32_out = self._fp32_out(1, active)
         if torch.compiler.is_compiling():   # one opaque op, as in forward
             given, low_rank, relu, cut = _op_args(active)
             h, out = sparse_ffn_add_norm_op(r, a, norm.weight, float(norm.variance_epsilon), self.ffn_key, given,
@@ -86,20 +85,26 @@ class SparseDecodingMLP(nn.Module):
     def _add_norm_in_op(self) -> bool:
         """Whether a one-token forward_add_norm goes to the FFN's op (no predictor, or one the kernels take as a
         LowRankLogits) rather than computing x here for the predictor's own call."""
-        if self.predictor is None:
-            return True
-        return (self.fuse_predictor and getattr(self.predictor, "low_rank_logits", None) is not None
+        return self.predictor is None or self._hands_low_rank(1)
+
+    def _hands_low_rank(self, n_tokens: int) -> bool:
+        """Whether the predictor goes to the kernels as its LowRankLogits: one token, `fuse_predictor`, a predictor
+        that can describe itself and a predicted kernel that takes it."""
+        return (self.predictor is not None and self.fuse_predictor and n_tokens == 1
+                and getattr(self.predictor, "low_rank_logits", None) is not None
                 and _takes_low_rank(self.ffn_key, self.ffn.dispatch.predicted_kernel))
 
+    def _fp32_out(self, n_tokens: int, active) -> bool:
+        """`fp32_out` for a call of `n_tokens` with `active` where its kernels produce the sum in fp32 anyway."""
+        return self.fp32_out and _sums_in_fp32(self.ffn_key, n_tokens, active is not None,
+                                               isinstance(active, LowRankLogits))
+
     def _active(self, x: torch.Tensor):
-        """None (exact path), the predictor as a LowRankLogits (one token, `fuse_predictor`, a predictor that can
-        describe itself), or the predictor's output."""
+        """None (exact path), the predictor as a LowRankLogits (`_hands_low_rank`), or the predictor's output."""
         if self.predictor is None:
             return None
-        describe = getattr(self.predictor, "low_rank_logits", None)
-        if (self.fuse_predictor and describe is not None and x.shape[0] == 1
-                and _takes_low_rank(self.ffn_key, self.ffn.dispatch.predicted_kernel)):
-            return describe()
+        if self._hands_low_rank(x.shape[0]):
+            return self.predictor.low_rank_logits()
         return self.predictor(x)
 
     def extra_repr(self) -> str:
