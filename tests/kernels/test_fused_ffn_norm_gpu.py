@@ -18,6 +18,8 @@ from actsparse.kernels.sparse_ffn import llama_rms_norm  # noqa: E402
 from actsparse.kernels.triton_gate import launch_gate  # noqa: E402
 from actsparse.modeling.predictors import LowRankLogits  # noqa: E402
 
+from ffn_reference import rel_err  # noqa: E402
+
 DEVICE = "cuda"
 EPS = 1e-5
 D, F, RANK = 4096, 11008, 360
@@ -42,10 +44,6 @@ def check_h_and_x(h, x, residual, attn_out, weight):
     ref = llama_rms_norm(h, weight, EPS)
     torch.testing.assert_close(x, ref, rtol=1.01 * ULP[x.dtype], atol=0)
     assert float((x != ref).float().mean()) < 0.01
-
-
-def rel_err(y, ref):
-    return float((y.double() - ref).norm() / ref.norm())
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
