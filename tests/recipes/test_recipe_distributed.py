@@ -114,7 +114,7 @@ def test_sigterm_checkpoints_at_the_next_step_and_exits_zero(tmp_path):
 GATHER_SCRIPT = '''
 import sys, torch, deepspeed, torch.distributed as dist
 from actsparse.recipes.config import load_recipe
-from actsparse.recipes.continue_pretrain import train
+from actsparse.recipes.continue_pretrain import exit_rank, train
 
 def save_live_weights(engine):
     params = dict(engine.module.named_parameters())
@@ -123,6 +123,7 @@ def save_live_weights(engine):
             torch.save({n: p.detach().clone() for n, p in params.items()}, sys.argv[1])
 
 train(load_recipe("tiny", sys.argv[2:]), on_end=save_live_weights)
+exit_rank(0)
 '''
 
 
