@@ -11,9 +11,10 @@ start are multiples of 16 (d_model a multiple of 8 in fp16 / bf16); `tma_unusabl
 the plain kernel then (said once in the log). Under the interpreter the descriptor is emulated, so CPU tests run it.
 
 NORM (this kernel and the GEMV, triton_gemv.py): x is not read but computed, the decoder layer's residual add and
-RMSNorm before the FFN fused in (fused_ffn_norm.py): every program computes h = residual + attn_out and its rstd over
-all of d_model, and takes x = weight * (h * rstd) chunk by chunk as LlamaRMSNorm rounds it; program 0 also writes h
-and x (x_ptr), which the kernels after it and the layer's last residual add read.
+RMSNorm before the FFN fused in (fused_ffn_norm.py): every program sums w[row] . (weight * h) for h = residual +
+attn_out chunk by chunk, with the squares of h beside it, and scales the sums by rstd at the end
+(`tma_row_dots_norm`); program 0 then writes h and x = weight * (h * rstd) as LlamaRMSNorm rounds it (x_ptr), which
+the kernels after it and the layer's last residual add read.
 """
 from __future__ import annotations
 
@@ -100,49 +101,43 @@ def residual_sum(res_ptr, attn_ptr, offs, mask):
 
 
 @triton.jit
-def rms_rstd(res_ptr, attn_ptr, d_model, eps, BLOCK: tl.constexpr):
-    """rsqrt(mean(h^2) + eps) in fp32 over all of d_model, BLOCK columns per step (NORM_BLOCK, `norm_args`: a whole
-    row up to 8192, so that the reduction waits for one round of loads, not one per step), for h = `residual_sum`."""
-    squares = tl.zeros([BLOCK], dtype=tl.float32)
+def write_h_and_x(res_ptr, attn_ptr, nw_ptr, rstd, d_model, x_ptr, h_ptr, BLOCK: tl.constexpr):
+    """Store h = `residual_sum` and x = weight * (h * rstd) over all of d_model, BLOCK columns per step, with
+    LlamaRMSNorm's roundings (h * rstd in fp32 rounded to the input dtype, then the product with the weight rounded
+    again): what the kernels after the first one, and the layer's last residual add, read."""
     for k0 in range(0, d_model, BLOCK):
         offs = k0 + tl.arange(0, BLOCK)
-        h = residual_sum(res_ptr, attn_ptr, offs, offs < d_model).to(tl.float32)
-        squares += h * h
-    return tl.math.rsqrt(tl.sum(squares, 0) / d_model + eps)
-
-
-@triton.jit
-def normed_chunk(res_ptr, attn_ptr, nw_ptr, rstd, k0, d_model, x_ptr, h_ptr, BLOCK: tl.constexpr):
-    """x at columns k0 + i, i < BLOCK, as fp32 (0 past d_model): weight * (h * rstd) with LlamaRMSNorm's roundings
-    (h * rstd in fp32 rounded to the input dtype, then the product with the weight rounded again). Program 0 stores
-    h and x there."""
-    offs = k0 + tl.arange(0, BLOCK)
-    mask = offs < d_model
-    h = residual_sum(res_ptr, attn_ptr, offs, mask)
-    weight = tl.load(nw_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    x = (weight * (h.to(tl.float32) * rstd).to(h.dtype).to(tl.float32)).to(h.dtype)
-    written = offs < d_model * (tl.program_id(0) == 0).to(tl.int32)   # program 0's columns: all; others' none
-    tl.store(h_ptr + offs, h, mask=written)
-    tl.store(x_ptr + offs, x, mask=written)
-    return x.to(tl.float32)
+        mask = offs < d_model
+        h = residual_sum(res_ptr, attn_ptr, offs, mask)
+        weight = tl.load(nw_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        x = (weight * (h.to(tl.float32) * rstd).to(h.dtype).to(tl.float32)).to(h.dtype)
+        tl.store(h_ptr + offs, h, mask=mask)
+        tl.store(x_ptr + offs, x, mask=mask)
 
 
 @triton.jit
 def tma_row_dots_norm(res_ptr, attn_ptr, nw_ptr, h_ptr, eps, x_ptr, w_desc, n0, d_in, BLOCK_N: tl.constexpr,
                       BLOCK_K: tl.constexpr, STAGES: tl.constexpr, NORM_BLOCK: tl.constexpr):
-    """`tma_row_dots` of x = RMSNorm(residual + attn_out) (NORM; `normed_chunk`): the first tile's TMA copy is issued
-    before the norm's reduction over d_in, the rest pipelined after it. (Triton waits for that copy right after
-    issuing it (sm_90 PTX, triton 3.9), so a program's own reduction does not hide it; the copy is in flight while the
-    other programs reduce.) Given the same x, the same sums in the same order as `tma_row_dots` (its first step adds
-    to zero)."""
-    w = w_desc.load([n0, 0])
-    rstd = rms_rstd(res_ptr, attn_ptr, d_in, eps, NORM_BLOCK)
-    acc = w.to(tl.float32) * normed_chunk(res_ptr, attn_ptr, nw_ptr, rstd, 0, d_in, x_ptr, h_ptr, BLOCK_K)[None, :]
-    for k0 in tl.range(BLOCK_K, d_in, BLOCK_K, num_stages=STAGES):
+    """`tma_row_dots` of x = RMSNorm(residual + attn_out) (NORM), with the norm's scalar taken out of the sum:
+    rstd * sum_k w[row, k] * (weight[k] * h[k]) in fp32, the squares of h summed in the same loop. No program waits
+    for a reduction before its weight tiles stream (session 16's form, the whole row reduced first, cost 1.7-1.9 µs
+    per kernel at the 7B shape). x is not rounded to the input dtype inside the sums (the float64 norm, not
+    LlamaRMSNorm's rounded one, within fp32). Program 0 then writes h and the rounded x (`write_h_and_x`,
+    NORM_BLOCK columns per step)."""
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    squares = tl.zeros([BLOCK_K], dtype=tl.float32)
+    for k0 in tl.range(0, d_in, BLOCK_K, num_stages=STAGES):
         w = w_desc.load([n0, k0])
-        acc += w.to(tl.float32) * normed_chunk(res_ptr, attn_ptr, nw_ptr, rstd, k0, d_in, x_ptr, h_ptr,
-                                               BLOCK_K)[None, :]
-    return tl.sum(acc, 1)
+        offs = k0 + tl.arange(0, BLOCK_K)
+        mask = offs < d_in
+        h = residual_sum(res_ptr, attn_ptr, offs, mask).to(tl.float32)
+        weight = tl.load(nw_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        squares += h * h
+        acc += w.to(tl.float32) * (weight * h)[None, :]
+    rstd = tl.math.rsqrt(tl.sum(squares, 0) / d_in + eps)
+    if tl.program_id(0) == 0:
+        write_h_and_x(res_ptr, attn_ptr, nw_ptr, rstd, d_in, x_ptr, h_ptr, NORM_BLOCK)
+    return tl.sum(acc, 1) * rstd
 
 
 @triton.jit
@@ -158,7 +153,7 @@ def tma_row_dots_x(x_ptr, res_ptr, attn_ptr, nw_ptr, h_ptr, eps, w_desc, b_ptr, 
     return row_bias(y, b_ptr, n0, n_rows, HAS_BIAS, BLOCK_N)
 
 
-MAX_NORM_BLOCK = 8192   # the norm's reduction reads up to this many columns of residual and attn_out per step
+MAX_NORM_BLOCK = 8192   # program 0 writes h and x in steps of up to this many columns
 
 
 def norm_args(x: torch.Tensor, norm: tuple | None) -> tuple[tuple, dict]:

@@ -26,6 +26,13 @@ def reference_ffn(x, w_gate, w_up, w_down, activation, threshold=0.0, b_gate=Non
     return x1 @ w_down.double().T + (0 if b_down is None else b_down.double())
 
 
+def rms_norm64(h, weight, eps):
+    """The RMSNorm of h in float64, unrounded: what the NORM kernels' sums take as x (they scale by rstd after the sum;
+    triton_gate_tma.tma_row_dots_norm)."""
+    h64 = h.double()
+    return weight.double() * h64 * torch.rsqrt(h64.pow(2).mean(-1, keepdim=True) + eps)
+
+
 def poisoned_empty(*shape, dtype=None, device=None):
     """torch.empty stand-in: float buffers start as NaN, so any element a kernel fails to write shows."""
     t = torch.empty(*shape, dtype=dtype, device=device)
