@@ -22,6 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import deepspeed
 import torch
@@ -75,14 +76,14 @@ def process_group(on_gpu: bool):
                     os.environ[key] = value
 
 
-def exit_rank(code: int) -> None:
+def exit_rank(code: int) -> NoReturn:
     """End this rank's process now, after train() returned: flush the standard streams and logging, then
     os._exit(code), skipping the interpreter's teardown.
 
     torch's gloo backend has no shutdown: its worker threads outlive destroy_process_group (DeepSpeed and the
     ZeRO-3 parameters keep the groups referenced). A worker that lets go of a tensor with a Python object
     while the interpreter finalizes aborts the process ("terminate called without an active exception",
-    pytorch/pytorch#179291), turning a finished run's exit code into SIGABRT; CI saw it once in ~20 runs.
+    pytorch/pytorch#179291), turning a finished run's exit code into SIGABRT (CI saw it once, session 17).
     Everything train() writes is closed and on disk when it returns, and every rank has passed its barrier.
     Scripts that call train() on several ranks should end with this too; `actsparse train` does."""
     sys.stdout.flush()
