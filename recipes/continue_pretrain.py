@@ -92,6 +92,14 @@ def exit_rank(code: int) -> NoReturn:
     os._exit(code)
 
 
+def finish_rank(code: int) -> int:
+    """An entry point's last step after train() (or another process_group run) returned: on one rank of several,
+    `exit_rank(code)`; in a single-process run (tests call the entry points in-process), `code` back."""
+    if read_dist_env().world_size > 1:
+        exit_rank(code)
+    return code
+
+
 def setup_logging(rank: int) -> None:
     level = logging.INFO if rank == 0 else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s")

@@ -25,10 +25,9 @@ import torch
 from actsparse.modeling import SparsityStats, disable_l1, enable_l1
 
 from .config import load_recipe
-from .continue_pretrain import build_engine, exit_rank, process_group, setup_logging, train_step
+from .continue_pretrain import build_engine, finish_rank, process_group, setup_logging, train_step
 from .data import TrainBatches, build_datasets
 from .deepspeed_config import derive_deepspeed_config
-from .distributed_env import read_dist_env
 from .model_loading import load_model
 
 MODES = ("off", "counters", "l1", "both")
@@ -126,9 +125,7 @@ def main(argv=None) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1))
-    if read_dist_env().world_size > 1:
-        exit_rank(0)     # one rank of several: leave without the interpreter's teardown (see exit_rank)
-    return 0
+    return finish_rank(0)   # one rank of several: leaves without the interpreter's teardown (exit_rank)
 
 
 if __name__ == "__main__":

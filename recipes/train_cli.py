@@ -72,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.nproc_per_node > 1 and "RANK" not in os.environ:
         return spawn_local_ranks([args.config, *args.overrides], args.nproc_per_node)
 
-    from .continue_pretrain import exit_rank, train
-    from .distributed_env import read_dist_env
+    from .continue_pretrain import finish_rank, train
 
     try:
         result = train(cfg)
@@ -82,9 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if result.stopped_by_signal:
         print(f"actsparse train: stopped at step {result.final_step}; resume with the same command", file=sys.stderr)
-    if read_dist_env().world_size > 1:
-        exit_rank(0)     # one rank of several: leave without the interpreter's teardown (see exit_rank)
-    return 0
+    return finish_rank(0)   # one rank of several: leaves without the interpreter's teardown (exit_rank)
 
 
 if __name__ == "__main__":

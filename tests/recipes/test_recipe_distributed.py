@@ -9,13 +9,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 
 import pytest
 import torch
 
 from prosparse_reference import algorithm_1
-from recipe_runs import latest, read_metrics, run_train, start_train, train_env, wait_for
+from recipe_runs import latest, read_metrics, run_on_two_ranks, run_train, start_train, train_env, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -134,10 +133,8 @@ def test_consolidated_checkpoint_equals_live_gathered_weights(tmp_path):
     script = tmp_path / "gather.py"
     script.write_text(GATHER_SCRIPT)
     live_file, run_dir = tmp_path / "live.pt", tmp_path / "run"
-    from actsparse.recipes.distributed_env import free_port
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}", str(script),
-           str(live_file), "train.steps=3", "train.eval_batches=0", "train.export_at_end=true", f"output_dir={run_dir}"]
-    result = subprocess.run(cmd, cwd=tmp_path, env=train_env(), capture_output=True, text=True, timeout=150)
+    result = run_on_two_ranks(script, [str(live_file), "train.steps=3", "train.eval_batches=0",
+                                       "train.export_at_end=true", f"output_dir={run_dir}"], tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     live = torch.load(live_file)
     model, tokenizer = load_run_model(run_dir)

@@ -27,6 +27,14 @@ def run_train(args: list[str], cwd: Path, timeout: float = 150) -> subprocess.Co
     return subprocess.run(TRAIN + args, cwd=cwd, env=train_env(), capture_output=True, text=True, timeout=timeout)
 
 
+def run_on_two_ranks(script: Path, args: list[str], cwd: Path, timeout: float = 150) -> subprocess.CompletedProcess:
+    """`script args` on 2 local ranks through torchrun (gloo on CPU), in train_env()."""
+    from actsparse.recipes.distributed_env import free_port
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
+           str(script), *args]
+    return subprocess.run(cmd, cwd=cwd, env=train_env(), capture_output=True, text=True, timeout=timeout)
+
+
 def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
     """(training step records, held-out records) from run_dir/metrics.jsonl."""
     lines = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line]
