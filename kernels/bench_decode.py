@@ -80,7 +80,9 @@ def parse_args(argv):
     p.add_argument("--pdl", choices=["on", "off", "both"], default="off",
                    help="sparse paths with DispatchConfig(pdl=True): each FFN kernel launched while the one before it "
                         "runs (pdl.py; on the predictor path the list kernel loads its weights during the predictor's "
-                        "GEMV); on, off (default) or both (on named <path>_pdl)")
+                        "GEMV, which loads its rows while the o projection runs); on, off (default) or both (on named "
+                        "<path>_pdl). With --gemv-o and --pdl on / both every o projection (dense too) is launched with "
+                        "PDL")
     p.add_argument("--gate-first", choices=["auto", "on", "off", "both"], default="auto",
                    help="predictor paths' DispatchConfig.gate_first (a listed neuron's up / W_down^T rows read only "
                         "where act(gate) != 0): auto (default: on where the kernels build the list), on, off, or both "
@@ -185,7 +187,7 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
     if args.fuse_qkv:
         fuse_qkv(model)
     if args.gemv_o:
-        use_gemv(model, ("o_proj",))
+        use_gemv(model, ("o_proj",), pdl=args.pdl != "off")
     if args.decode_attention:
         from actsparse.kernels.triton_decode_attention import use_decode_attention
         use_decode_attention(model, split=not args.no_attention_split)

@@ -53,6 +53,11 @@ GEMV_CONFIGS = GATE_TMA_CONFIGS + [
     triton.Config(dict(BLOCK_N=4, BLOCK_K=k, STAGES=s), num_warps=w, num_stages=1, pre_hook=_tma_block_hook)
     for k, w, s in [(512, 4, 4), (512, 2, 4), (2048, 4, 3)]]
 GEMV_FIXED = GATE_TMA_FIXED
+# The same one-token GEMV with each program's whole rows loaded before it waits for the kernel before it
+# (triton_gemv_prefetch.py: the predictor's first layer behind the o projection, with PDL): BLOCK_N rows of up to
+# 8192 columns in registers per program.
+GEMV_PREFETCH_CONFIGS = [_cfg(w, 1, BLOCK_N=n) for n, w in [(1, 4), (2, 4), (2, 8), (4, 4), (4, 8), (8, 8), (8, 16)]]
+GEMV_PREFETCH_FIXED = dict(BLOCK_N=4)
 
 # Sparse up (optionally fused with the gate): BLOCK_J active neurons per step, BLOCK_K of d per step, a grid of
 # GRID_PER_SM programs per SM, each owning a balanced range of the list. Batch 1 at 90% lists ~1100 neurons of

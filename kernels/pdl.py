@@ -46,7 +46,8 @@ def pdl_usable(device: torch.device) -> bool:
     """Whether PDL can be used on `device`; says once why not."""
     reason = _unusable_reason(device)
     if reason is not None:
-        warn_once(f"SparseFFN: DispatchConfig(pdl=True) unavailable {reason}; kernels launch without PDL")
+        warn_once(f"PDL (DispatchConfig(pdl=True), GemvLinear(pdl=True)) unavailable {reason}; kernels launch "
+                  "without PDL")
     return reason is None
 
 

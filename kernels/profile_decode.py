@@ -58,7 +58,8 @@ def parse_args(argv):
     p.add_argument("--no-fp32-out", action="store_true",
                    help="the sparse FFN returns the weights' dtype (SparseDecodingMLP.fp32_out off)")
     p.add_argument("--pdl", action="store_true",
-                   help="also trace the sparse paths (exact and predicted) with DispatchConfig(pdl=True)")
+                   help="also trace the sparse paths (exact and predicted) with DispatchConfig(pdl=True); with "
+                        "--gemv-o every o projection (dense too) is launched with PDL")
     p.add_argument("--exact-kernels", default="auto", help="sparse exact-path kernels to trace, comma list")
     p.add_argument("--predicted-kernels", default="",
                    help="also trace the predictor path (bench_decode's stand-in predictor) with these predicted-set "
@@ -137,7 +138,7 @@ def main(argv=None) -> int:
     if args.fuse_qkv:
         fuse_qkv(model)
     if args.gemv_o:
-        use_gemv(model, ("o_proj",))
+        use_gemv(model, ("o_proj",), pdl=args.pdl)
     if args.decode_attention:
         from actsparse.kernels.triton_decode_attention import use_decode_attention
         use_decode_attention(model)

@@ -101,18 +101,23 @@ def residual_sum(res_ptr, attn_ptr, offs, mask):
 
 
 @triton.jit
+def normed_x(h, weight, rstd):
+    """x = weight * (h * rstd) in h's dtype with LlamaRMSNorm's roundings (h * rstd in fp32 rounded to the input
+    dtype, then the product with the fp32 weight rounded again)."""
+    return (weight * (h.to(tl.float32) * rstd).to(h.dtype).to(tl.float32)).to(h.dtype)
+
+
+@triton.jit
 def write_h_and_x(res_ptr, attn_ptr, nw_ptr, rstd, d_model, x_ptr, h_ptr, BLOCK: tl.constexpr):
-    """Store h = `residual_sum` and x = weight * (h * rstd) over all of d_model, BLOCK columns per step, with
-    LlamaRMSNorm's roundings (h * rstd in fp32 rounded to the input dtype, then the product with the weight rounded
-    again): what the kernels after the first one, and the layer's last residual add, read."""
+    """Store h = `residual_sum` and x = `normed_x` over all of d_model, BLOCK columns per step: what the kernels after
+    the first one, and the layer's last residual add, read."""
     for k0 in range(0, d_model, BLOCK):
         offs = k0 + tl.arange(0, BLOCK)
         mask = offs < d_model
         h = residual_sum(res_ptr, attn_ptr, offs, mask)
         weight = tl.load(nw_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        x = (weight * (h.to(tl.float32) * rstd).to(h.dtype).to(tl.float32)).to(h.dtype)
         tl.store(h_ptr + offs, h, mask=mask)
-        tl.store(x_ptr + offs, x, mask=mask)
+        tl.store(x_ptr + offs, normed_x(h, weight, rstd), mask=mask)
 
 
 @triton.jit

@@ -75,47 +75,53 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 
 
 @torch.library.custom_op("actsparse::gemv", mutates_args=())
-def gemv_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """`gemv` as one opaque op for torch.compile; F.linear where the kernel cannot run (said once per reason)."""
+def gemv_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], pdl: bool = False) -> torch.Tensor:
+    """`gemv` as one opaque op for torch.compile; F.linear where the kernel cannot run (said once per reason).
+    `pdl`: launched with programmatic dependent launch where usable (said once where not), so that the kernel after it
+    (the predictor's first layer, triton_gemv_prefetch.py) is scheduled while it runs."""
     reason = gemv_unusable(x, weight)
     if reason is None:
-        return gemv(x, weight, bias)
+        from .pdl import pdl_usable
+        return gemv(x, weight, bias, pdl=pdl and pdl_usable(x.device))
     from .dispatch import warn_once
     warn_once(f"GemvLinear: the Triton GEMV is unavailable for {reason}; F.linear")
     return F.linear(x, weight, bias)
 
 
 @gemv_op.register_fake
-def _gemv_fake(x, weight, bias):
+def _gemv_fake(x, weight, bias, pdl=False):
     return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
 class GemvLinear(nn.Module):
-    """An nn.Linear's weight and bias (shared, not copied) computed through `gemv` at one token, F.linear otherwise."""
+    """An nn.Linear's weight and bias (shared, not copied) computed through `gemv` at one token, F.linear otherwise.
+    `pdl`: the one-token kernel launched with programmatic dependent launch (`gemv_op`)."""
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, linear: nn.Linear, pdl: bool = False):
         super().__init__()
         self.weight, self.bias = linear.weight, linear.bias
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.pdl = pdl
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[:-1].numel() == 1:   # static under torch.compile: the decode step's variant takes the op
-            return gemv_op(x, self.weight, self.bias)
+            return gemv_op(x, self.weight, self.bias, self.pdl)
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, one token through triton_gemv"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, one token through triton_gemv"
+                f"{' with PDL' if self.pdl else ''}")
 
 
-def use_gemv(model: nn.Module, names: tuple[str, ...] = ("o_proj",)) -> int:
-    """Replace every nn.Linear child called one of `names` by a GemvLinear (in place). Returns how many; raises
-    ValueError if none."""
+def use_gemv(model: nn.Module, names: tuple[str, ...] = ("o_proj",), pdl: bool = False) -> int:
+    """Replace every nn.Linear child called one of `names` by a GemvLinear (in place; `pdl`: launched with PDL).
+    Returns how many; raises ValueError if none."""
     swapped = 0
     for module in list(model.modules()):
         for name in names:
             child = getattr(module, name, None)
             if isinstance(child, nn.Linear):
-                setattr(module, name, GemvLinear(child))
+                setattr(module, name, GemvLinear(child, pdl))
                 swapped += 1
     if not swapped:
         raise ValueError(f"{type(model).__name__} has no nn.Linear named {', '.join(names)} to run as a GEMV")

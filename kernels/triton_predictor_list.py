@@ -115,15 +115,23 @@ def predictor_list_tma_kernel(h_ptr, w_desc, b_ptr, counts_ptr, idx_ptr, out_ptr
 def predictor_hidden(x: torch.Tensor, down: torch.Tensor, relu: bool, pdl: bool = False,
                      norm: tuple | None = None) -> torch.Tensor:
     """act(x @ down^T) for one token [1, d_model] -> [1, rank] in down's dtype: the TMA GEMV where usable (with
-    `pdl`, launched so that the list kernel's programs start during it), else F.linear (said once with the
-    reason). `norm` (triton_gemv.gemv; the caller checked `gemv_unusable`): the GEMV computes x and writes it."""
+    `pdl`, the GEMV whose programs load their rows before waiting for the kernel before it, triton_gemv_prefetch.py,
+    launched so that the list kernel's programs start during it), else F.linear (said once with the reason). `norm`
+    (triton_gemv.gemv; the caller checked `gemv_unusable`): the GEMV computes x and writes it."""
     from .dispatch import warn_once
     from .triton_gemv import gemv, gemv_unusable
+    from .triton_gemv_prefetch import gemv_prefetch, gemv_prefetch_unusable
     x = x.reshape(1, -1) if norm is not None else x.reshape(1, -1).to(down.dtype)
     reason = gemv_unusable(x, down)
     if norm is not None and reason is not None:
         raise ValueError(f"predictor_hidden: norm needs the TMA GEMV, unavailable for {reason}")
     if reason is None:
+        if pdl:
+            prefetch_reason = gemv_prefetch_unusable(x, down)
+            if prefetch_reason is None:
+                return gemv_prefetch(x, down, relu=relu, pdl=pdl, norm=norm)
+            warn_once(f"predictor list: the GEMV loading its rows before the wait is unavailable for "
+                      f"{prefetch_reason}; the TMA GEMV")
         return gemv(x, down, relu=relu, pdl=pdl, norm=norm)
     warn_once(f"predictor list: the Triton GEMV is unavailable for the predictor's first layer ({reason}); F.linear")
     h = F.linear(x, down)

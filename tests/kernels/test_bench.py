@@ -60,7 +60,7 @@ def test_bench_case_batch_1_has_the_inline_compaction_pdl_and_index_methods(capl
                                                                "ours_union_stream_w8", "ours_union_stream_p50_w8"}
     for r in records:
         assert "error" not in r and r["rel_err"] < 1e-4, r
-    assert "DispatchConfig(pdl=True) unavailable under the Triton interpreter" in caplog.text
+    assert "DispatchConfig(pdl=True), GemvLinear(pdl=True)) unavailable under the Triton interpreter" in caplog.text
 
 
 @pytest.mark.skipif(not configs.INTERPRET, reason="needs TRITON_INTERPRET=1 (set by conftest.py)")

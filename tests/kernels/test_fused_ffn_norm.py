@@ -15,7 +15,8 @@ from triton_interpreter import require_triton_interpreter
 
 require_triton_interpreter()
 
-from actsparse.kernels import DispatchConfig, SparseFFN, dispatch, triton_gate_tma, triton_gemv  # noqa: E402
+from actsparse.kernels import (DispatchConfig, SparseFFN, dispatch, triton_gate_tma, triton_gemv,  # noqa: E402
+                               triton_gemv_prefetch)
 from actsparse.kernels.fused_ffn_norm import fuse_ffn_norms, is_fused  # noqa: E402
 from actsparse.kernels.sparse_decoding import greedy_decode, swap_in_sparse_ffns, teacher_forced_logits  # noqa: E402
 from actsparse.kernels.sparse_ffn import llama_rms_norm  # noqa: E402
@@ -88,11 +89,15 @@ def test_gate_kernel_computes_h_and_x(d, f, dtype, norm_block, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("relu", [False, True])
-def test_gemv_computes_h_and_x(relu, dtype):
-    residual, attn_out, weight = layer_inputs(64, dtype, seed=5)
-    w = (torch.randn(24, 64, generator=torch.Generator().manual_seed(6)) / 8).to(dtype)
+@pytest.mark.parametrize("kernel", ["gemv", "gemv_prefetch"])
+def test_gemv_computes_h_and_x(kernel, relu, dtype):
+    """NORM in the TMA GEMV and in the GEMV that loads its whole rows first (the predictor's first layer with PDL;
+    d 72 is not a power of two: masked columns); 26 rows: a partial last block of rows."""
+    gemv = triton_gemv.gemv if kernel == "gemv" else triton_gemv_prefetch.gemv_prefetch
+    residual, attn_out, weight = layer_inputs(72, dtype, seed=5)
+    w = (torch.randn(26, 72, generator=torch.Generator().manual_seed(6)) / 8).to(dtype)
     x, h = nan_like(residual), nan_like(residual)
-    y = triton_gemv.gemv(x, w, relu=relu, norm=(residual, attn_out, weight, EPS, h))
+    y = gemv(x, w, relu=relu, norm=(residual, attn_out, weight, EPS, h))
     check_h_and_x(h, x, residual, attn_out, weight)
     ref = rms_norm64(h, weight, EPS) @ w.double().T
     check_sums(y, torch.relu(ref) if relu else ref)

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 
-from actsparse.kernels import SparseFFN, triton_gemv  # noqa: E402
+from actsparse.kernels import DispatchConfig, SparseFFN, triton_gemv, triton_gemv_prefetch  # noqa: E402
 from actsparse.kernels.sparse_ffn import llama_rms_norm  # noqa: E402
 from actsparse.kernels.triton_gate import launch_gate  # noqa: E402
 from actsparse.modeling.predictors import LowRankLogits  # noqa: E402
@@ -65,12 +65,14 @@ def test_gate_kernel_computes_h_and_x(dtype):
                                                                      torch.nonzero(gact[0] > 0).flatten())
 
 
+@pytest.mark.parametrize("kernel", ["gemv", "gemv_prefetch"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gemv_computes_h_and_x(dtype):
+def test_gemv_computes_h_and_x(dtype, kernel):
+    gemv = triton_gemv.gemv if kernel == "gemv" else triton_gemv_prefetch.gemv_prefetch
     residual, attn_out, weight = layer_inputs(dtype, seed=3)
     w = _randn(RANK, D, g=torch.Generator(device=DEVICE).manual_seed(4), scale=D ** -0.5).to(dtype)
     x, h = torch.full_like(residual, float("nan")), torch.full_like(residual, float("nan"))
-    y = triton_gemv.gemv(x, w, relu=True, norm=(residual, attn_out, weight, EPS, h))
+    y = gemv(x, w, relu=True, norm=(residual, attn_out, weight, EPS, h))
     check_h_and_x(h, x, residual, attn_out, weight)
     assert rel_err(y, torch.relu(rms_norm64(h, weight, EPS) @ w.double().T)) < ULP[dtype]     # y's own rounding
 
@@ -124,6 +126,41 @@ def test_forward_add_norm_eager_and_in_a_graph(dtype, predicted):
         torch.cuda.synchronize()
         assert torch.equal(h, new_r + new_a)
         assert rel_err(y, expected(new_r, new_a)) < 4 * ULP[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pdl_chain_from_the_o_projection_in_a_graph(dtype):
+    """The predictor path as a decode step runs it with PDL: the o projection (GemvLinear's op, launched with PDL),
+    the predictor's first layer loading its rows before it waits (gemv_prefetch with NORM), the list and rows kernels;
+    captured in a CUDA graph and replayed on new attention outputs and residuals: h bit for bit and the output
+    against float64, as without PDL."""
+    from actsparse.kernels.pdl import pdl_usable
+    if not pdl_usable(torch.device(DEVICE)):
+        pytest.skip("PDL needs compute capability 9.0+")
+    ffn, ref, low_rank, mask = _ffn_and_predictor(dtype)
+    ffn.dispatch = DispatchConfig(pdl=True)
+    g = torch.Generator(device=DEVICE).manual_seed(10)
+    w_o = _randn(D, D, g=g, scale=D ** -0.5).to(dtype)
+    pre_o, residual = _randn(1, D, g=g).to(dtype), _randn(1, D, g=g).to(dtype)
+    weight = (1 + _randn(D, g=g, scale=0.2)).to(dtype)
+
+    def step():
+        attn_out = triton_gemv.gemv_op(pre_o, w_o, None, True)
+        return (attn_out, *ffn.forward_add_norm(residual, attn_out, weight, EPS, low_rank, fp32_out=True))
+    step()   # autotuned outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        attn_out, h, y = step()
+    for seed in (11, 12, 13):
+        g = torch.Generator(device=DEVICE).manual_seed(seed)
+        pre_o.copy_(_randn(1, D, g=g).to(dtype))
+        residual.copy_(_randn(1, D, g=g).to(dtype))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(attn_out, triton_gemv.gemv(pre_o, w_o))
+        assert torch.equal(h, residual + attn_out)
+        assert rel_err(y, ref(llama_rms_norm(h, weight, EPS), mask)) < 4 * ULP[dtype]
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "inductor"])

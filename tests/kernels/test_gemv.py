@@ -12,6 +12,7 @@ require_triton_interpreter()
 
 from actsparse.kernels import dispatch  # noqa: E402
 from actsparse.kernels.triton_gemv import GemvLinear, gemv, gemv_unusable, use_gemv  # noqa: E402
+from actsparse.kernels.triton_gemv_prefetch import gemv_prefetch, gemv_prefetch_unusable  # noqa: E402
 
 
 def reference(x, w, b):
@@ -31,6 +32,29 @@ def test_gemv_matches_float64(n_out, d_in, bias, relu):
     assert y.shape == (1, 1, n_out) and y.dtype == torch.float32
     ref = reference(x, w, b)
     torch.testing.assert_close(y.double(), ref.clamp(min=0) if relu else ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("n_out,d_in", [(37, 72), (1, 8), (9, 200)])
+def test_gemv_prefetch_matches_float64(n_out, d_in, bias, relu):
+    """The GEMV whose programs load their whole rows before waiting for the kernel before them (PDL on a GPU;
+    here a plain launch): odd rows and columns (masked up to the next power of two)."""
+    g = torch.Generator().manual_seed(n_out * d_in)
+    w = torch.randn(n_out, d_in, generator=g)
+    b = torch.randn(n_out, generator=g) if bias else None
+    x = torch.randn(1, d_in, generator=g)
+    assert gemv_prefetch_unusable(x, w) is None
+    y = gemv_prefetch(x, w, b, relu=relu)
+    ref = reference(x, w, b)
+    torch.testing.assert_close(y.double(), ref.clamp(min=0) if relu else ref, rtol=1e-5, atol=1e-5)
+
+
+def test_gemv_prefetch_says_what_it_cannot_take():
+    x = torch.randn(1, 16)
+    assert "whole rows up to 8192" in gemv_prefetch_unusable(torch.randn(1, 8200), torch.randn(2, 8200))
+    assert "not contiguous" in gemv_prefetch_unusable(x, torch.randn(16, 4).T)
+    assert "2 tokens" in gemv_prefetch_unusable(torch.randn(2, 16), torch.randn(4, 16))
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 1e-2)])
