@@ -77,12 +77,12 @@ def parse_args(argv):
     p.add_argument("--fp32-out", choices=["on", "off", "both"], default="on",
                    help="exact paths with SparseDecodingMLP.fp32_out on (default), off, or both (off named "
                         "<path>_no_fp32_out)")
-    p.add_argument("--pdl", choices=["on", "off", "both"], default="off",
+    p.add_argument("--pdl", choices=["on", "off", "both", "predicted"], default="off",
                    help="sparse paths with DispatchConfig(pdl=True): each FFN kernel launched while the one before it "
                         "runs (pdl.py; on the predictor path the list kernel loads its weights during the predictor's "
-                        "GEMV, which loads its rows while the o projection runs); on, off (default) or both (on named "
-                        "<path>_pdl). With --gemv-o and --pdl on / both every o projection (dense too) is launched with "
-                        "PDL")
+                        "GEMV, which loads its rows while the o projection runs); on, off (default), both (on named "
+                        "<path>_pdl) or predicted (the predictor paths only). With --gemv-o and --pdl other than off "
+                        "every o projection (dense too) is launched with PDL")
     p.add_argument("--gate-first", choices=["auto", "on", "off", "both"], default="auto",
                    help="predictor paths' DispatchConfig.gate_first (a listed neuron's up / W_down^T rows read only "
                         "where act(gate) != 0): auto (default: on where the kernels build the list), on, off, or both "
@@ -207,8 +207,9 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
                None, k, f) for k in args.exact_kernels.split(",") for f in fp32]
              + [(f"predicted_{k}" + ("" if f or args.fused_predictor == "off" else "_mask"), k, "auto", f)
                 for k in kernels for f in fused_settings])
-    paths = [(path + ("_pdl" if pdl and args.pdl == "both" else ""), *rest, dict(pdl=pdl))
-             for path, *rest in paths for pdl in settings[args.pdl]]
+    pdl_settings = dict(settings, predicted=None)[args.pdl]   # "predicted": PDL on the predictor paths only
+    paths = [(path + ("_pdl" if pdl and args.pdl == "both" else ""), kernel, *rest, dict(pdl=pdl))
+             for path, kernel, *rest in paths for pdl in (pdl_settings or (kernel is not None,))]
     # Predictor paths with gate_first or not.
     gate_first = dict(settings, auto=(None,))[args.gate_first]
     paths = [(path + ({True: "_gate_first", False: "_no_gate_first"}.get(gf, "") if args.gate_first == "both" else ""),

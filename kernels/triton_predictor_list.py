@@ -10,6 +10,9 @@ that was 4.6 + 9.0 + ~1 + 2.1 µs per layer (profile_decode, H100, session 12). 
   union list with one atomic (as the gate kernel appends them); the rows of `up` come through TMA where they are
   16-byte aligned (`predictor_list_tma_kernel`), else by plain loads (`predictor_list_kernel`);
 then the rows kernel reads that list (gate, up and down rows of the listed neurons), as after the compaction.
+With PDL (a decode step's predictor path behind an o projection launched with PDL) both the GEMV and the list kernel
+load their programs' whole rows before they wait for the kernel before them (`prefetch`): H100, 4-layer decode
+profile (session 18), the predictor step 485.9 -> 469.8 µs with the GEMV's prefetch alone.
 H100 (session 12): plain loads took 8.1 µs for rank-358 rows of 716 bytes and 7.7 µs at rank 360 (told 16-byte
 aligned), 7.9 MB at ~1 TB/s; the stand-in predictor pads its rank to a multiple of 8 (bench_predictor.py).
 """
@@ -20,11 +23,14 @@ import triton
 import triton.language as tl
 from torch.nn import functional as F
 
-from .configs import (PREDICTOR_LIST_CONFIGS, PREDICTOR_LIST_FIXED, PREDICTOR_LIST_TMA_CONFIGS,
-                      PREDICTOR_LIST_TMA_FIXED, tuned)
+from .configs import (PREDICTOR_LIST_CONFIGS, PREDICTOR_LIST_FIXED, PREDICTOR_LIST_PREFETCH_CONFIGS,
+                      PREDICTOR_LIST_PREFETCH_FIXED, PREDICTOR_LIST_TMA_CONFIGS, PREDICTOR_LIST_TMA_FIXED, tuned)
 from .pdl import launch_options
 from .triton_gate import append_union
 from .triton_gate_tma import init_sum_row
+
+
+MAX_PREFETCH_RANK = 1024   # with PDL, ranks up to this have each program's whole rows of `up` loaded before h
 
 
 @triton.jit
@@ -112,12 +118,36 @@ def predictor_list_tma_kernel(h_ptr, w_desc, b_ptr, counts_ptr, idx_ptr, out_ptr
                      HAS_BIAS, INIT_OUT, HAS_BOUT)
 
 
+@tuned(PREDICTOR_LIST_PREFETCH_CONFIGS, PREDICTOR_LIST_PREFETCH_FIXED, key=["rank", "d_ff", "INIT_OUT"],
+       reset_to_zero=["counts_ptr"])
+@triton.jit
+def predictor_list_prefetch_kernel(h_ptr, up_ptr, b_ptr, counts_ptr, idx_ptr, out_ptr, bout_ptr, rank, d_ff, d_model,
+                                   cut, HAS_BIAS: tl.constexpr, INIT_OUT: tl.constexpr, HAS_BOUT: tl.constexpr,
+                                   USE_GDC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
+    """The list kernel with PDL behind the GEMV that loads its rows first (triton_gemv_prefetch.py): each program's
+    whole rows of `up` (rank <= BLOCK_R) are loaded before it waits for h, so the programs resident while the o
+    projection and the GEMV run have read all their weights by then."""
+    if USE_GDC:
+        tl.extra.cuda.gdc_launch_dependents()
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < d_ff
+    offs_r = tl.arange(0, BLOCK_R)
+    r_mask = offs_r < rank
+    w = tl.load(up_ptr + offs_n.to(tl.int64)[:, None] * rank + offs_r[None, :], mask=n_mask[:, None] & r_mask[None, :],
+                other=0.0)
+    behind_gemv(USE_GDC)
+    logit = tl.sum(w.to(tl.float32) * tl.load(h_ptr + offs_r, mask=r_mask, other=0.0).to(tl.float32)[None, :], 1)
+    list_and_sum_row(logit, offs_n, n_mask, b_ptr, cut, counts_ptr, idx_ptr, out_ptr, bout_ptr, d_model, HAS_BIAS,
+                     INIT_OUT, HAS_BOUT)
+
+
 def predictor_hidden(x: torch.Tensor, down: torch.Tensor, relu: bool, pdl: bool = False,
-                     norm: tuple | None = None) -> torch.Tensor:
+                     norm: tuple | None = None, prefetch: bool = False) -> torch.Tensor:
     """act(x @ down^T) for one token [1, d_model] -> [1, rank] in down's dtype: the TMA GEMV where usable (with
-    `pdl`, the GEMV whose programs load their rows before waiting for the kernel before it, triton_gemv_prefetch.py,
-    launched so that the list kernel's programs start during it), else F.linear (said once with the reason). `norm`
-    (triton_gemv.gemv; the caller checked `gemv_unusable`): the GEMV computes x and writes it."""
+    `pdl`, launched so that the list kernel's programs start during it; with `prefetch`, the GEMV whose programs load
+    their whole rows before waiting for the kernel before it, triton_gemv_prefetch.py, where it can run), else F.linear
+    (said once with the reason). `norm` (triton_gemv.gemv; the caller checked `gemv_unusable`): the GEMV computes x
+    and writes it."""
     from .dispatch import warn_once
     from .triton_gemv import gemv, gemv_unusable
     from .triton_gemv_prefetch import gemv_prefetch, gemv_prefetch_unusable
@@ -126,7 +156,7 @@ def predictor_hidden(x: torch.Tensor, down: torch.Tensor, relu: bool, pdl: bool 
     if norm is not None and reason is not None:
         raise ValueError(f"predictor_hidden: norm needs the TMA GEMV, unavailable for {reason}")
     if reason is None:
-        if pdl:
+        if prefetch:
             prefetch_reason = gemv_prefetch_unusable(x, down)
             if prefetch_reason is None:
                 return gemv_prefetch(x, down, relu=relu, pdl=pdl, norm=norm)
@@ -139,7 +169,8 @@ def predictor_hidden(x: torch.Tensor, down: torch.Tensor, relu: bool, pdl: bool 
 
 
 def launch_predictor_list(x: torch.Tensor, logits, counts: torch.Tensor, idx: torch.Tensor,
-                          init_out: tuple | None = None, pdl: bool = False, norm: tuple | None = None) -> None:
+                          init_out: tuple | None = None, pdl: bool = False, norm: tuple | None = None,
+                          prefetch: bool | None = None) -> None:
     """Append the neurons `logits` (a LowRankLogits) predicts active for the one token x [1, d_model] (or its
     `source`) to the union list (counts[0], idx), which must be empty; the list's order is arbitrary.
     `init_out` = (out, b_down or None): the list kernel also sets the fp32 row `out` [d_model] to b_down (or 0), for a
@@ -148,7 +179,10 @@ def launch_predictor_list(x: torch.Tensor, logits, counts: torch.Tensor, idx: to
     load their first tile of `up` while the GEMV runs and wait for it only to read h (`behind_gemv`), and let the
     kernel after them (the rows kernel, launched with PDL too) start at once.
     `norm` (no `source`): the GEMV computes x from the decoder layer's residual and attention output and writes it to
-    x [1, d_model] (triton_gemv.gemv), for the rows kernel after it."""
+    x [1, d_model] (triton_gemv.gemv), for the rows kernel after it.
+    `prefetch` (None: as `pdl`): both kernels load their programs' whole rows before they wait for the kernel before
+    them (triton_gemv_prefetch.py; `predictor_list_prefetch_kernel` for ranks up to MAX_PREFETCH_RANK): behind an o
+    projection launched with PDL (GemvLinear(pdl=True)) their weights stream while it runs."""
     from .triton_gate_tma import tma_unusable
     down, up = logits.down, logits.up
     if up.stride(1) != 1 or up.stride(0) != up.shape[1]:
@@ -156,13 +190,19 @@ def launch_predictor_list(x: torch.Tensor, logits, counts: torch.Tensor, idx: to
     d_ff, rank = up.shape
     if norm is not None and logits.source is not None:
         raise ValueError("launch_predictor_list: norm with a predictor `source` (its GEMV would not read x)")
-    h = predictor_hidden(x if logits.source is None else logits.source, down, bool(logits.relu_hidden), pdl, norm)
+    prefetch = pdl if prefetch is None else prefetch
+    h = predictor_hidden(x if logits.source is None else logits.source, down, bool(logits.relu_hidden), pdl, norm,
+                         prefetch)
     bias = logits.bias if logits.bias is not None else up
     grid = lambda meta: (triton.cdiv(d_ff, meta["BLOCK_N"]),)  # noqa: E731
     out, b_out = init_out if init_out is not None else (counts, None)   # not written without INIT_OUT
     row = (out, b_out if b_out is not None else out)
     flags = dict(HAS_BIAS=logits.bias is not None, INIT_OUT=init_out is not None, HAS_BOUT=b_out is not None,
                  **launch_options(pdl))
+    if prefetch and rank <= MAX_PREFETCH_RANK:
+        predictor_list_prefetch_kernel[grid](h, up, bias, counts, idx, *row, rank, d_ff, out.shape[-1],
+                                             float(logits.cut), BLOCK_R=triton.next_power_of_2(rank), **flags)
+        return
     if tma_unusable(h, up) is None:
         from triton.tools.tensor_descriptor import TensorDescriptor
         desc = TensorDescriptor.from_tensor(up, [PREDICTOR_LIST_TMA_FIXED["BLOCK_N"],

@@ -116,6 +116,28 @@ def test_bench_decode_flow_on_a_tiny_model():
         assert rec["teacher_forced"]["argmax_agreement"] == 1.0 and rec["teacher_forced"]["max_abs_diff"] < 1e-3
 
 
+def test_bench_decode_pdl_on_the_predictor_paths_only():
+    """--pdl predicted: the exact path without PDL, the predictor path with it (on CPU it launches without, said once),
+    and with --gemv-o every o projection is a GemvLinear launched with PDL; the exact path still decodes the dense
+    tokens."""
+    from actsparse.kernels import bench_decode
+    from actsparse.kernels.triton_gemv import GemvLinear
+    args = bench_decode.parse_args(["--sparsity", "0.8", "--prompt-len", "4", "--new-tokens", "3", "--no-cuda-graph",
+                                    "--exact-kernels", "auto", "--predicted-kernels", "rows", "--gemv-o",
+                                    "--pdl", "predicted"])
+    args.dtype = "fp32"
+    args.predictor_rank = 8
+    built = []
+    build = bench_decode.build_model
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bench_decode, "build_model", lambda *a, **k: built.append(build(*a, **k)) or built[-1])
+        exact, rows = bench_decode.run(2, [1], args, device="cpu", shape=TINY_DECODE_SHAPE)
+    assert [(r["path"], r["pdl"]) for r in (exact, rows)] == [("exact", False), ("predicted_rows", True)]
+    assert exact["greedy_sequences_identical"] == 1.0 and rows["sparse_tok_s"] > 0
+    o_projections = [m for m in built[0].modules() if isinstance(m, GemvLinear)]
+    assert len(o_projections) == 2 and all(m.pdl for m in o_projections)
+
+
 @pytest.mark.skipif(not configs.INTERPRET, reason="needs TRITON_INTERPRET=1 (set by conftest.py)")
 def test_bench_decode_on_a_trained_checkpoint_folder(tmp_path):
     """--model: an exported FATReLU checkpoint is loaded as saved (its threshold too), and not re-biased."""
