@@ -177,9 +177,6 @@ PREDICTOR_LIST_TMA_CONFIGS = [
                        (32, 256, 4, 2), (16, 512, 4, 1), (64, 128, 8, 3)]
 ]
 PREDICTOR_LIST_TMA_FIXED = GATE_TMA_FIXED
-# With PDL (triton_predictor_list.predictor_list_prefetch_kernel): BLOCK_N whole rows of up (rank <= 1024) per program.
-PREDICTOR_LIST_PREFETCH_CONFIGS = [_cfg(w, 1, BLOCK_N=n) for n, w in [(8, 4), (16, 4), (16, 8), (32, 4), (32, 8), (64, 8)]]
-PREDICTOR_LIST_PREFETCH_FIXED = dict(BLOCK_N=16)
 
 
 def tuned(configs: list[triton.Config], fixed: dict, key: list[str], reset_to_zero: list[str] | None = None,

@@ -10,9 +10,9 @@ that was 4.6 + 9.0 + ~1 + 2.1 µs per layer (profile_decode, H100, session 12). 
   union list with one atomic (as the gate kernel appends them); the rows of `up` come through TMA where they are
   16-byte aligned (`predictor_list_tma_kernel`), else by plain loads (`predictor_list_kernel`);
 then the rows kernel reads that list (gate, up and down rows of the listed neurons), as after the compaction.
-With PDL (a decode step's predictor path behind an o projection launched with PDL) both the GEMV and the list kernel
-load their programs' whole rows before they wait for the kernel before them (`prefetch`): H100, 4-layer decode
-profile (session 18), the predictor step 485.9 -> 469.8 µs with the GEMV's prefetch alone.
+With PDL (a decode step's predictor path behind an o projection launched with PDL) the GEMV loads its programs' whole
+rows before it waits for the o projection (`prefetch`): H100, 4-layer decode profile (session 18), the predictor step
+485.9 -> 469.8 µs.
 H100 (session 12): plain loads took 8.1 µs for rank-358 rows of 716 bytes and 7.7 µs at rank 360 (told 16-byte
 aligned), 7.9 MB at ~1 TB/s; the stand-in predictor pads its rank to a multiple of 8 (bench_predictor.py).
 """
@@ -23,14 +23,11 @@ import triton
 import triton.language as tl
 from torch.nn import functional as F
 
-from .configs import (PREDICTOR_LIST_CONFIGS, PREDICTOR_LIST_FIXED, PREDICTOR_LIST_PREFETCH_CONFIGS,
-                      PREDICTOR_LIST_PREFETCH_FIXED, PREDICTOR_LIST_TMA_CONFIGS, PREDICTOR_LIST_TMA_FIXED, tuned)
+from .configs import (PREDICTOR_LIST_CONFIGS, PREDICTOR_LIST_FIXED, PREDICTOR_LIST_TMA_CONFIGS,
+                      PREDICTOR_LIST_TMA_FIXED, tuned)
 from .pdl import launch_options
 from .triton_gate import append_union
 from .triton_gate_tma import init_sum_row
-
-
-MAX_PREFETCH_RANK = 1024   # with PDL, ranks up to this have each program's whole rows of `up` loaded before h
 
 
 @triton.jit
@@ -118,29 +115,6 @@ def predictor_list_tma_kernel(h_ptr, w_desc, b_ptr, counts_ptr, idx_ptr, out_ptr
                      HAS_BIAS, INIT_OUT, HAS_BOUT)
 
 
-@tuned(PREDICTOR_LIST_PREFETCH_CONFIGS, PREDICTOR_LIST_PREFETCH_FIXED, key=["rank", "d_ff", "INIT_OUT"],
-       reset_to_zero=["counts_ptr"])
-@triton.jit
-def predictor_list_prefetch_kernel(h_ptr, up_ptr, b_ptr, counts_ptr, idx_ptr, out_ptr, bout_ptr, rank, d_ff, d_model,
-                                   cut, HAS_BIAS: tl.constexpr, INIT_OUT: tl.constexpr, HAS_BOUT: tl.constexpr,
-                                   USE_GDC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
-    """The list kernel with PDL behind the GEMV that loads its rows first (triton_gemv_prefetch.py): each program's
-    whole rows of `up` (rank <= BLOCK_R) are loaded before it waits for h, so the programs resident while the o
-    projection and the GEMV run have read all their weights by then."""
-    if USE_GDC:
-        tl.extra.cuda.gdc_launch_dependents()
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = offs_n < d_ff
-    offs_r = tl.arange(0, BLOCK_R)
-    r_mask = offs_r < rank
-    w = tl.load(up_ptr + offs_n.to(tl.int64)[:, None] * rank + offs_r[None, :], mask=n_mask[:, None] & r_mask[None, :],
-                other=0.0)
-    behind_gemv(USE_GDC)
-    logit = tl.sum(w.to(tl.float32) * tl.load(h_ptr + offs_r, mask=r_mask, other=0.0).to(tl.float32)[None, :], 1)
-    list_and_sum_row(logit, offs_n, n_mask, b_ptr, cut, counts_ptr, idx_ptr, out_ptr, bout_ptr, d_model, HAS_BIAS,
-                     INIT_OUT, HAS_BOUT)
-
-
 def predictor_hidden(x: torch.Tensor, down: torch.Tensor, relu: bool, pdl: bool = False,
                      norm: tuple | None = None, prefetch: bool = False) -> torch.Tensor:
     """act(x @ down^T) for one token [1, d_model] -> [1, rank] in down's dtype: the TMA GEMV where usable (with
@@ -180,9 +154,10 @@ def launch_predictor_list(x: torch.Tensor, logits, counts: torch.Tensor, idx: to
     kernel after them (the rows kernel, launched with PDL too) start at once.
     `norm` (no `source`): the GEMV computes x from the decoder layer's residual and attention output and writes it to
     x [1, d_model] (triton_gemv.gemv), for the rows kernel after it.
-    `prefetch` (None: as `pdl`): both kernels load their programs' whole rows before they wait for the kernel before
-    them (triton_gemv_prefetch.py; `predictor_list_prefetch_kernel` for ranks up to MAX_PREFETCH_RANK): behind an o
-    projection launched with PDL (GemvLinear(pdl=True)) their weights stream while it runs."""
+    `prefetch` (None: as `pdl`): the GEMV's programs load their whole rows before they wait for the kernel before them
+    (triton_gemv_prefetch.py): behind an o projection launched with PDL (GemvLinear(pdl=True)) its weights stream while
+    that runs. (The list kernel loading its whole rows first as well measured no faster: session 18, in history at
+    `1e4d905`.)"""
     from .triton_gate_tma import tma_unusable
     down, up = logits.down, logits.up
     if up.stride(1) != 1 or up.stride(0) != up.shape[1]:
@@ -199,10 +174,6 @@ def launch_predictor_list(x: torch.Tensor, logits, counts: torch.Tensor, idx: to
     row = (out, b_out if b_out is not None else out)
     flags = dict(HAS_BIAS=logits.bias is not None, INIT_OUT=init_out is not None, HAS_BOUT=b_out is not None,
                  **launch_options(pdl))
-    if prefetch and rank <= MAX_PREFETCH_RANK:
-        predictor_list_prefetch_kernel[grid](h, up, bias, counts, idx, *row, rank, d_ff, out.shape[-1],
-                                             float(logits.cut), BLOCK_R=triton.next_power_of_2(rank), **flags)
-        return
     if tma_unusable(h, up) is None:
         from triton.tools.tensor_descriptor import TensorDescriptor
         desc = TensorDescriptor.from_tensor(up, [PREDICTOR_LIST_TMA_FIXED["BLOCK_N"],

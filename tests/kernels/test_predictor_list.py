@@ -28,7 +28,7 @@ UNION = DispatchConfig(batch_mode="union")
 @pytest.mark.parametrize("d,f,rank", [(D, F, RANK), (24, 301, 130), (40, 100, 44)])   # 44: 176-byte rows, TMA
 def test_list_kernel_writes_the_float64_set(d, f, rank, relu_hidden, bias, cut_kind, prefetch, monkeypatch):
     """Plain loads (rows not 16-byte aligned) or TMA tiles (rank 44 in fp32), against the float64 set; with
-    `prefetch` (what PDL takes) the GEMV and the list kernel that load their programs' whole rows first."""
+    `prefetch` (what PDL takes) the GEMV that loads its programs' whole rows first."""
     from actsparse.kernels import triton_predictor_list
     from actsparse.kernels.triton_predictor_list import launch_predictor_list
     pred = make_predictor(d, f, rank, relu_hidden, bias, seed=f + rank)
@@ -37,17 +37,15 @@ def test_list_kernel_writes_the_float64_set(d, f, rank, relu_hidden, bias, cut_k
     counts = torch.zeros(2, dtype=torch.int32)
     idx = torch.full((f,), -7, dtype=torch.int32)
     launched = []
-    for name in ("predictor_list_kernel", "predictor_list_tma_kernel", "predictor_list_prefetch_kernel"):
+    for name in ("predictor_list_kernel", "predictor_list_tma_kernel"):
         kernel = getattr(triton_predictor_list, name)
         monkeypatch.setattr(kernel, "run", lambda *a, _k=kernel.run, _n=name, **kw: launched.append(_n) or _k(*a, **kw))
     from actsparse.kernels.triton_gemv_prefetch import gemv_prefetch_kernel
     monkeypatch.setattr(gemv_prefetch_kernel, "run",
                         lambda *a, _k=gemv_prefetch_kernel.run, **kw: launched.append("gemv_prefetch") or _k(*a, **kw))
     launch_predictor_list(x, low_rank, counts, idx, prefetch=prefetch)
-    if prefetch:
-        assert launched == ["gemv_prefetch", "predictor_list_prefetch_kernel"]   # down's rows: 96 / 160 bytes
-    else:
-        assert launched == ["predictor_list_tma_kernel" if rank * 4 % 16 == 0 else "predictor_list_kernel"]
+    list_kernel = "predictor_list_tma_kernel" if rank * 4 % 16 == 0 else "predictor_list_kernel"
+    assert launched == (["gemv_prefetch"] if prefetch else []) + [list_kernel]   # down's rows: 96 / 160 bytes
     n = int(counts[0])
     assert n == int(expected.sum())
     assert idx[:n].unique().numel() == n   # each neuron once
