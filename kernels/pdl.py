@@ -42,6 +42,12 @@ def _unusable_reason(device: torch.device) -> str | None:
     return None
 
 
+def pdl_available(device: torch.device) -> bool:
+    """Whether PDL can be used on `device`, asked without a warning: for a kernel that only lets a PDL-launched kernel
+    after it start early (griddepcontrol.launch_dependents), which changes nothing where none follows."""
+    return _unusable_reason(device) is None
+
+
 def pdl_usable(device: torch.device) -> bool:
     """Whether PDL can be used on `device`; says once why not."""
     reason = _unusable_reason(device)

@@ -45,6 +45,7 @@ from torch import nn
 
 from . import configs
 from .configs import tuned
+from .pdl import pdl_available
 from .triton_decode_attention_split import SPLIT_PROGRAMS, combine_splits, pick_splits, split_state
 
 try:
@@ -157,7 +158,9 @@ def decode_attention_kernel(q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, kc_ptr, vc_pt
                             partials_ptr, out_ptr, n_kv_heads, groups, max_len, qk_scale, s_qb, s_qh, s_kb, s_kh,
                             s_vb, s_vh, s_cos, s_sin, s_cb, s_ch, s_cp, s_mb, s_mp, s_ob,
                             MASK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, SPLITS: tl.constexpr,
-                            FENCE: tl.constexpr, BLOCK_P: tl.constexpr):
+                            FENCE: tl.constexpr, TRIGGER: tl.constexpr, BLOCK_P: tl.constexpr):
+    if TRIGGER:   # a kernel launched with PDL after this one (the o projection) may load its weights from now on
+        tl.extra.cuda.gdc_launch_dependents()
     b = tl.program_id(0) // n_kv_heads
     kvh = tl.program_id(0) % n_kv_heads
     pos = tl.load(pos_ptr)
@@ -259,7 +262,9 @@ def decode_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, 
     one-element int device tensor (writes at pos, attends over 0..pos, then pos += 1), mask [B or 1, 1, 1, >= max_len]
     (bool: attend where True; float: added) or None. Returns [B, heads * D] in q's dtype (written into `out` when
     given). `state`: int32, its tickets zero, left zero (a `split_state`, or one zeroed int32: no split; allocated
-    here when None); `splits`: how many ranges the positions are cut in (None: the host rule, as `state` allows)."""
+    here when None); `splits`: how many ranges the positions are cut in (None: the host rule, as `state` allows).
+    Where PDL is available (pdl.py) the kernel lets the next kernel launch as it starts: an o projection launched with
+    PDL (GemvLinear(pdl=True)) then loads its weights during the attention and waits for its output."""
     batch, n_heads, head_dim = q.shape
     n_kv, max_len = k_cache.shape[1], k_cache.shape[2]
     groups = n_heads // n_kv
@@ -279,7 +284,7 @@ def decode_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, 
         n_kv, groups, max_len, scaling * LOG2E, s_qb, q.stride(1), s_kb, k_new.stride(1), s_vb, v_new.stride(1),
         s_cos, s_sin, k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), s_mb, s_mp, out.stride(0),
         MASK=kind, HEAD_DIM=head_dim, BLOCK_G=triton.next_power_of_2(groups), SPLITS=splits,
-        FENCE=not configs.INTERPRET)
+        FENCE=not configs.INTERPRET, TRIGGER=pdl_available(q.device))
     return out
 
 

@@ -77,12 +77,20 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 @torch.library.custom_op("actsparse::gemv", mutates_args=())
 def gemv_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], pdl: bool = False) -> torch.Tensor:
     """`gemv` as one opaque op for torch.compile; F.linear where the kernel cannot run (said once per reason).
-    `pdl`: launched with programmatic dependent launch where usable (said once where not), so that the kernel after it
-    (the predictor's first layer, triton_gemv_prefetch.py) is scheduled while it runs."""
+    `pdl`: launched with programmatic dependent launch where usable (said once where not) as the GEMV that loads its
+    programs' whole rows before it waits for the kernel before it (triton_gemv_prefetch.py; where that cannot run,
+    this TMA GEMV with PDL): behind the decode attention kernel, which lets it launch as it starts, the o projection's
+    weights stream during the attention; and the kernel after it (the predictor's first layer) is scheduled while it
+    runs."""
     reason = gemv_unusable(x, weight)
     if reason is None:
         from .pdl import pdl_usable
-        return gemv(x, weight, bias, pdl=pdl and pdl_usable(x.device))
+        if pdl and pdl_usable(x.device):
+            from .triton_gemv_prefetch import gemv_prefetch, gemv_prefetch_unusable
+            if gemv_prefetch_unusable(x, weight) is None:
+                return gemv_prefetch(x, weight, bias, pdl=True)
+            return gemv(x, weight, bias, pdl=True)
+        return gemv(x, weight, bias)
     from .dispatch import warn_once
     warn_once(f"GemvLinear: the Triton GEMV is unavailable for {reason}; F.linear")
     return F.linear(x, weight, bias)

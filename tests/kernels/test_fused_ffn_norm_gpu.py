@@ -129,36 +129,51 @@ def test_forward_add_norm_eager_and_in_a_graph(dtype, predicted):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_pdl_chain_from_the_o_projection_in_a_graph(dtype):
-    """The predictor path as a decode step runs it with PDL: the o projection (GemvLinear's op, launched with PDL),
-    the predictor's first layer loading its rows before it waits (gemv_prefetch with NORM), the list and rows kernels;
-    captured in a CUDA graph and replayed on new attention outputs and residuals: h bit for bit and the output
-    against float64, as without PDL."""
+def test_pdl_chain_from_the_attention_in_a_graph(dtype):
+    """The predictor path as a decode step runs it with PDL: the decode attention kernel (it lets the next kernel
+    launch as it starts), the o projection (GemvLinear's op with PDL: its rows loaded before it waits for the
+    attention's output), the predictor's first layer loading its rows before it waits (NORM), the list and rows kernels;
+    captured in a CUDA graph and replayed at the next positions on new tokens and residuals: the attention output
+    against torch's attention, the o projection against float64 on it, h bit for bit and the FFN's output against
+    float64."""
+    from actsparse.kernels import triton_decode_attention as tda
     from actsparse.kernels.pdl import pdl_usable
     if not pdl_usable(torch.device(DEVICE)):
         pytest.skip("PDL needs compute capability 9.0+")
     ffn, ref, low_rank, mask = _ffn_and_predictor(dtype)
     ffn.dispatch = DispatchConfig(pdl=True)
+    heads, head_dim, max_len = 32, 128, 64
     g = torch.Generator(device=DEVICE).manual_seed(10)
     w_o = _randn(D, D, g=g, scale=D ** -0.5).to(dtype)
-    pre_o, residual = _randn(1, D, g=g).to(dtype), _randn(1, D, g=g).to(dtype)
     weight = (1 + _randn(D, g=g, scale=0.2)).to(dtype)
+    caches = [_randn(1, heads, max_len, head_dim, g=g).to(dtype) for _ in range(2)]
+    angles = _randn(1, head_dim, g=g)
+    cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+    pos = torch.tensor([5], dtype=torch.int32, device=DEVICE)
+    state = tda.split_state(1, head_dim, DEVICE)
+    q, k, v = (_randn(1, heads, head_dim, g=g).to(dtype) for _ in range(3))
+    residual = _randn(1, D, g=g).to(dtype)
 
     def step():
+        pre_o = tda.decode_attention(q, k, v, cos, sin, *caches, pos, None, head_dim ** -0.5, state)
         attn_out = triton_gemv.gemv_op(pre_o, w_o, None, True)
-        return (attn_out, *ffn.forward_add_norm(residual, attn_out, weight, EPS, low_rank, fp32_out=True))
+        return (pre_o, attn_out, *ffn.forward_add_norm(residual, attn_out, weight, EPS, low_rank, fp32_out=True))
     step()   # autotuned outside the capture
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        attn_out, h, y = step()
+        pre_o, attn_out, h, y = step()
     for seed in (11, 12, 13):
         g = torch.Generator(device=DEVICE).manual_seed(seed)
-        pre_o.copy_(_randn(1, D, g=g).to(dtype))
+        for t in (q, k, v):
+            t.copy_(_randn(*t.shape, g=g).to(dtype))
         residual.copy_(_randn(1, D, g=g).to(dtype))
+        ref_caches, ref_pos = [c.clone() for c in caches], pos.clone()
+        expected = tda.decode_attention_torch(q, k, v, cos, sin, *ref_caches, ref_pos, None, head_dim ** -0.5)
         graph.replay()
         torch.cuda.synchronize()
-        assert torch.equal(attn_out, triton_gemv.gemv(pre_o, w_o))
+        assert torch.equal(pos, ref_pos) and rel_err(pre_o, expected) < 4 * ULP[dtype]
+        assert rel_err(attn_out, pre_o.double() @ w_o.double().T) < ULP[dtype]
         assert torch.equal(h, residual + attn_out)
         assert rel_err(y, ref(llama_rms_norm(h, weight, EPS), mask)) < 4 * ULP[dtype]
 
