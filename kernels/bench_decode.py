@@ -207,9 +207,10 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
                None, k, f) for k in args.exact_kernels.split(",") for f in fp32]
              + [(f"predicted_{k}" + ("" if f or args.fused_predictor == "off" else "_mask"), k, "auto", f)
                 for k in kernels for f in fused_settings])
-    pdl_settings = dict(settings, predicted=None)[args.pdl]   # "predicted": PDL on the predictor paths only
+    def pdl_settings(kernel):   # "predicted": PDL on the predictor paths (kernel not None) only
+        return (kernel is not None,) if args.pdl == "predicted" else settings[args.pdl]
     paths = [(path + ("_pdl" if pdl and args.pdl == "both" else ""), kernel, *rest, dict(pdl=pdl))
-             for path, kernel, *rest in paths for pdl in (pdl_settings or (kernel is not None,))]
+             for path, kernel, *rest in paths for pdl in pdl_settings(kernel)]
     # Predictor paths with gate_first or not.
     gate_first = dict(settings, auto=(None,))[args.gate_first]
     paths = [(path + ({True: "_gate_first", False: "_no_gate_first"}.get(gf, "") if args.gate_first == "both" else ""),

@@ -86,10 +86,8 @@ def gemv_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
     if reason is None:
         from .pdl import pdl_usable
         if pdl and pdl_usable(x.device):
-            from .triton_gemv_prefetch import gemv_prefetch, gemv_prefetch_unusable
-            if gemv_prefetch_unusable(x, weight) is None:
-                return gemv_prefetch(x, weight, bias, pdl=True)
-            return gemv(x, weight, bias, pdl=True)
+            from .triton_gemv_prefetch import gemv_rows_first
+            return gemv_rows_first(x, weight, bias, pdl=True)
         return gemv(x, weight, bias)
     from .dispatch import warn_once
     warn_once(f"GemvLinear: the Triton GEMV is unavailable for {reason}; F.linear")

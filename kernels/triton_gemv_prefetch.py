@@ -92,3 +92,16 @@ def gemv_prefetch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
                                *norm_ptrs, HAS_BIAS=bias is not None, RELU=relu, **norm_flags,
                                BLOCK_D=triton.next_power_of_2(d_in), **launch_options(pdl))
     return out
+
+
+def gemv_rows_first(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, relu: bool = False,
+                    pdl: bool = False, norm: tuple | None = None) -> torch.Tensor:
+    """`gemv_prefetch` where it can run, else triton_gemv.gemv with the same arguments, said once with the reason
+    (the caller checked `gemv_unusable`): the o projection with PDL and the predictor's first layer take it."""
+    from .dispatch import warn_once
+    from .triton_gemv import gemv
+    reason = gemv_prefetch_unusable(x, weight)
+    if reason is None:
+        return gemv_prefetch(x, weight, bias, relu=relu, pdl=pdl, norm=norm)
+    warn_once(f"the GEMV loading its rows before the wait is unavailable for {reason}; the TMA GEMV")
+    return gemv(x, weight, bias, relu=relu, pdl=pdl, norm=norm)

@@ -124,19 +124,13 @@ def predictor_hidden(x: torch.Tensor, down: torch.Tensor, relu: bool, pdl: bool 
     and writes it."""
     from .dispatch import warn_once
     from .triton_gemv import gemv, gemv_unusable
-    from .triton_gemv_prefetch import gemv_prefetch, gemv_prefetch_unusable
+    from .triton_gemv_prefetch import gemv_rows_first
     x = x.reshape(1, -1) if norm is not None else x.reshape(1, -1).to(down.dtype)
     reason = gemv_unusable(x, down)
     if norm is not None and reason is not None:
         raise ValueError(f"predictor_hidden: norm needs the TMA GEMV, unavailable for {reason}")
     if reason is None:
-        if prefetch:
-            prefetch_reason = gemv_prefetch_unusable(x, down)
-            if prefetch_reason is None:
-                return gemv_prefetch(x, down, relu=relu, pdl=pdl, norm=norm)
-            warn_once(f"predictor list: the GEMV loading its rows before the wait is unavailable for "
-                      f"{prefetch_reason}; the TMA GEMV")
-        return gemv(x, down, relu=relu, pdl=pdl, norm=norm)
+        return (gemv_rows_first if prefetch else gemv)(x, down, relu=relu, pdl=pdl, norm=norm)
     warn_once(f"predictor list: the Triton GEMV is unavailable for the predictor's first layer ({reason}); F.linear")
     h = F.linear(x, down)
     return torch.relu(h) if relu else h
