@@ -11,7 +11,8 @@ block's small kernels; the CUDA graph then replays fewer, larger kernels. `--fus
 q/k/v projections in one GEMV (fused_qkv.py), dense and sparse alike; `--gemv-o` each o projection through the Triton
 GEMV (triton_gemv.py) instead of cuBLAS's split-K, dense and sparse alike; `--fuse-ffn-norm` computes each layer's
 post-attention add + RMSNorm in the sparse FFN's first kernel (fused_ffn_norm.py), sparse models only (the dense
-model keeps HF's layer; records say `fuse_ffn_norm`, `dense_fuse_ffn_norm` False). `--fp32-out both` times each
+model keeps HF's layer; records say `fuse_ffn_norm`, `dense_fuse_ffn_norm` False); `--fuse-qkv-norm` each layer's
+input RMSNorm in its q/k/v GEMV (fused_qkv_norm.py), dense and sparse alike. `--fp32-out both` times each
 exact path with the sparse FFN's fp32 sum taken as it is (SparseDecodingMLP.fp32_out, the default) and, as
 `<path>_no_fp32_out`, with the rows kernel's own epilogue writing the weights' dtype.
 `--model FOLDER` runs the same comparison on a trained ReLU / FATReLU checkpoint instead (e.g. an exported
@@ -39,6 +40,7 @@ from actsparse.kernels.configs import autotuned_configs
 from actsparse.kernels.dispatch import DispatchConfig
 from actsparse.kernels.fused_ffn_norm import fuse_ffn_norms
 from actsparse.kernels.fused_qkv import fuse_qkv
+from actsparse.kernels.fused_qkv_norm import fuse_qkv_norms
 from actsparse.kernels.triton_gemv import use_gemv
 from actsparse.kernels.sparse_decoding import (calibrate, greedy_decode, logit_agreement, swap_in_sparse_ffns,
                                               teacher_forced_logits)
@@ -70,6 +72,10 @@ def parse_args(argv):
     p.add_argument("--fuse-ffn-norm", action="store_true",
                    help="sparse models only (the dense model keeps HF's layer): each layer's post-attention residual "
                         "add and RMSNorm computed in the sparse FFN's first kernel at one token (fused_ffn_norm.py)")
+    p.add_argument("--fuse-qkv-norm", action="store_true",
+                   help="with --fuse-qkv, dense and sparse alike: each layer's input RMSNorm (and the previous layer's "
+                        "last residual add) computed in its q/k/v GEMV from the second layer on (fused_qkv_norm.py; "
+                        "launched with PDL where --pdl is not off)")
     p.add_argument("--fused-predictor", choices=["on", "off", "both"], default="on",
                    help="predictor paths with SparseDecodingMLP.fuse_predictor on (default: at one token the kernels "
                         "build the neuron list from the predictor's logits), off (its bool mask, compacted), or both "
@@ -191,6 +197,10 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
     if args.decode_attention:
         from actsparse.kernels.triton_decode_attention import use_decode_attention
         use_decode_attention(model, split=not args.no_attention_split)
+    if args.fuse_qkv_norm:
+        if not args.fuse_qkv:
+            raise SystemExit("bench_decode: --fuse-qkv-norm needs --fuse-qkv (the norm moves into the fused q/k/v GEMV)")
+        fuse_qkv_norms(model, pdl=args.pdl != "off")
     if args.compile:
         compile_model(model, backend=args.compile_backend)
     dense = {b: tokens_per_s(model, prompts[b], args.new_tokens, not args.no_cuda_graph) for b in batches}
@@ -242,6 +252,7 @@ def run(n_layers, batches, args, device="cuda", shape: dict | None = None) -> li
                        decode_attention=args.decode_attention,
                        attention_split=args.decode_attention and not args.no_attention_split,
                        gemv_o=args.gemv_o, fuse_ffn_norm=args.fuse_ffn_norm, dense_fuse_ffn_norm=False,
+                       fuse_qkv_norm=args.fuse_qkv_norm,
                        fp32_out=fp32_out, **extra,
                        dtype=args.dtype)
             if kernel is not None:

@@ -5,7 +5,7 @@ In the 32-layer 7B decode (bench_decode, CUDA graph, torch.compile) each layer r
 sparse paths' first FFN kernel reads x as one vector anyway: the TMA gate kernel without a predictor, the predictor's
 TMA GEMV with a LowRankLogits. `fuse_ffn_norms(model)` has that kernel compute h and x itself (triton_gate_tma.py,
 NORM) and write both, so a sparse decode step runs one kernel fewer per layer. Each fused layer's forward (replaced
-per instance) is, at one token:
+per instance: decode_layer.py, shared with fused_qkv_norm.py) is, at one token:
 
     attn_out = self_attn(hidden_states=input_layernorm(hidden), **kwargs)
     h, ffn_out = mlp.forward_add_norm(hidden, attn_out, post_attention_layernorm)   # one op under torch.compile
@@ -18,37 +18,14 @@ FFN (MiniCPM's depth-scaled residuals, Gemma's (1 + weight) norms, ...) raises.
 """
 from __future__ import annotations
 
-import types
-
 from torch import nn
 
-# Layer classes whose forward is the pre-norm sequence above, and RMSNorm classes computing LlamaRMSNorm's formula
-# with `weight` and `variance_epsilon` (sparse_ffn.llama_rms_norm).
-PLAIN_PRE_NORM_LAYERS = ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer")
-LLAMA_RMS_NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
-
-
-def _add_norm_fused_forward(self, hidden_states, *args, **kwargs):
-    """The layer's forward with its post-attention add + RMSNorm in the FFN's op at one token (module docstring)."""
-    if args or hidden_states.shape[:-1].numel() != 1 or self.mlp.calibrating:
-        return type(self).forward(self, hidden_states, *args, **kwargs)
-    attn_out, _ = self.self_attn(hidden_states=self.input_layernorm(hidden_states), **kwargs)
-    h, ffn_out = self.mlp.forward_add_norm(hidden_states, attn_out, self.post_attention_layernorm)
-    return h + ffn_out
+from .decode_layer import check_plain_pre_norm, set_decode_forward
 
 
 def is_fused(layer: nn.Module) -> bool:
-    """Whether `layer`'s forward is the fused one."""
-    return getattr(layer.__dict__.get("forward"), "__func__", None) is _add_norm_fused_forward
-
-
-def _check_plain_pre_norm(name: str, layer: nn.Module) -> None:
-    norm = getattr(layer, "post_attention_layernorm", None)
-    if (type(layer).__name__ not in PLAIN_PRE_NORM_LAYERS or type(norm).__name__ not in LLAMA_RMS_NORMS
-            or not hasattr(norm, "variance_epsilon") or not isinstance(getattr(layer, "self_attn", None), nn.Module)):
-        raise ValueError(f"{name}: {type(layer).__name__} (post-attention norm {type(norm).__name__}) is not a plain "
-                         f"pre-norm layer ({', '.join(PLAIN_PRE_NORM_LAYERS)} with {', '.join(LLAMA_RMS_NORMS)}); "
-                         "its add + RMSNorm cannot move into the sparse FFN")
+    """Whether `layer`'s one-token forward computes its post-attention add + RMSNorm in the FFN's op."""
+    return bool(layer.__dict__.get("ffn_norm_fused"))
 
 
 def fuse_ffn_norms(model: nn.Module) -> int:
@@ -60,9 +37,8 @@ def fuse_ffn_norms(model: nn.Module) -> int:
     for name, layer in model.named_modules():
         if not isinstance(getattr(layer, "mlp", None), SparseDecodingMLP):
             continue
-        _check_plain_pre_norm(name, layer)
-        if not is_fused(layer):
-            layer.forward = types.MethodType(_add_norm_fused_forward, layer)
+        check_plain_pre_norm(name, layer, "its add + RMSNorm cannot move into the sparse FFN")
+        set_decode_forward(layer, ffn_norm_fused=True)
         fused += 1
     if not fused:
         raise ValueError(f"{type(model).__name__} has no decoder layer with a SparseDecodingMLP: run "

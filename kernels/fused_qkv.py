@@ -6,7 +6,8 @@ profile_decode on an H100, session 9) against ~2.5 TB/s for an 11008x4096 one; o
 attention's q_proj / k_proj / v_proj weights into one [q + k + v, d] matrix: q_proj computes all three outputs in
 one product and keeps them; k_proj and v_proj return their slices of it when given the same input tensor (Hugging
 Face LLaMA / Mistral / Qwen2 attention call q, k, v in that order on one tensor) and compute their own product
-otherwise, so the result never depends on the call order; v_proj drops the kept product once it has its slice. The model's outputs are the same products, in one launch.
+otherwise, so the result never depends on the call order; v_proj drops the kept product once it has its slice. The model's outputs are the same products, in one launch. `preset` hands the projections a product computed elsewhere
+(fused_qkv_norm.py: the GEMV that also computes the input norm).
 `bench_decode --fuse-qkv` applies it before timing, to the dense and the sparse model alike.
 """
 from __future__ import annotations
@@ -32,17 +33,22 @@ class FusedProjection(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         owner = self.owner
-        if owner is self:
-            out = F.linear(x, self.weight, self.bias)
-            owner.last.value = (x, out)
-        elif owner.last.value is not None and owner.last.value[0] is x:
+        if owner.last.value is not None and owner.last.value[0] is x:   # computed for x already (or given: `preset`)
             out = owner.last.value[1]
             if self.hi == owner.weight.shape[0]:   # v_proj, the last slice: free the product (a prefill's can be large)
                 owner.last.value = None
+        elif owner is self:
+            out = F.linear(x, self.weight, self.bias)
+            owner.last.value = (x, out)
         else:
             bias = None if owner.bias is None else owner.bias[self.lo:self.hi]
             return F.linear(x, owner.weight[self.lo:self.hi], bias)
         return out[..., self.lo:self.hi]
+
+    def preset(self, x: torch.Tensor, product: torch.Tensor) -> None:
+        """Have the next calls on `x` return slices of `product` (x @ weight.T + bias, computed elsewhere: the q/k/v GEMV
+        with the input norm, fused_qkv_norm.py) instead of computing it."""
+        self.owner.last.value = (x, product)
 
     def extra_repr(self) -> str:
         return f"columns {self.lo}:{self.hi} of the fused q/k/v product{' (computes it)' if self.owner is self else ''}"

@@ -55,6 +55,9 @@ def parse_args(argv):
     p.add_argument("--fuse-ffn-norm", action="store_true",
                    help="sparse paths only: each layer's post-attention add + RMSNorm in the sparse FFN's first kernel "
                         "(as bench_decode --fuse-ffn-norm)")
+    p.add_argument("--fuse-qkv-norm", action="store_true",
+                   help="with --fuse-qkv: each layer's input RMSNorm in its q/k/v GEMV, dense and sparse alike (as "
+                        "bench_decode --fuse-qkv-norm; with PDL where --pdl is given)")
     p.add_argument("--no-fp32-out", action="store_true",
                    help="the sparse FFN returns the weights' dtype (SparseDecodingMLP.fp32_out off)")
     p.add_argument("--pdl", action="store_true",
@@ -142,6 +145,11 @@ def main(argv=None) -> int:
     if args.decode_attention:
         from actsparse.kernels.triton_decode_attention import use_decode_attention
         use_decode_attention(model)
+    if args.fuse_qkv_norm:
+        if not args.fuse_qkv:
+            raise SystemExit("profile_decode: --fuse-qkv-norm needs --fuse-qkv")
+        from actsparse.kernels.fused_qkv_norm import fuse_qkv_norms
+        fuse_qkv_norms(model, pdl=args.pdl)
     if args.compile:
         compile_model(model)
     results, rows = {}, []
@@ -180,6 +188,7 @@ def main(argv=None) -> int:
     write_json(args.out, dict(device=torch.cuda.get_device_name(), layers=args.layers, batch=args.batch,
                               compiled=args.compile, fused_qkv=args.fuse_qkv, gemv_o=args.gemv_o,
                               decode_attention=args.decode_attention, sparse_fuse_ffn_norm=args.fuse_ffn_norm,
+                              fuse_qkv_norm=args.fuse_qkv_norm,
                               fp32_out=not args.no_fp32_out, graph_ms_per_step=results, rows=rows,
                               command="python -m actsparse.kernels.profile_decode " + " ".join(argv or sys.argv[1:])))
     return 0

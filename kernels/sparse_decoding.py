@@ -62,11 +62,13 @@ class SparseDecodingMLP(nn.Module):
             out = self.ffn(x, active, fp32_out)
         return out.reshape(hidden.shape).to(hidden.dtype)
 
-    def forward_add_norm(self, residual: torch.Tensor, attn_out: torch.Tensor, norm: nn.Module):
+    def forward_add_norm(self, residual: torch.Tensor, attn_out: torch.Tensor, norm: nn.Module, cast: bool = True):
         """(h, self(norm(h))) for h = residual + attn_out (batch, seq, d_model): a decoder layer's post-attention
         residual add, RMSNorm (`norm`: weight and variance_epsilon, LlamaRMSNorm's formula) and this FFN. At one token,
         with no predictor or one handed over as a LowRankLogits, through SparseFFN.forward_add_norm (one opaque op under
-        torch.compile), whose first kernel computes h and x; else as written (fused_ffn_norm.py)."""
+        torch.compile), whose first kernel computes h and x; else as written (fused_ffn_norm.py). `cast` False: the
+        FFN's output as the op returns it (float32 where `fp32_out` took the kernels' sum), for a kernel after it that
+        rounds it to the model's dtype itself (fused_qkv_norm.py)."""
         if self.calibrating or residual.shape[:-1].numel() != 1 or not self._add_norm_in_op():
             h = residual + attn_out
             return h, self(norm(h))
@@ -80,7 +82,8 @@ class SparseDecodingMLP(nn.Module):
                                             fp32_out, low_rank, relu, cut)
         else:
             h, out = self.ffn.forward_add_norm(r, a, norm.weight, norm.variance_epsilon, active, fp32_out)
-        return h.reshape(residual.shape), out.reshape(residual.shape).to(residual.dtype)
+        out = out.reshape(residual.shape)
+        return h.reshape(residual.shape), out.to(residual.dtype) if cast else out
 
     def _add_norm_in_op(self) -> bool:
         """Whether a one-token forward_add_norm goes to the FFN's op (no predictor, or one the kernels take as a

@@ -94,9 +94,11 @@ def tma_row_dots_bias(x_ptr, w_desc, b_ptr, n0, n_rows, d_in, HAS_BIAS: tl.const
 
 @triton.jit
 def residual_sum(res_ptr, attn_ptr, offs, mask):
-    """h = residual + attn_out at `offs` in their dtype: the sum in fp32, rounded once (as torch adds fp16 / bf16)."""
+    """h = residual + attn_out at `offs` in the residual's dtype: the sum in fp32, rounded once (as torch adds fp16 /
+    bf16). An fp32 attn_out (the sparse FFN's sum, fused_qkv_norm.py) is rounded to that dtype first, as the layer's
+    cast before its add rounds it."""
     r = tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    a = tl.load(attn_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    a = tl.load(attn_ptr + offs, mask=mask, other=0.0).to(res_ptr.dtype.element_ty).to(tl.float32)
     return (r + a).to(res_ptr.dtype.element_ty)
 
 
@@ -164,15 +166,16 @@ MAX_NORM_BLOCK = 8192   # program 0 writes h and x in steps of up to this many c
 def norm_args(x: torch.Tensor, norm: tuple | None) -> tuple[tuple, dict]:
     """((res, attn, norm weight, h, eps) kernel arguments, dict(NORM, NORM_BLOCK)) for `norm` = (residual, attn_out,
     norm weight, eps, h_out): residual / attn_out / h_out [1, d_model] and the weight [d_model], contiguous, in x's
-    dtype; x [1, d_model] is then where program 0 writes the normed x. None: NORM off, x stands in for the pointers
-    not read."""
+    dtype (attn_out also float32: the sparse FFN's sum, rounded to x's dtype in the kernel); x [1, d_model] is then
+    where program 0 writes the normed x. None: NORM off, x stands in for the pointers not read."""
     if norm is None:
         return (x, x, x, x, 0.0), dict(NORM=False, NORM_BLOCK=1)
     residual, attn_out, weight, eps, h_out = norm
     for t in (residual, attn_out, weight, h_out):
-        if t.dtype != x.dtype or t.numel() != x.numel() or not t.is_contiguous():
+        if (t.dtype != x.dtype and (t is not attn_out or t.dtype != torch.float32)) or t.numel() != x.numel() \
+                or not t.is_contiguous():
             raise ValueError(f"norm: residual, attn_out, weight and h_out contiguous with {x.numel()} elements in "
-                             f"{x.dtype}; got {tuple(t.shape)} {t.dtype}")
+                             f"{x.dtype} (attn_out also float32); got {tuple(t.shape)} {t.dtype}")
     return (residual, attn_out, weight, h_out, float(eps)), dict(
         NORM=True, NORM_BLOCK=min(triton.next_power_of_2(x.numel()), MAX_NORM_BLOCK))
 
