@@ -6,7 +6,8 @@ profile_decode on an H100, session 9) against ~2.5 TB/s for an 11008x4096 one; o
 attention's q_proj / k_proj / v_proj weights into one [q + k + v, d] matrix: q_proj computes all three outputs in
 one product and keeps them; k_proj and v_proj return their slices of it when given the same input tensor (Hugging
 Face LLaMA / Mistral / Qwen2 attention call q, k, v in that order on one tensor) and compute their own product
-otherwise, so the result never depends on the call order; v_proj drops the kept product once it has its slice. The model's outputs are the same products, in one launch. `preset` hands the projections a product computed elsewhere
+otherwise, so the result never depends on the call order; v_proj drops the kept product once it has its slice. The
+model's outputs are the same products, in one launch. `preset` hands the projections a product computed elsewhere
 (fused_qkv_norm.py: the GEMV that also computes the input norm).
 `bench_decode --fuse-qkv` applies it before timing, to the dense and the sparse model alike.
 """
@@ -46,8 +47,8 @@ class FusedProjection(nn.Module):
         return out[..., self.lo:self.hi]
 
     def preset(self, x: torch.Tensor, product: torch.Tensor) -> None:
-        """Have the next calls on `x` return slices of `product` (x @ weight.T + bias, computed elsewhere: the q/k/v GEMV
-        with the input norm, fused_qkv_norm.py) instead of computing it."""
+        """Have the next calls on `x` return slices of `product` (x @ weight.T + bias, computed elsewhere: the q/k/v
+        GEMV with the input norm, fused_qkv_norm.py) instead of computing it."""
         self.owner.last.value = (x, product)
 
     def extra_repr(self) -> str:

@@ -76,7 +76,8 @@ def fuse_qkv_norms(model: nn.Module, pdl: bool = False) -> int:
     """Give every decoder layer of `model` (after fuse_qkv) decode_layer.py's forward with the input add + RMSNorm in
     its q/k/v GEMV from the second layer on (in place; `pdl`: the GEMV launched with programmatic dependent launch
     where usable). Returns how many layers take the fusion (all but the first); raises ValueError if a layer is not a
-    plain pre-norm LLaMA / Mistral / Qwen2 / Qwen3 layer with fused q/k/v projections, or if there are fewer than two."""
+    plain pre-norm LLaMA / Mistral / Qwen2 / Qwen3 layer with fused q/k/v projections, or if there are fewer than
+    two."""
     from .fused_qkv import FusedProjection
     layers = [(name, m) for name, m in model.named_modules()
               if isinstance(getattr(m, "self_attn", None), nn.Module) and hasattr(m, "input_layernorm")]

@@ -31,7 +31,7 @@ ULP = {torch.float32: 2.0 ** -23, torch.float16: 2.0 ** -10}
 
 
 def parts(d, dtype, ffn_dtype, seed):
-    """(residual h, ffn_out, norm weight) of a layer boundary: ffn_out in `ffn_dtype` (float32: the sparse FFN's sum)."""
+    """(residual h, ffn_out, norm weight) of a layer boundary; ffn_out in `ffn_dtype` (float32: the FFN's sum)."""
     g = torch.Generator().manual_seed(seed)
     residual, ffn_out = torch.randn(1, d, generator=g).to(dtype), (0.5 * torch.randn(1, d, generator=g)).to(ffn_dtype)
     return residual, ffn_out, (1.0 + 0.2 * torch.randn(d, generator=g)).to(dtype)
