@@ -34,18 +34,13 @@ def qkv_add_norm_op(residual: torch.Tensor, ffn_out: torch.Tensor, norm_weight: 
     within rounding of F.linear(x, ...), not bit for bit."""
     from .dispatch import warn_once
     from .sparse_ffn import llama_rms_norm
-    from .triton_gemv import gemv, gemv_unusable
+    from .triton_gemv import gemv_chained, gemv_unusable
     reason = gemv_unusable(residual, weight)
     if reason is None and norm_weight.dtype != residual.dtype:
         reason = f"a norm weight in {norm_weight.dtype} (the model's {residual.dtype})"
     if reason is None:
         h, x = torch.empty_like(residual), torch.empty_like(residual)
-        norm = (residual, ffn_out.contiguous(), norm_weight, eps, h)
-        from .pdl import pdl_usable
-        if pdl and pdl_usable(residual.device):
-            from .triton_gemv_prefetch import gemv_rows_first
-            return h, x, gemv_rows_first(x, weight, bias, pdl=True, norm=norm)
-        return h, x, gemv(x, weight, bias, norm=norm)
+        return h, x, gemv_chained(x, weight, bias, pdl, norm=(residual, ffn_out.contiguous(), norm_weight, eps, h))
     warn_once(f"the q/k/v GEMV with the input norm is unavailable for {reason}; torch's add, RMSNorm and F.linear")
     h = residual + ffn_out.to(residual.dtype)
     x = llama_rms_norm(h, norm_weight, eps)

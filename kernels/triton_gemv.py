@@ -74,6 +74,19 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     return out
 
 
+def gemv_chained(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, pdl: bool = False,
+                 norm: tuple | None = None) -> torch.Tensor:
+    """`gemv` (the caller checked `gemv_unusable`) or, with `pdl` where usable (said once where not), the GEMV that
+    loads its programs' whole rows before it waits for the kernel before it, launched with PDL
+    (triton_gemv_prefetch.gemv_rows_first): the o projection (`gemv_op`) and the q/k/v product with the input norm
+    (fused_qkv_norm.py) take it."""
+    from .pdl import pdl_usable
+    if pdl and pdl_usable(x.device):
+        from .triton_gemv_prefetch import gemv_rows_first
+        return gemv_rows_first(x, weight, bias, pdl=True, norm=norm)
+    return gemv(x, weight, bias, norm=norm)
+
+
 @torch.library.custom_op("actsparse::gemv", mutates_args=())
 def gemv_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], pdl: bool = False) -> torch.Tensor:
     """`gemv` as one opaque op for torch.compile; F.linear where the kernel cannot run (said once per reason).
@@ -84,11 +97,7 @@ def gemv_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
     runs."""
     reason = gemv_unusable(x, weight)
     if reason is None:
-        from .pdl import pdl_usable
-        if pdl and pdl_usable(x.device):
-            from .triton_gemv_prefetch import gemv_rows_first
-            return gemv_rows_first(x, weight, bias, pdl=True)
-        return gemv(x, weight, bias)
+        return gemv_chained(x, weight, bias, pdl)
     from .dispatch import warn_once
     warn_once(f"GemvLinear: the Triton GEMV is unavailable for {reason}; F.linear")
     return F.linear(x, weight, bias)
