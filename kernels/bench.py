@@ -3,8 +3,9 @@
 For each FFN shape, sparsity and batch: weight sets rotated past L2, realistic per-token patterns
 (bench_data.py), every method checked against a float32 dense reference before it is timed, then timed
 as CUDA-graph replays with CUDA events (median). Reported per method: microseconds, effective GB/s and
-fraction of the bandwidth floor for the bytes the method must read (measured copy bandwidth), speed-up
-over dense. Writes bench_kernels.json, bench_kernels.md and bench_kernels.png into --out-dir.
+fraction of the read floor for the bytes the method must read (read_floor.py: this device's fastest pure read
+of that many bytes, measured at the start), speed-up over dense and the most any kernel reading those bytes could
+have over this dense (dense µs / floor µs). Writes bench_kernels.json, bench_kernels.md and bench_kernels.png into --out-dir.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 
 from .bench_data import (SHAPES, make_inputs, make_weight_sets, neuron_probabilities, set_gate_bias,
                          true_active)
-from .bench_report import goal_lines, markdown_table, plot_speedups, write_json
+from .bench_report import floor_line, goal_lines, markdown_table, plot_speedups, write_json
 from .dispatch import DispatchConfig
 from .sparse_ffn import SparseFFN
 
@@ -152,10 +153,11 @@ def case_calls(sets, d, f, batch, sparsity, dtype, device, gen):
     return (xs, masks, *_methods(sets, xs, masks, batch, make_inputs(512, d, dtype, device, gen)))
 
 
-def bench_case(shape, d, f, batch, sparsity, sets, dtype, reps, bandwidth_gbs, gen, timer=None,
+def bench_case(shape, d, f, batch, sparsity, sets, dtype, reps, read_floor, gen, timer=None,
                device="cuda", only: set | None = None) -> list[dict]:
-    """Records of every method for one (shape, batch, sparsity); `timer(calls, reps) -> {us, us_p10, us_p90}`;
-    `only`: the methods to time besides dense (None: all)."""
+    """Records of every method for one (shape, batch, sparsity); `read_floor` (read_floor.ReadFloor) gives the least
+    µs for a method's bytes; `timer(calls, reps) -> {us, us_p10, us_p90}`; `only`: the methods to time besides dense
+    (None: all)."""
     if timer is None:
         from .bench_timing import time_calls_us as timer
     xs, masks, methods, dispatched_path = case_calls(sets, d, f, batch, sparsity, dtype, device, gen)
@@ -181,9 +183,9 @@ def bench_case(shape, d, f, batch, sparsity, sets, dtype, reps, bandwidth_gbs, g
         must_read = (dense_bytes if name == "dense" else 3 * d * elt * union * f if name in PREDICTED
                      else d * f * elt + 2 * d * elt * union * f)
         dense_us = rec["us"] if name == "dense" else dense_us
-        rec.update(must_read_bytes=must_read, gbs=must_read / (rec["us"] * 1e-6) / 1e9,
-                   floor_fraction=(must_read / (bandwidth_gbs * 1e9) * 1e6) / rec["us"],
-                   speedup=dense_us / rec["us"])
+        floor_us = read_floor.floor_us(must_read)
+        rec.update(must_read_bytes=must_read, gbs=must_read / (rec["us"] * 1e-6) / 1e9, floor_us=floor_us,
+                   floor_fraction=floor_us / rec["us"], speedup=dense_us / rec["us"], max_speedup=dense_us / floor_us)
         records.append(rec)
     return records
 
@@ -191,7 +193,7 @@ def bench_case(shape, d, f, batch, sparsity, sets, dtype, reps, bandwidth_gbs, g
 def write_report(records, out_dir: Path, meta: dict) -> None:
     write_json(out_dir / "bench_kernels.json", {"meta": meta, "records": records})
     goals = goal_lines(records)
-    md = (f"Device: {meta.get('device')}, dtype {meta.get('dtype')}, copy bandwidth {meta.get('copy_gbs', 0):.0f} GB/s, "
+    md = (f"Device: {meta.get('device')}, dtype {meta.get('dtype')}, {floor_line(meta)}, "
           f"command: `{meta.get('command')}`\n\n" + markdown_table(records) + "\n" + "\n".join(f"- {g}" for g in goals))
     (out_dir / "bench_kernels.md").write_text(md + "\n")
     plot_speedups(records, out_dir / "bench_kernels.png")
@@ -212,13 +214,15 @@ def main(argv=None) -> int:
         return 2
     from .bench_timing import copy_bandwidth_gbs
     from .configs import reset_autotune_caches
+    from .read_floor import measure_read_floor
     dtype = DTYPES[args.dtype]
-    bandwidth = copy_bandwidth_gbs()
+    read_floor = measure_read_floor()
     import triton
-    meta = dict(device=torch.cuda.get_device_name(), dtype=args.dtype, copy_gbs=bandwidth, reps=args.reps,
+    meta = dict(device=torch.cuda.get_device_name(), dtype=args.dtype, copy_gbs=copy_bandwidth_gbs(),
+                read_t0_us=read_floor.t0_us, read_gbs=read_floor.gbs, reps=args.reps,
                 torch=torch.__version__, triton=triton.__version__,
                 command="actsparse bench-kernels " + " ".join(argv if argv is not None else sys.argv[1:]))
-    print(f"{meta['device']}: copy bandwidth {bandwidth:.0f} GB/s", flush=True)
+    print(f"{meta['device']}: {floor_line(meta)}", flush=True)
     records = []
     gen = torch.Generator(device="cuda").manual_seed(0)
     for shape in args.shapes.split(","):
@@ -231,7 +235,7 @@ def main(argv=None) -> int:
                 # (H100, 7B, batch 1, 90%): the predicted path read 37-38 us with the configs tuned at 50% first
                 # in the sweep, 27-28 us tuned at 90%.
                 reset_autotune_caches()
-                case = bench_case(shape, d, f, batch, sparsity, sets, dtype, args.reps, bandwidth, gen,
+                case = bench_case(shape, d, f, batch, sparsity, sets, dtype, args.reps, read_floor, gen,
                                   only=set(args.methods.split(",")) if args.methods else None)
                 records += case
                 print(markdown_table(case).split("\n", 2)[2], flush=True)

@@ -7,7 +7,7 @@ dense FFN's time. This probe measures, in one process:
 - pure reads with no arithmetic worth counting, the fastest any kernel can stream: a CUDA C kernel (CuPy, NVRTC) with
   16-byte loads, U loads in flight per thread, three load flavours (`__ldg`, `__ldcs` streaming, and
   `ld.global.nc.L1::no_allocate.L2::256B`), grid-strided over the whole buffer or each block over its own contiguous
-  chunk (as a GEMV's programs read their rows), over a sweep of grids and block sizes; a Triton read kernel over a
+  chunk (as a GEMV's programs read their rows), over a sweep of grids and block sizes; a Triton read kernel (read_floor.py, which bench-kernels' floor uses) over a
   sweep of block sizes, warps, programs and pipeline stages; torch's sum; and a device-to-device copy;
 - the one-token GEMVs at the gate's shape (cuBLAS, and triton_gemv_prefetch, the fastest of ours, session 19).
 Each read moves 90.2 MB (the gate), 108.2 MB (the exact path's floor bytes) or 270.5 MB (the dense FFN's weights),
@@ -22,10 +22,8 @@ import sys
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
-
 from actsparse.kernels.bench_timing import copy_bandwidth_gbs, time_calls_us
+from actsparse.kernels.read_floor import read_sum
 from actsparse.kernels.triton_gemv_prefetch import gemv_prefetch
 
 D_MODEL, D_FF = 4096, 11008
@@ -77,15 +75,6 @@ ALL_U(na, ld_na)
 CUDA_LOADS, CUDA_U = ("nc", "cs", "na"), (1, 4, 8)
 
 
-@triton.jit
-def read_kernel(p, n, out, BLOCK: tl.constexpr, STAGES: tl.constexpr):
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for start in tl.range(tl.program_id(0) * BLOCK, n, tl.num_programs(0) * BLOCK, num_stages=STAGES):
-        offs = start + tl.arange(0, BLOCK)
-        acc += tl.load(p + offs, mask=offs < n, other=0.0).to(tl.float32)
-    tl.store(out + tl.program_id(0), tl.sum(acc, 0))
-
-
 def buffers(n_bytes: int, gen: torch.Generator) -> list[torch.Tensor]:
     sets = max(2, int(-(-ROTATE_BYTES // n_bytes)))
     return [torch.randn(n_bytes // 2, device="cuda", generator=gen, dtype=torch.float16) for _ in range(sets)]
@@ -120,13 +109,10 @@ def cuda_read_calls(bufs, sms):
 
 def triton_read_calls(bufs, sms):
     out = torch.empty(64 * sms, device="cuda")
-    n = bufs[0].numel()
     calls = {}
     for block, warps, per_sm, stages in itertools.product((1024, 2048, 4096, 8192), (4, 8), (1, 2, 4, 8), (1, 2, 3)):
-        grid = min(per_sm * sms, triton.cdiv(n, block))
         name = f"Triton block {block} warps {warps} grid {per_sm}x{sms} stages {stages}"
-        calls[name] = [lambda b=b, g=grid, bl=block, w=warps, s=stages: read_kernel[(g,)](b, n, out, BLOCK=bl,
-                                                                                         STAGES=s, num_warps=w)
+        calls[name] = [lambda b=b, g=per_sm * sms, bl=block, w=warps, s=stages: read_sum(b, out, bl, w, g, s)
                        for b in bufs]
     return calls
 

@@ -11,6 +11,9 @@ if importlib.util.find_spec("triton") is None:
 
 from actsparse.kernels import bench, configs  # noqa: E402
 from actsparse.kernels.bench_data import make_weight_sets, neuron_probabilities  # noqa: E402
+from actsparse.kernels.read_floor import ReadFloor  # noqa: E402
+
+FLOOR = ReadFloor(t0_us=1.0, gbs=100.0)   # a stand-in device: 1 µs + bytes at 100 GB/s
 
 
 def test_cpu_exits_with_code_2(capsys):
@@ -46,7 +49,7 @@ def test_bench_case_batch_1_has_the_inline_compaction_pdl_and_index_methods(capl
     dispatch._warned.clear()   # warn_once is per process: another test may have said it already
     d, f = 40, 100
     sets = make_weight_sets(d, f, torch.float32, "cpu", min_total_bytes=1)
-    records = bench.bench_case("tiny", d, f, 1, 0.7, sets, torch.float32, 1, 100.0, torch.Generator().manual_seed(0),
+    records = bench.bench_case("tiny", d, f, 1, 0.7, sets, torch.float32, 1, FLOOR, torch.Generator().manual_seed(0),
                                timer=_one_pass_timer, device="cpu")
     assert {r["method"] for r in records} == COMMON_METHODS | {"ours_predicted_inline", "ours_union_pdl",
                                                                "ours_predicted_union_pdl", "ours_predicted_index",
@@ -67,16 +70,27 @@ def test_bench_case_batch_1_has_the_inline_compaction_pdl_and_index_methods(capl
 def test_bench_case_runs_every_method_correctly(tmp_path):
     d, f = 40, 100
     sets = make_weight_sets(d, f, torch.float32, "cpu", min_total_bytes=1)
-    records = bench.bench_case("tiny", d, f, 3, 0.7, sets, torch.float32, 1, 100.0, torch.Generator().manual_seed(0),
+    records = bench.bench_case("tiny", d, f, 3, 0.7, sets, torch.float32, 1, FLOOR, torch.Generator().manual_seed(0),
                                timer=_one_pass_timer, device="cpu")
     methods = {r["method"] for r in records}
     assert methods == COMMON_METHODS | {"ours_per_token", "ours_predicted_per_token"}
     for r in records:
         assert "error" not in r and r["rel_err"] < 1e-4, r
         assert 0 < r["active_per_token"] <= r["active_union"] <= 1
-    bench.write_report(records, tmp_path, {"device": "cpu", "dtype": "fp32", "copy_gbs": 100.0, "command": "test"})
+        # the floor: the read floor's time for the bytes the method must read (fp32 here), against the timer's 10 µs
+        assert r["floor_us"] == pytest.approx(1.0 + r["must_read_bytes"] / 1e5)
+        assert r["floor_fraction"] == pytest.approx(r["floor_us"] / 10.0)
+        assert r["max_speedup"] == pytest.approx(10.0 / r["floor_us"])
+    dense = next(r for r in records if r["method"] == "dense")
+    assert dense["must_read_bytes"] == 3 * d * f * 4
+    union = next(r for r in records if r["method"] == "ours_union")
+    assert union["must_read_bytes"] == pytest.approx(d * f * 4 + 2 * d * 4 * union["active_union"] * f)
+    meta = {"device": "cpu", "dtype": "fp32", "copy_gbs": 100.0, "read_t0_us": 1.0, "read_gbs": 100.0,
+            "command": "test"}
+    bench.write_report(records, tmp_path, meta)
     assert (tmp_path / "bench_kernels.png").exists()
-    assert "ours_union" in (tmp_path / "bench_kernels.md").read_text()
+    md = (tmp_path / "bench_kernels.md").read_text()
+    assert "ours_union" in md and "read floor 1.0 µs + bytes at 100 GB/s, copy bandwidth 100 GB/s" in md
     assert bench.main(["--report-from", str(tmp_path / "bench_kernels.json"), "--out-dir", str(tmp_path / "re")]) == 0
     assert json.loads((tmp_path / "re" / "bench_kernels.json").read_text())["records"] == records
 
