@@ -110,7 +110,8 @@ def resources(compiled) -> dict:
                ld_scalar16=len(re.findall(r"ld\.global[.\w]*\.b16\s", ptx)), shared=compiled.metadata.shared,
                red_v4=len(re.findall(r"red\.global[.\w]*\.v4", ptx)),
                red_scalar=len(re.findall(r"red\.global(?![.\w]*\.v[24])[.\w]*\s", ptx)),
-               griddepcontrol=len(re.findall(r"griddepcontrol\.", ptx)))
+               griddepcontrol=len(re.findall(r"griddepcontrol\.", ptx)),
+               cp_async=len(re.findall(r"cp\.async\.(?:ca|cg)", ptx)))
     import triton
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
@@ -158,13 +159,13 @@ def report(arch: int, dtype: str, quick: bool, only: list[str] | None = None) ->
 
 def _line(row: dict) -> str:
     keys = [k for k in row if k not in ("regs", "stack", "local", "shared", "ld_v4", "ld_scalar16", "red_v4",
-                                        "red_scalar", "griddepcontrol", "error")]
+                                        "red_scalar", "griddepcontrol", "cp_async", "error")]
     head = " ".join(f"{k}={row[k]}" for k in keys)
     if "error" in row:
         return f"{head} | FAILED {row['error']}"
     return (f"{head} | regs {row['regs']} local {row['local']} stack {row['stack']} shared {row['shared']} "
             f"ld.v4 {row['ld_v4']} ld.b16 {row['ld_scalar16']} red.v4 {row['red_v4']} red {row['red_scalar']} "
-            f"griddepcontrol {row['griddepcontrol']}")
+            f"griddepcontrol {row['griddepcontrol']} cp.async {row['cp_async']}")
 
 
 def main(argv=None) -> int:

@@ -151,12 +151,18 @@ ROWS_FIXED = dict(BLOCK_J=2, BLOCK_K=16, GRID_PER_SM=3, PIPELINE=2)
 
 # One token's exact FFN in one kernel (triton_gate_rows.py): BLOCK_N neurons per step, whole rows, GRID_PER_SM
 # persistent programs per SM.
-GATE_ROWS_CONFIGS = [_cfg(w, 1, BLOCK_N=n, GRID_PER_SM=g)
+GATE_ROWS_CONFIGS = [_cfg(w, 1, BLOCK_N=n, GRID_PER_SM=g, STAGES=0)
                      for n, w, g in [(1, 4, 2), (1, 4, 3), (1, 4, 4), (1, 8, 2), (1, 8, 3), (2, 4, 2), (2, 8, 1),
                                      (2, 8, 2), (2, 16, 1), (4, 8, 1), (4, 16, 1)]]
+# STAGES >= 2: the plain loop, gate rows copied STAGES - 1 blocks ahead by Triton's pipeliner (session 20).
+GATE_ROWS_CONFIGS += [_cfg(w, 1, BLOCK_N=n, GRID_PER_SM=g, STAGES=s)
+                      for n, w, g, s in [(1, 4, 2, 3), (1, 4, 2, 4), (1, 8, 2, 4), (1, 8, 1, 6), (2, 4, 1, 3),
+                                         (2, 4, 2, 3), (2, 8, 1, 4), (2, 8, 2, 3), (4, 8, 1, 3)]]
+# compile_report (sm_90, fp16, 4096): STAGES 3 / 4 / 6 at BLOCK_N 1: 49 / 74 / 123 KB of shared memory (cp.async gate
+# rows), 58-64 registers at 8 warps, 126-128 at 4; BLOCK_N 2: 98-148 KB, 97-175 registers; BLOCK_N 4, STAGES 3: 197 KB.
 # compile_report (sm_90, fp16, 4096): 85 registers at BLOCK_N 1 x 8 warps (three programs fit an SM), 139-244 at
 # BLOCK_N 2-4 (one program per SM; GRID_PER_SM 2 then runs as two waves).
-GATE_ROWS_FIXED = dict(BLOCK_N=2, GRID_PER_SM=3)  # interpreter: 3 programs, many steps each
+GATE_ROWS_FIXED = dict(BLOCK_N=2, GRID_PER_SM=3, STAGES=0)  # interpreter: 3 programs, many steps each
 
 # Mask -> index-list compaction (predicted active sets).
 COMPACT_CONFIGS = [_cfg(4, 1, BLOCK_N=n) for n in (256, 1024)]

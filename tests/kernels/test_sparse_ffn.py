@@ -412,13 +412,18 @@ def _gate_rows_only(monkeypatch):
     monkeypatch.setattr(triton_rows_ffn, "launch_rows", unreachable)
 
 
+@pytest.mark.parametrize("stages", [0, 3])
 @pytest.mark.parametrize("pattern", list(PATTERNS))
 @pytest.mark.parametrize("activation,threshold", [a for a in ACTIVATIONS if a[0] != "drelu"])
 @pytest.mark.parametrize("d,f", [(24, 72), (40, 100), (33, 7)])
-def test_gate_rows_kernel_exact_matches_float64(d, f, activation, threshold, pattern, monkeypatch):
+def test_gate_rows_kernel_exact_matches_float64(d, f, activation, threshold, pattern, stages, monkeypatch):
     """Odd shapes (f=7: fewer neuron blocks than programs), every activation it serves, gate / up / down biases,
-    no neuron / half / every neuron active; twice on one SparseFFN (its sum row and ticket must be zero between)."""
+    no neuron / half / every neuron active; twice on one SparseFFN (its sum row and ticket must be zero between).
+    Both loops: pipelined by hand (STAGES 0) and the plain loop Triton pipelines (STAGES 3; the interpreter runs it
+    in order, so this checks its arithmetic, not the overlap)."""
+    from actsparse.kernels import triton_gate_rows
     _gate_rows_only(monkeypatch)
+    monkeypatch.setitem(triton_gate_rows.gate_rows_kernel.values, "STAGES", lambda _args: stages)
     ffn, ref = make_ffn(d, f, activation, threshold, "union", PATTERNS[pattern], seed=d + f + 1, biases=True)
     ffn.dispatch = GATE_ROWS
     g = torch.Generator().manual_seed(f + 1)
