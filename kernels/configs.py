@@ -156,7 +156,8 @@ GATE_ROWS_CONFIGS = [_cfg(w, 1, BLOCK_N=n, GRID_PER_SM=g, STAGES=0)
                                      (2, 8, 2), (2, 16, 1), (4, 8, 1), (4, 16, 1)]]
 # STAGES >= 2: the plain loop, gate rows copied STAGES - 1 blocks ahead by Triton's pipeliner (session 20).
 GATE_ROWS_CONFIGS += [_cfg(w, 1, BLOCK_N=n, GRID_PER_SM=g, STAGES=s)
-                      for n, w, g, s in [(1, 4, 2, 3), (1, 4, 2, 4), (1, 8, 2, 4), (1, 8, 1, 6), (2, 4, 1, 3),
+                      for n, w, g, s in [(1, 4, 2, 3), (1, 4, 2, 4), (1, 8, 2, 4), (1, 8, 1, 6), (1, 4, 3, 3),
+                                         (1, 4, 4, 3), (1, 4, 4, 2), (1, 8, 3, 3), (1, 8, 4, 2), (2, 4, 1, 3),
                                          (2, 4, 2, 3), (2, 8, 1, 4), (2, 8, 2, 3), (4, 8, 1, 3)]]
 # compile_report (sm_90, fp16, 4096): STAGES 3 / 4 / 6 at BLOCK_N 1: 49 / 74 / 123 KB of shared memory (cp.async gate
 # rows), 58-64 registers at 8 warps, 126-128 at 4; BLOCK_N 2: 98-148 KB, 97-175 registers; BLOCK_N 4, STAGES 3: 197 KB.
