@@ -108,8 +108,8 @@ def resources(compiled) -> dict:
     ptx = compiled.asm["ptx"]
     out = dict(ld_v4=len(re.findall(r"ld\.global[.\w]*\.v4", ptx)),
                ld_scalar16=len(re.findall(r"ld\.global[.\w]*\.b16\s", ptx)), shared=compiled.metadata.shared,
-               red_v4=len(re.findall(r"red\.global[.\w]*\.v4", ptx)),
-               red_scalar=len(re.findall(r"red\.global(?![.\w]*\.v[24])[.\w]*\s", ptx)),
+               red_v4=len(re.findall(r"(?<![.\w])red\.global[.\w]*\.v4", ptx)),
+               red_scalar=len(re.findall(r"(?<![.\w])red\.global(?![.\w]*\.v[24])[.\w]*\s", ptx)),
                griddepcontrol=len(re.findall(r"griddepcontrol\.", ptx)),
                cp_async=len(re.findall(r"cp\.async\.(?:ca|cg)", ptx)))
     import triton
@@ -165,7 +165,7 @@ def _line(row: dict) -> str:
         return f"{head} | FAILED {row['error']}"
     return (f"{head} | regs {row['regs']} local {row['local']} stack {row['stack']} shared {row['shared']} "
             f"ld.v4 {row['ld_v4']} ld.b16 {row['ld_scalar16']} red.v4 {row['red_v4']} red {row['red_scalar']} "
-            f"griddepcontrol {row['griddepcontrol']} cp.async {row['cp_async']}")
+            f"cp.async {row['cp_async']} griddepcontrol {row['griddepcontrol']}")
 
 
 def main(argv=None) -> int:
