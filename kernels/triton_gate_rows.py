@@ -33,7 +33,21 @@ def block_rows(w_ptr, offs_n, live, offs_d, d_model):
 
 
 @triton.jit
-def one_ahead_sum(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, d_model, d_ff, threshold, xv, offs_d,
+def block_act_rows(wg, xv, bg_ptr, wu_ptr, wdt_ptr, offs_n, n_mask, offs_d, d_model, threshold, ACT: tl.constexpr,
+                   HAS_BG: tl.constexpr):
+    """(act(gate) [BLOCK_N] fp32, live, up rows, W_down^T rows) of one block from its gate rows `wg`: the up and
+    W_down^T rows loaded (issued) for its active neurons only."""
+    g = tl.sum(wg.to(tl.float32) * xv[None, :], 1)
+    if HAS_BG:
+        g += tl.load(bg_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+    a = tl.where(n_mask, gate_act(g, threshold, ACT), 0.0)
+    live = a != 0.0
+    wu = block_rows(wu_ptr, offs_n, live, offs_d, d_model)
+    return a, live, wu, block_rows(wdt_ptr, offs_n, live, offs_d, d_model)
+
+
+@triton.jit
+def one_ahead_sum(wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, d_model, d_ff, threshold, xv, offs_d,
                   ACT: tl.constexpr, HAS_BG: tl.constexpr, HAS_BU: tl.constexpr, BLOCK_D: tl.constexpr,
                   BLOCK_N: tl.constexpr):
     """This program's sum of x1 x W_down^T rows over its blocks pid, pid + P, ..., pipelined by hand in registers: at
@@ -53,13 +67,8 @@ def one_ahead_sum(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, d_model, d_ff,
         n_mask = offs_n < d_ff
         next_n = offs_n + n_prog * BLOCK_N
         next_wg = block_rows(wg_ptr, next_n, next_n < d_ff, offs_d, d_model)
-        g = tl.sum(wg.to(tl.float32) * xv[None, :], 1)
-        if HAS_BG:
-            g += tl.load(bg_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-        a = tl.where(n_mask, gate_act(g, threshold, ACT), 0.0)
-        live = a != 0.0
-        wu = block_rows(wu_ptr, offs_n, live, offs_d, d_model)
-        wd = block_rows(wdt_ptr, offs_n, live, offs_d, d_model)
+        a, live, wu, wd = block_act_rows(wg, xv, bg_ptr, wu_ptr, wdt_ptr, offs_n, n_mask, offs_d, d_model, threshold,
+                                         ACT, HAS_BG)
         bu = tl.zeros([BLOCK_N], dtype=tl.float32)
         if HAS_BU:
             bu = tl.load(bu_ptr + offs_n, mask=live, other=0.0).to(tl.float32)
@@ -71,7 +80,7 @@ def one_ahead_sum(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, d_model, d_ff,
 
 
 @triton.jit
-def staged_sum(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, d_model, d_ff, threshold, xv, offs_d,
+def staged_sum(wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, d_model, d_ff, threshold, xv, offs_d,
                ACT: tl.constexpr, HAS_BG: tl.constexpr, HAS_BU: tl.constexpr, BLOCK_D: tl.constexpr,
                BLOCK_N: tl.constexpr, STAGES: tl.constexpr):
     """`one_ahead_sum` written as a plain loop that Triton's pipeliner runs STAGES deep: the gate rows, whose
@@ -85,13 +94,8 @@ def staged_sum(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, d_model, d_ff, th
         offs_n = b * BLOCK_N + tl.arange(0, BLOCK_N)
         n_mask = offs_n < d_ff
         wg = block_rows(wg_ptr, offs_n, n_mask, offs_d, d_model)
-        g = tl.sum(wg.to(tl.float32) * xv[None, :], 1)
-        if HAS_BG:
-            g += tl.load(bg_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-        a = tl.where(n_mask, gate_act(g, threshold, ACT), 0.0)
-        live = a != 0.0
-        wu = block_rows(wu_ptr, offs_n, live, offs_d, d_model)
-        wd = block_rows(wdt_ptr, offs_n, live, offs_d, d_model)
+        a, live, wu, wd = block_act_rows(wg, xv, bg_ptr, wu_ptr, wdt_ptr, offs_n, n_mask, offs_d, d_model, threshold,
+                                         ACT, HAS_BG)
         up = tl.sum(wu.to(tl.float32) * xv[None, :], 1)
         if HAS_BU:
             up += tl.load(bu_ptr + offs_n, mask=live, other=0.0).to(tl.float32)
@@ -109,10 +113,10 @@ def gate_rows_kernel(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, bd_ptr, acc
     offs_d = tl.arange(0, BLOCK_D)
     xv = tl.load(x_ptr + offs_d, mask=offs_d < d_model, other=0.0).to(tl.float32)
     if STAGES == 0:
-        row = one_ahead_sum(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, d_model, d_ff, threshold, xv, offs_d,
+        row = one_ahead_sum(wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, d_model, d_ff, threshold, xv, offs_d,
                             ACT, HAS_BG, HAS_BU, BLOCK_D, BLOCK_N)
     else:
-        row = staged_sum(x_ptr, wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, d_model, d_ff, threshold, xv, offs_d,
+        row = staged_sum(wg_ptr, bg_ptr, wu_ptr, bu_ptr, wdt_ptr, d_model, d_ff, threshold, xv, offs_d,
                          ACT, HAS_BG, HAS_BU, BLOCK_D, BLOCK_N, STAGES)
     tl.atomic_add(acc_ptr + offs_d, row, mask=offs_d < d_model, sem="relaxed")
     # The last program (every program has added its sum) writes the output and zeroes the row and the ticket.
