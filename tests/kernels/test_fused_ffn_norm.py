@@ -25,7 +25,7 @@ from actsparse.modeling import sparsify  # noqa: E402
 
 from ffn_reference import check, poisoned_empty, random_ffn, reference_ffn, rms_norm64  # noqa: E402
 from low_rank_cases import make_predictor, predictor_with_cut  # noqa: E402
-from tiny_models import random_ids, tiny_llama, tiny_minicpm_like  # noqa: E402
+from tiny_models import compiled_greedy, random_ids, tiny_llama, tiny_minicpm_like  # noqa: E402
 
 EPS = 1e-5
 D, F = 40, 100   # the interpreter's BLOCK_K 32: two K steps, the second partly masked
@@ -245,18 +245,14 @@ def _counting(method, calls):
 def test_compiled_decode_takes_the_op(monkeypatch):
     """Under torch.compile (aot_eager) the fused layer's FFN is the one opaque op (no graph break), and the greedy
     tokens equal the eager fused model's."""
-    from actsparse.kernels.compiled_decoding import compile_model
     _, sparse, fused = _models(layers=1)
     ids = random_ids(batch=1, seq=5)
     eager_tokens = greedy_decode(fused, ids, 4)
     calls = []
     monkeypatch.setattr(SparseFFN, "forward_add_norm", _counting(SparseFFN.forward_add_norm, calls))
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-    compile_model(fused, backend="aot_eager")
-    assert torch.equal(greedy_decode(fused, ids, 4), eager_tokens)
-    assert calls and not torch._dynamo.utils.counters["graph_break"]
-    torch._dynamo.reset()
+    tokens, graph_breaks = compiled_greedy(fused, ids, 4)
+    assert torch.equal(tokens, eager_tokens)
+    assert calls and not graph_breaks, graph_breaks
 
 
 def test_fuse_ffn_norms_takes_plain_pre_norm_layers_only():

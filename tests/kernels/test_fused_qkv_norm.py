@@ -24,7 +24,7 @@ from actsparse.kernels.sparse_ffn import llama_rms_norm  # noqa: E402
 from actsparse.modeling import sparsify  # noqa: E402
 
 from ffn_reference import rms_norm64  # noqa: E402
-from tiny_models import random_ids, tiny_llama  # noqa: E402
+from tiny_models import compiled_greedy, random_ids, tiny_llama  # noqa: E402
 
 EPS = 1e-5
 ULP = {torch.float32: 2.0 ** -23, torch.float16: 2.0 ** -10}
@@ -140,18 +140,14 @@ def test_tiny_sparse_llama_with_both_norms_fused(monkeypatch):
 def test_compiled_decode_takes_the_op_without_graph_breaks(monkeypatch):
     """Under torch.compile (aot_eager) the handoff between layers is traced (no graph break) and the greedy tokens
     equal the eager fused model's."""
-    from actsparse.kernels.compiled_decoding import compile_model
     fused = _dense(layers=2)
     fuse_qkv_norms(fused)
     ids = random_ids(batch=1, seq=5)
     eager_tokens = greedy_decode(fused, ids, 4)
     calls = _counting(monkeypatch)
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-    compile_model(fused, backend="aot_eager")
-    assert torch.equal(greedy_decode(fused, ids, 4), eager_tokens)
-    assert calls and not torch._dynamo.utils.counters["graph_break"]
-    torch._dynamo.reset()
+    tokens, graph_breaks = compiled_greedy(fused, ids, 4)
+    assert torch.equal(tokens, eager_tokens)
+    assert calls and not graph_breaks, graph_breaks
 
 
 def test_refusals():

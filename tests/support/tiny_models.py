@@ -89,3 +89,18 @@ def tiny_minicpm_like(dtype=torch.float32, seed=0) -> MiniCPMLikeForCausalLM:
 def random_ids(batch=2, seq=12, vocab=97, seed=1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab, (batch, seq), generator=g)
+
+
+def compiled_greedy(model, ids: torch.Tensor, new_tokens: int) -> tuple[torch.Tensor, dict]:
+    """Compile `model` in place with aot_eager (compiled_decoding.compile_model) and decode greedily: (tokens, the
+    graph breaks dynamo counted meanwhile). Dynamo's state is reset before (other tests' graphs count there too) and
+    after."""
+    from actsparse.kernels.compiled_decoding import compile_model
+    from actsparse.kernels.sparse_decoding import greedy_decode
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    try:
+        compile_model(model, backend="aot_eager")
+        return greedy_decode(model, ids, new_tokens), dict(torch._dynamo.utils.counters["graph_break"])
+    finally:
+        torch._dynamo.reset()
