@@ -57,13 +57,18 @@ def fit_read_floor(small_bytes: float, small_us: float, large_bytes: float, larg
     return ReadFloor(t0_us=max(0.0, small_us - small_bytes / (gbs * 1e3)), gbs=gbs)
 
 
+def rotated_buffers(n_bytes: int, generator: torch.Generator, device="cuda") -> list[torch.Tensor]:
+    """Random fp16 buffers of `n_bytes` each (never zeros), at least two and together >= ROTATE_BYTES: read in turn,
+    none comes from L2."""
+    sets = max(2, int(-(-ROTATE_BYTES // n_bytes)))
+    return [torch.randn(n_bytes // 2, device=device, generator=generator, dtype=torch.float16) for _ in range(sets)]
+
+
 def best_read_us(n_bytes: int, reps: int, timer=None, device="cuda") -> float:
-    """Median µs of the fastest READ_CONFIGS reader for `n_bytes` of random fp16, buffers rotated past L2."""
+    """Median µs of the fastest READ_CONFIGS reader for `n_bytes` (`rotated_buffers`)."""
     if timer is None:
         from .bench_timing import time_calls_us as timer
-    gen = torch.Generator(device=device).manual_seed(0)
-    sets = max(2, int(-(-ROTATE_BYTES // n_bytes)))
-    bufs = [torch.randn(n_bytes // 2, device=device, generator=gen, dtype=torch.float16) for _ in range(sets)]
+    bufs = rotated_buffers(n_bytes, torch.Generator(device=device).manual_seed(0), device)
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device == "cuda" else 4
     out = torch.empty(max(c[2] for c in READ_CONFIGS) * sms, device=device)
     return min(timer([lambda b=b, c=c: read_sum(b, out, c[0], c[1], c[2] * sms, c[3]) for b in bufs], reps)["us"]

@@ -23,14 +23,13 @@ import sys
 import torch
 import torch.nn.functional as F
 from actsparse.kernels.bench_timing import copy_bandwidth_gbs, time_calls_us
-from actsparse.kernels.read_floor import read_sum
+from actsparse.kernels.read_floor import ROTATE_BYTES, read_sum, rotated_buffers
 from actsparse.kernels.triton_gemv_prefetch import gemv_prefetch
 
 D_MODEL, D_FF = 4096, 11008
 GATE_BYTES = D_FF * D_MODEL * 2
 ROWS_BYTES = 2 * round(0.1 * D_FF) * D_MODEL * 2          # 10% of the up and W_down^T rows
 SIZES = {"gate 90.2 MB": GATE_BYTES, "exact floor 108.2 MB": GATE_BYTES + ROWS_BYTES, "dense 270.5 MB": 3 * GATE_BYTES}
-ROTATE_BYTES = 600e6
 
 CUDA_SRC = r"""
 __device__ __forceinline__ uint4 ld_nc(const uint4* p) { return __ldg(p); }
@@ -73,11 +72,6 @@ ALL_U(cs, ld_cs)
 ALL_U(na, ld_na)
 """
 CUDA_LOADS, CUDA_U = ("nc", "cs", "na"), (1, 4, 8)
-
-
-def buffers(n_bytes: int, gen: torch.Generator) -> list[torch.Tensor]:
-    sets = max(2, int(-(-ROTATE_BYTES // n_bytes)))
-    return [torch.randn(n_bytes // 2, device="cuda", generator=gen, dtype=torch.float16) for _ in range(sets)]
 
 
 def cuda_read_calls(bufs, sms):
@@ -159,7 +153,7 @@ def main(reps: int) -> None:
 
     best = {}
     for label, n_bytes in SIZES.items():
-        bufs = buffers(n_bytes, gen)
+        bufs = rotated_buffers(n_bytes, gen)
         torch_sum = {"torch sum (fp32 accumulate)": [lambda b=b: b.sum(dtype=torch.float32) for b in bufs]}
         rates = [time_best(label, n_bytes, torch_sum, reps, keep=1),
                  time_best(label, n_bytes, triton_read_calls(bufs, sms), reps),
